@@ -1,0 +1,24 @@
+# The two commands of the README, plus the checks CI runs. Each target first installs the system
+# packages the build needs (libclang for RocksDB's bindings), so they work on a fresh machine.
+
+CARGO ?= cargo
+
+.PHONY: deps run test lint bench-build
+
+deps:
+	@./scripts/install-deps
+
+## Run the vault on its embedded default: ./privault-data, ./policies, 127.0.0.1:50051, dev key.
+run: deps
+	$(CARGO) run --locked -- serve
+
+## Run every test: unit, integration (real server, RocksDB on a temp dir), policy checks.
+test: deps
+	$(CARGO) test --locked --all-targets
+	$(CARGO) test --locked --doc
+	$(CARGO) run --locked --quiet -- policy validate --policies policies
+
+## Formatting and lints, as CI checks them.
+lint: deps
+	$(CARGO) fmt --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings

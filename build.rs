@@ -1,0 +1,33 @@
+//! Compiles `proto/privault/v1/*.proto` with protox (no protoc binary needed) and keeps the encoded
+//! file descriptor set for gRPC server reflection.
+
+use std::{env, fs, path::PathBuf};
+
+use prost::Message;
+
+/// Messages that carry values or raw subject ids: their `Debug` is written by hand, redacted.
+const REDACTED_DEBUG: &[&str] = &[
+    "privault.v1.PutFieldsRequest",
+    "privault.v1.GetFieldsRequest",
+    "privault.v1.DeleteFieldsRequest",
+    "privault.v1.ShredSubjectRequest",
+    "privault.v1.FieldResult",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut protos: Vec<PathBuf> = fs::read_dir("proto/privault/v1")?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "proto"))
+        .collect();
+    protos.sort();
+    println!("cargo:rerun-if-changed=proto");
+
+    let fds = protox::compile(&protos, ["proto"])?;
+    let out = PathBuf::from(env::var("OUT_DIR")?);
+    fs::write(out.join("privault_descriptor.bin"), fds.encode_to_vec())?;
+
+    tonic_prost_build::configure()
+        .skip_debug(REDACTED_DEBUG.iter().copied())
+        .compile_fds(fds)?;
+    Ok(())
+}

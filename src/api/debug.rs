@@ -1,0 +1,85 @@
+//! Hand-written `Debug` for messages that carry values or raw subject ids: prost's derived `Debug`
+//! would print them, and a stray `{:?}` must never leak personal data.
+
+use std::fmt;
+
+use super::pb;
+
+const REDACTED: &str = "<redacted>";
+
+impl fmt::Debug for pb::PutFieldsRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names: Vec<&String> = self.fields.keys().collect();
+        names.sort();
+        f.debug_struct("PutFieldsRequest")
+            .field("subject_id", &REDACTED)
+            .field("purpose", &self.purpose)
+            .field("fields", &names)
+            .finish()
+    }
+}
+
+impl fmt::Debug for pb::GetFieldsRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GetFieldsRequest")
+            .field("subject_id", &REDACTED)
+            .field("purpose", &self.purpose)
+            .field("fields", &self.fields)
+            .finish()
+    }
+}
+
+impl fmt::Debug for pb::DeleteFieldsRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeleteFieldsRequest")
+            .field("subject_id", &REDACTED)
+            .field("purpose", &self.purpose)
+            .field("fields", &self.fields)
+            .finish()
+    }
+}
+
+impl fmt::Debug for pb::ShredSubjectRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShredSubjectRequest")
+            .field("subject_id", &REDACTED)
+            .field("reason", &self.reason)
+            .finish()
+    }
+}
+
+impl fmt::Debug for pb::FieldResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FieldResult")
+            .field("field", &self.field)
+            .field("outcome", &self.outcome())
+            .field("value", &REDACTED)
+            .field("policy_ids", &self.policy_ids)
+            .field("reason", &self.reason)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn value_carrying_messages_never_debug_print_values() {
+        let put = pb::PutFieldsRequest {
+            subject_id: "alice-123".into(),
+            purpose: "account".into(),
+            fields: [("email".to_owned(), "alice@example.com".to_owned())].into(),
+        };
+        let shown = format!("{put:?}");
+        assert!(!shown.contains("alice"), "{shown}");
+        let result = pb::FieldResult {
+            field: "email".into(),
+            outcome: pb::Outcome::Value.into(),
+            value: "alice@example.com".into(),
+            policy_ids: vec![],
+            reason: String::new(),
+        };
+        assert!(!format!("{result:?}").contains("alice"));
+    }
+}

@@ -1,0 +1,23 @@
+//! The audit log: one hash-chained record per call, appended inside the call's own atomic batch
+//! (writes) or made durable before any value leaves (reads), and a verifier that walks the chain.
+//! Records hold principals, actions, audit pseudonyms, purposes, per-field outcomes and policy ids:
+//! never a value or a raw subject id.
+
+mod chain;
+mod record;
+
+pub use chain::{AuditLog, VerifyError, verify};
+pub use record::{AuditEvent, AuditRecord, FieldAudit};
+
+use crate::store::StoreError;
+
+/// What can go wrong appending to or reading the audit log.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// The record could not be made durable; the call must fail closed.
+    #[error("audit log write failed: {0}")]
+    Store(#[from] StoreError),
+    /// A stored record or head is unreadable or does not chain.
+    #[error("audit log is corrupt: {0}")]
+    Corrupt(String),
+}

@@ -1,0 +1,268 @@
+//! The field catalog (`policies/catalog.toml`): the purposes callers may state (with their
+//! hierarchy) and the fields the vault stores, with category, mask rule, retention and key class.
+//! Whatever is not declared here is refused at the edge.
+
+pub mod mask;
+mod retention;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::clock::Millis;
+use crate::diagnostic::{SourceError, SourceErrors};
+use crate::domain::{FieldName, KeyClass, Purpose};
+pub use mask::MaskRule;
+pub use retention::parse_retention;
+
+/// The catalog's file name inside the policy directory.
+pub const CATALOG_FILE: &str = "catalog.toml";
+
+/// What the catalog says about one field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldSpec {
+    /// Its category: `Field::"<name>" in Category::"<category>"`.
+    pub category: String,
+    /// How MASKED reads show it.
+    pub mask: MaskRule,
+    /// How long it lives after its last write, if bounded.
+    pub retention_ms: Option<Millis>,
+    /// The DEK class it is sealed under.
+    pub key_class: KeyClass,
+}
+
+/// The parsed, checked catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Catalog {
+    purposes: BTreeMap<Purpose, Option<Purpose>>,
+    fields: BTreeMap<FieldName, FieldSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCatalog {
+    #[serde(default)]
+    purposes: BTreeMap<Spanned<String>, RawPurpose>,
+    #[serde(default)]
+    fields: BTreeMap<Spanned<String>, RawField>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPurpose {
+    parent: Option<Spanned<String>>,
+    #[serde(default)]
+    #[expect(dead_code, reason = "documentation for humans, accepted and ignored")]
+    description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawField {
+    category: Spanned<String>,
+    mask: Option<Spanned<String>>,
+    retention: Option<Spanned<String>>,
+    key_class: Option<Spanned<String>>,
+}
+
+impl Catalog {
+    /// Parses and checks `text`, the contents of the file named `file`.
+    pub fn parse(file: &str, text: &str) -> Result<Self, SourceErrors> {
+        let raw: RawCatalog = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map_or(0, |s| s.start);
+            SourceErrors(vec![SourceError::at_offset(
+                file,
+                text,
+                offset,
+                e.message().to_lowercase(),
+            )])
+        })?;
+        let mut errors = Vec::new();
+        let at = |span: std::ops::Range<usize>, msg: String| {
+            SourceError::at_offset(file, text, span.start, msg)
+        };
+
+        let mut purposes = BTreeMap::new();
+        for name in raw.purposes.keys() {
+            match Purpose::new(name.get_ref().clone()) {
+                Ok(p) => {
+                    purposes.insert(p, None);
+                }
+                Err(e) => errors.push(at(name.span(), e.0)),
+            }
+        }
+        for (name, spec) in &raw.purposes {
+            let (Ok(purpose), Some(parent)) = (Purpose::new(name.get_ref().clone()), &spec.parent)
+            else {
+                continue;
+            };
+            match Purpose::new(parent.get_ref().clone()) {
+                Ok(p) if purposes.contains_key(&p) => {
+                    purposes.insert(purpose, Some(p));
+                }
+                Ok(p) => errors.push(at(
+                    parent.span(),
+                    format!("purpose `{purpose}` names parent `{p}`, which is not declared"),
+                )),
+                Err(e) => errors.push(at(parent.span(), e.0)),
+            }
+        }
+        if let Some(purpose) = first_cycle(&purposes) {
+            errors.push(SourceError::in_file(
+                file,
+                format!("purpose `{purpose}` is its own ancestor"),
+            ));
+        }
+
+        let mut fields = BTreeMap::new();
+        for (name, spec) in &raw.fields {
+            match parse_field(spec) {
+                Ok(parsed) => match FieldName::new(name.get_ref().clone()) {
+                    Ok(field) => {
+                        fields.insert(field, parsed);
+                    }
+                    Err(e) => errors.push(at(name.span(), e.0)),
+                },
+                Err((span, msg)) => errors.push(at(span, msg)),
+            }
+        }
+        if errors.is_empty() {
+            Ok(Self { purposes, fields })
+        } else {
+            Err(SourceErrors(errors))
+        }
+    }
+
+    /// The spec of `field`, if declared.
+    pub fn field(&self, field: &FieldName) -> Option<&FieldSpec> {
+        self.fields.get(field)
+    }
+
+    /// Whether `purpose` is declared.
+    pub fn has_purpose(&self, purpose: &Purpose) -> bool {
+        self.purposes.contains_key(purpose)
+    }
+
+    /// Every declared purpose with its parent.
+    pub fn purposes(&self) -> impl Iterator<Item = (&Purpose, Option<&Purpose>)> {
+        self.purposes.iter().map(|(p, parent)| (p, parent.as_ref()))
+    }
+
+    /// Every declared field with its spec.
+    pub fn fields(&self) -> impl Iterator<Item = (&FieldName, &FieldSpec)> {
+        self.fields.iter()
+    }
+
+    /// Every category some field belongs to.
+    pub fn categories(&self) -> BTreeSet<&str> {
+        self.fields.values().map(|f| f.category.as_str()).collect()
+    }
+
+    /// Every key class some field is sealed under.
+    pub fn key_classes(&self) -> BTreeSet<KeyClass> {
+        self.fields.values().map(|f| f.key_class.clone()).collect()
+    }
+}
+
+type FieldError = (std::ops::Range<usize>, String);
+
+fn parse_field(spec: &RawField) -> Result<FieldSpec, FieldError> {
+    let category = spec.category.get_ref();
+    FieldName::new(category.clone()).map_err(|_| {
+        (
+            spec.category.span(),
+            format!("category `{category}` is not a valid name ([a-z][a-z0-9_]*)"),
+        )
+    })?;
+    let mask = match &spec.mask {
+        None => MaskRule::Redact,
+        Some(m) => MaskRule::parse(m.get_ref()).ok_or_else(|| {
+            (
+                m.span(),
+                format!(
+                    "unknown mask `{}`: expected email, phone, last4 or redact",
+                    m.get_ref()
+                ),
+            )
+        })?,
+    };
+    let retention_ms = match &spec.retention {
+        None => None,
+        Some(r) => Some(parse_retention(r.get_ref()).map_err(|e| (r.span(), e))?),
+    };
+    let key_class = match &spec.key_class {
+        None => KeyClass::default_class(),
+        Some(k) => KeyClass::new(k.get_ref().clone()).map_err(|e| (k.span(), e.0))?,
+    };
+    Ok(FieldSpec {
+        category: category.clone(),
+        mask,
+        retention_ms,
+        key_class,
+    })
+}
+
+/// A purpose that is its own ancestor, if the hierarchy has a cycle.
+fn first_cycle(purposes: &BTreeMap<Purpose, Option<Purpose>>) -> Option<&Purpose> {
+    purposes.keys().find(|start| {
+        let mut current = purposes.get(*start).and_then(Option::as_ref);
+        for _ in 0..=purposes.len() {
+            match current {
+                Some(p) if p == *start => return true,
+                Some(p) => current = purposes.get(p).and_then(Option::as_ref),
+                None => return false,
+            }
+        }
+        true
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_shipped_catalog() {
+        let text = include_str!("../../policies/catalog.toml");
+        let catalog = Catalog::parse("catalog.toml", text).unwrap();
+        let email = catalog.field(&FieldName::new("email").unwrap()).unwrap();
+        assert_eq!(email.mask, MaskRule::Email);
+        assert_eq!(email.category, "contact");
+        assert!(catalog.has_purpose(&Purpose::new("email_marketing").unwrap()));
+    }
+
+    #[test]
+    fn errors_point_at_the_bad_value() {
+        let text = "[fields.email]\ncategory = \"contact\"\nmask = \"blur\"\n";
+        let err = Catalog::parse("catalog.toml", text).unwrap_err();
+        assert_eq!(err.0.len(), 1);
+        let e = &err.0[0];
+        assert_eq!((e.line, e.column), (3, 8), "{e}");
+        assert!(e.message.contains("unknown mask `blur`"));
+    }
+
+    #[test]
+    fn undeclared_parent_and_cycles_are_refused() {
+        let text = "[purposes.a]\nparent = \"b\"\n";
+        assert!(
+            Catalog::parse("c", text)
+                .unwrap_err()
+                .to_string()
+                .contains("not declared")
+        );
+        let text = "[purposes.a]\nparent = \"b\"\n[purposes.b]\nparent = \"a\"\n";
+        assert!(
+            Catalog::parse("c", text)
+                .unwrap_err()
+                .to_string()
+                .contains("own ancestor")
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let text = "[fields.email]\ncategory = \"contact\"\ncolour = \"red\"\n";
+        assert!(Catalog::parse("c", text).is_err());
+    }
+}

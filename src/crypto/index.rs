@@ -1,0 +1,47 @@
+//! The subject index key: `sid = HMAC-SHA256(index key, "privault/sid/v1" ‖ subject_id)`, so that
+//! no file on disk names a customer.
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use super::Key256;
+use crate::domain::{Sid, SubjectId};
+
+const SID_LABEL: &[u8] = b"privault/sid/v1";
+
+/// The keyed hash that turns subject ids into on-disk handles.
+pub struct IndexKey {
+    mac: Hmac<Sha256>,
+}
+
+impl IndexKey {
+    /// An index keyed by `key`.
+    pub fn new(key: &Key256) -> Self {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key.expose())
+            .unwrap_or_else(|_| super::root::unreachable_hmac());
+        mac.update(SID_LABEL);
+        Self { mac }
+    }
+
+    /// The on-disk handle of `subject`.
+    pub fn sid(&self, subject: &SubjectId) -> Sid {
+        let mut mac = self.mac.clone();
+        mac.update(subject.expose().as_bytes());
+        Sid(mac.finalize().into_bytes().into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sid_is_stable_per_key_and_differs_across_keys() {
+        let id = SubjectId::new("cust-1".into()).unwrap();
+        let a = IndexKey::new(&Key256::from_slice(&[1; 32]).unwrap());
+        let b = IndexKey::new(&Key256::from_slice(&[2; 32]).unwrap());
+        assert_eq!(a.sid(&id), a.sid(&id));
+        assert_ne!(a.sid(&id), b.sid(&id));
+        assert_ne!(a.sid(&id), a.sid(&SubjectId::new("cust-2".into()).unwrap()));
+    }
+}

@@ -1,0 +1,41 @@
+//! Keys and ciphers, without I/O: the root key and its check value, KEK epochs, DEK wrap/unwrap,
+//! field seal/open with AAD, and the keyed subject index. The only module that names `aes_gcm`,
+//! `argon2` or `hmac`.
+
+mod aead;
+pub mod dek;
+pub mod field;
+pub mod index;
+pub mod root;
+pub mod secret;
+
+pub use dek::{DekCipher, Kek, WrappedDek};
+pub use field::Sealed;
+pub use index::IndexKey;
+pub use root::RootKey;
+pub use secret::Key256;
+
+/// What can go wrong in the crypto layer. Decryption failures are deliberately opaque.
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    /// A ciphertext did not authenticate: wrong key, wrong AAD, or tampered bytes.
+    #[error("decryption failed: wrong key or tampered ciphertext")]
+    Open,
+    /// Sealing failed (only on absurd input sizes).
+    #[error("encryption failed")]
+    Seal,
+    /// The OS random number generator failed.
+    #[error("os random number generator failed: {0}")]
+    Rng(String),
+    /// Key bytes of the wrong length or encoding.
+    #[error("malformed key material: {0}")]
+    MalformedKey(&'static str),
+    /// Argon2 refused its parameters.
+    #[error("key derivation failed: {0}")]
+    Kdf(String),
+}
+
+/// Fills `buf` from the OS random number generator.
+pub fn random_bytes(buf: &mut [u8]) -> Result<(), CryptoError> {
+    getrandom::fill(buf).map_err(|e| CryptoError::Rng(e.to_string()))
+}

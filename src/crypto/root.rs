@@ -1,0 +1,139 @@
+//! The root key: 256 bits from a key file, whose only job is to wrap the keyring's keys (KEK
+//! epochs, the index key). A check value makes a wrong root key a clear error, never garbage.
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use super::aead::{Cipher, NONCE_LEN, aad};
+use super::{CryptoError, Key256};
+
+const CHECK_LABEL: &[u8] = b"privault/root-check/v1";
+const WRAP_LABEL: &str = "privault/keyring-key/v1";
+
+/// The root of the key hierarchy. Never leaves memory; never printed.
+#[derive(Debug)]
+pub struct RootKey {
+    key: Key256,
+}
+
+/// A key wrapped by the root key, as stored in the keyring file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrappedKey {
+    /// The GCM nonce.
+    pub nonce: [u8; NONCE_LEN],
+    /// Ciphertext and tag.
+    pub ciphertext: Vec<u8>,
+}
+
+impl RootKey {
+    /// A fresh random root key (for a new development key file).
+    pub fn generate() -> Result<Self, CryptoError> {
+        Ok(Self {
+            key: Key256::random()?,
+        })
+    }
+
+    /// Parses a key file: 64 hex digits, surrounding whitespace ignored.
+    pub fn from_key_file(contents: &[u8]) -> Result<Self, CryptoError> {
+        let text = std::str::from_utf8(contents)
+            .map_err(|_| CryptoError::MalformedKey("a key file holds 64 hex digits"))?
+            .trim();
+        let bytes = Zeroizing::new(
+            hex::decode(text)
+                .map_err(|_| CryptoError::MalformedKey("a key file holds 64 hex digits"))?,
+        );
+        Ok(Self {
+            key: Key256::from_slice(&bytes)
+                .map_err(|_| CryptoError::MalformedKey("a key file holds 64 hex digits"))?,
+        })
+    }
+
+    /// The key file text for this key (64 hex digits and a newline), in a wiping buffer.
+    pub fn to_key_file(&self) -> Zeroizing<String> {
+        let mut text = Zeroizing::new(hex::encode(self.key.expose()));
+        text.push('\n');
+        text
+    }
+
+    /// `HMAC-SHA256(root, "privault/root-check/v1")`: stored in the keyring so that a wrong root key
+    /// is recognised before anything is unwrapped. Reveals nothing about the key.
+    pub fn check_value(&self) -> [u8; 32] {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.key.expose())
+            .unwrap_or_else(|_| unreachable_hmac());
+        mac.update(CHECK_LABEL);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Wraps a keyring key; `context` binds it to its keyring and slot (e.g. `kek` and the epoch).
+    pub fn wrap(&self, key: &Key256, context: &[&[u8]]) -> Result<WrappedKey, CryptoError> {
+        let (nonce, ciphertext) =
+            Cipher::new(&self.key).seal(&aad(WRAP_LABEL, context), key.expose())?;
+        Ok(WrappedKey { nonce, ciphertext })
+    }
+
+    /// Unwraps a keyring key wrapped with the same `context`.
+    pub fn unwrap(&self, wrapped: &WrappedKey, context: &[&[u8]]) -> Result<Key256, CryptoError> {
+        let plain = Zeroizing::new(Cipher::new(&self.key).open(
+            &aad(WRAP_LABEL, context),
+            &wrapped.nonce,
+            &wrapped.ciphertext,
+        )?);
+        Key256::from_slice(&plain)
+    }
+}
+
+/// HMAC-SHA256 takes keys of any length, so `new_from_slice` cannot fail.
+#[expect(
+    clippy::panic,
+    reason = "HMAC accepts every key length; this is unreachable"
+)]
+pub(super) fn unreachable_hmac() -> Hmac<Sha256> {
+    panic!("HMAC-SHA256 rejected a 32-byte key")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_file_round_trips() {
+        let root = RootKey::generate().unwrap();
+        let again = RootKey::from_key_file(root.to_key_file().as_bytes()).unwrap();
+        assert_eq!(root.check_value(), again.check_value());
+    }
+
+    #[test]
+    fn different_keys_have_different_check_values() {
+        let a = RootKey::generate().unwrap();
+        let b = RootKey::generate().unwrap();
+        assert_ne!(a.check_value(), b.check_value());
+    }
+
+    #[test]
+    fn malformed_key_files_are_refused() {
+        assert!(RootKey::from_key_file(b"not hex").is_err());
+        assert!(RootKey::from_key_file(b"abcd").is_err());
+    }
+
+    #[test]
+    fn wrap_binds_context() {
+        let root = RootKey::generate().unwrap();
+        let kek = Key256::random().unwrap();
+        let wrapped = root.wrap(&kek, &[b"kek", &1u32.to_be_bytes()]).unwrap();
+        assert!(
+            root.unwrap(&wrapped, &[b"kek", &1u32.to_be_bytes()])
+                .is_ok()
+        );
+        assert!(
+            root.unwrap(&wrapped, &[b"kek", &2u32.to_be_bytes()])
+                .is_err()
+        );
+        let other = RootKey::generate().unwrap();
+        assert!(
+            other
+                .unwrap(&wrapped, &[b"kek", &1u32.to_be_bytes()])
+                .is_err()
+        );
+    }
+}

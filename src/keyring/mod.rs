@@ -1,0 +1,269 @@
+//! The keyring: a small file beside (never inside) the RocksDB directory holding the root-key
+//! check value and the keys the root key wraps (KEK epochs, the subject index key). Data backups
+//! copy `db/` only, so they never carry the keys that open them.
+
+mod format;
+pub mod keyfile;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::clock::Millis;
+use crate::crypto::{CryptoError, IndexKey, Kek, Key256, RootKey, random_bytes};
+
+pub use format::FORMAT_VERSION;
+use format::{EpochEntry, KeyringFile, WrappedEntry};
+
+/// What can go wrong loading or creating the keyring.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyringError {
+    /// The file could not be read or written.
+    #[error("keyring `{path}`: {source}")]
+    Io {
+        /// The keyring or key file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not a keyring this version understands.
+    #[error("keyring `{path}` is malformed: {reason}")]
+    Malformed {
+        /// The keyring file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The root key is not the one this keyring was created with.
+    #[error("the root key does not match keyring `{0}` (check value differs): wrong key file?")]
+    WrongRootKey(PathBuf),
+    /// A key file is readable by group or others.
+    #[error("key file `{0}` is readable by group or others; run `chmod 600` on it")]
+    KeyFilePermissions(PathBuf),
+    /// A key failed to unwrap although the check value matched: the keyring was tampered with.
+    #[error("keyring `{path}`: a wrapped key failed to open ({source})")]
+    Unwrap {
+        /// The keyring file.
+        path: PathBuf,
+        /// The crypto failure.
+        source: CryptoError,
+    },
+    /// Key generation or wrapping failed.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+}
+
+/// The unwrapped keyring, held in memory for the life of the process.
+pub struct Keyring {
+    id: [u8; 16],
+    current: u32,
+    keks: BTreeMap<u32, Kek>,
+    index: IndexKey,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyring")
+            .field("id", &hex::encode(self.id))
+            .field("current_epoch", &self.current)
+            .finish_non_exhaustive()
+    }
+}
+
+fn kek_context(id: &[u8; 16], epoch: u32) -> [Vec<u8>; 3] {
+    [b"kek".to_vec(), id.to_vec(), epoch.to_be_bytes().to_vec()]
+}
+
+fn index_context(id: &[u8; 16]) -> [Vec<u8>; 2] {
+    [b"index".to_vec(), id.to_vec()]
+}
+
+fn refs(parts: &[Vec<u8>]) -> Vec<&[u8]> {
+    parts.iter().map(Vec::as_slice).collect()
+}
+
+impl Keyring {
+    /// Opens the keyring at `path`, creating it with a first KEK epoch when absent.
+    pub fn open_or_create(path: &Path, root: &RootKey, now: Millis) -> Result<Self, KeyringError> {
+        if path.exists() {
+            Self::open(path, root)
+        } else {
+            Self::create(path, root, now)
+        }
+    }
+
+    /// Opens an existing keyring; a wrong root key is [`KeyringError::WrongRootKey`].
+    pub fn open(path: &Path, root: &RootKey) -> Result<Self, KeyringError> {
+        let io = |source| KeyringError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let text = fs::read_to_string(path).map_err(io)?;
+        let file = KeyringFile::parse(&text).map_err(|reason| KeyringError::Malformed {
+            path: path.to_owned(),
+            reason,
+        })?;
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            &file.root_check[..],
+            &root.check_value()[..],
+        )) {
+            return Err(KeyringError::WrongRootKey(path.to_owned()));
+        }
+        let unwrap_err = |source| KeyringError::Unwrap {
+            path: path.to_owned(),
+            source,
+        };
+        let mut keks = BTreeMap::new();
+        for entry in &file.epochs {
+            let key = root
+                .unwrap(
+                    &entry.key.to_wrapped(),
+                    &refs(&kek_context(&file.id, entry.epoch)),
+                )
+                .map_err(unwrap_err)?;
+            keks.insert(entry.epoch, Kek::new(entry.epoch, &key));
+        }
+        if !keks.contains_key(&file.current_epoch) {
+            return Err(KeyringError::Malformed {
+                path: path.to_owned(),
+                reason: format!("current epoch {} has no key", file.current_epoch),
+            });
+        }
+        let index_key = root
+            .unwrap(
+                &file.index_key.to_wrapped(),
+                &refs(&index_context(&file.id)),
+            )
+            .map_err(unwrap_err)?;
+        Ok(Self {
+            id: file.id,
+            current: file.current_epoch,
+            keks,
+            index: IndexKey::new(&index_key),
+        })
+    }
+
+    /// Creates a keyring with fresh keys, written atomically with mode 0600.
+    pub fn create(path: &Path, root: &RootKey, now: Millis) -> Result<Self, KeyringError> {
+        let mut id = [0u8; 16];
+        random_bytes(&mut id)?;
+        let kek = Key256::random()?;
+        let index_key = Key256::random()?;
+        let file = KeyringFile {
+            format: FORMAT_VERSION,
+            id,
+            root_check: root.check_value(),
+            current_epoch: 1,
+            epochs: vec![EpochEntry {
+                epoch: 1,
+                created_ms: now,
+                key: WrappedEntry::from(root.wrap(&kek, &refs(&kek_context(&id, 1)))?),
+            }],
+            index_key: WrappedEntry::from(root.wrap(&index_key, &refs(&index_context(&id)))?),
+        };
+        write_private_atomically(path, file.render().as_bytes()).map_err(|source| {
+            KeyringError::Io {
+                path: path.to_owned(),
+                source,
+            }
+        })?;
+        let mut keks = BTreeMap::new();
+        keks.insert(1, Kek::new(1, &kek));
+        Ok(Self {
+            id,
+            current: 1,
+            keks,
+            index: IndexKey::new(&index_key),
+        })
+    }
+
+    /// The random id that ties the keyring to its database.
+    pub fn id(&self) -> [u8; 16] {
+        self.id
+    }
+
+    /// The KEK that wraps new DEKs.
+    pub fn current_kek(&self) -> &Kek {
+        // INVARIANT: `open` and `create` only build keyrings whose current epoch has a key.
+        self.keks
+            .get(&self.current)
+            .or_else(|| self.keks.values().next_back())
+            .unwrap_or_else(|| unreachable_no_kek())
+    }
+
+    /// The KEK of `epoch`, if this keyring still has it (a destroyed epoch has none).
+    pub fn kek(&self, epoch: u32) -> Option<&Kek> {
+        self.keks.get(&epoch)
+    }
+
+    /// The subject index key.
+    pub fn index(&self) -> &IndexKey {
+        &self.index
+    }
+}
+
+#[expect(clippy::panic, reason = "a keyring without a KEK is never constructed")]
+fn unreachable_no_kek() -> &'static Kek {
+    panic!("keyring has no KEK")
+}
+
+/// Writes `bytes` to `path` through a synced temporary file and a rename, mode 0600, so that a
+/// crash leaves either the old file or the new one.
+pub(crate) fn write_private_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::SubjectId;
+
+    #[test]
+    fn reopens_with_the_same_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring");
+        let root = RootKey::generate().unwrap();
+        let created = Keyring::create(&path, &root, 1).unwrap();
+        let opened = Keyring::open(&path, &root).unwrap();
+        let id = SubjectId::new("s".into()).unwrap();
+        assert_eq!(created.index().sid(&id), opened.index().sid(&id));
+        assert_eq!(created.id(), opened.id());
+    }
+
+    #[test]
+    fn wrong_root_key_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring");
+        Keyring::create(&path, &RootKey::generate().unwrap(), 1).unwrap();
+        let err = Keyring::open(&path, &RootKey::generate().unwrap()).unwrap_err();
+        assert!(matches!(err, KeyringError::WrongRootKey(_)), "{err}");
+    }
+
+    #[test]
+    fn keyring_file_holds_no_plain_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring");
+        Keyring::create(&path, &RootKey::generate().unwrap(), 1).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+}

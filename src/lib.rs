@@ -1,0 +1,18 @@
+//! privault: an encrypted personal-data vault. Customer attributes are sealed per field under a
+//! per-customer key, every read is decided by Cedar policies for a stated purpose, every decision
+//! lands in a hash-chained audit log, and erasing a customer destroys the only key that opens
+//! their data.
+//!
+//! Layers (see `docs/design.md`): `api -> vault -> {policy, catalog, crypto, store, audit}`.
+
+pub mod api;
+pub mod audit;
+pub mod catalog;
+pub mod clock;
+pub mod crypto;
+pub mod diagnostic;
+pub mod domain;
+pub mod keyring;
+pub mod policy;
+pub mod store;
+pub mod vault;

@@ -1,0 +1,160 @@
+//! The `privault` binary: `serve` runs the vault; `policy validate` checks a policy directory.
+//! Thin: parses flags, sets up logging and signals, and calls the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use privault::api::{self, Identity};
+use privault::clock::SystemClock;
+use privault::policy::{Policies, PolicyError};
+use privault::vault::{Vault, VaultConfig};
+use tokio::net::TcpListener;
+
+#[derive(Parser)]
+#[command(
+    name = "privault",
+    version,
+    about = "An encrypted personal-data vault with purpose-bound Cedar policies"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the vault.
+    Serve(ServeArgs),
+    /// Work with a policy directory.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Holds db/, keyring, the deletion ledger and, in development, dev.key.
+    #[arg(long, env = "PRIVAULT_DATA_DIR", default_value = "./privault-data")]
+    data_dir: PathBuf,
+    /// Address to listen on. Without TLS only loopback addresses are accepted.
+    #[arg(long, env = "PRIVAULT_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// Policy directory: schema.cedarschema, *.cedar, catalog.toml.
+    #[arg(long, env = "PRIVAULT_POLICIES", default_value = "./policies")]
+    policies: PathBuf,
+    /// Root key file (64 hex digits, mode 0600). Default: <data-dir>/dev.key, generated when absent.
+    #[arg(long, env = "PRIVAULT_KEY_FILE")]
+    key_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Check a policy directory: exit 0 when valid, else print `file:line:column: message` errors.
+    Validate {
+        /// Policy directory.
+        #[arg(long, env = "PRIVAULT_POLICIES", default_value = "./policies")]
+        policies: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Policy(PolicyCommand::Validate { policies }) => validate(&policies),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn validate(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    match Policies::load(dir) {
+        Ok(p) => {
+            println!(
+                "{}: valid ({} policies, version {})",
+                dir.display(),
+                p.policy_count(),
+                p.version()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(PolicyError::Invalid(errors)) => {
+            for e in &errors.0 {
+                println!(
+                    "{}",
+                    dir.join(&e.file).display().to_string()
+                        + &format!(":{}:{}: {}", e.line, e.column, e.message)
+                );
+            }
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    if !args.listen.ip().is_loopback() {
+        bail!(
+            "refusing to listen on {} without TLS: development mode trusts the x-privault-principal header \
+             and only listens on loopback",
+            args.listen
+        );
+    }
+    let mut config = VaultConfig::new(&args.data_dir, &args.policies);
+    config.key_file = args.key_file;
+    let vault = Arc::new(
+        Vault::open(&config, Arc::new(SystemClock))
+            .with_context(|| format!("cannot open the vault in {}", args.data_dir.display()))?,
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listener = TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let addr = listener.local_addr()?;
+        tracing::warn!(
+            "DEVELOPMENT MODE: callers are whoever the x-privault-principal header says; loopback only"
+        );
+        tracing::info!("listening on {addr}");
+        api::serve(vault, Identity::Development, listener, shutdown_signal()).await?;
+        tracing::info!("stopped");
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,250 @@
+//! Authorization requests and their decisions. Default deny, `forbid` wins, and any evaluation
+//! error is a deny (Cedar skips an erroring policy, so an erroring `forbid` must not let a read
+//! through).
+
+use cedar_policy::{
+    AuthorizationError, Context, Decision as CedarDecision, EntityId, EntityUid, Request,
+    RestrictedExpression,
+};
+
+use super::entities::uid;
+use super::{Permit, Policies};
+use crate::domain::{FieldName, Principal, PrincipalKind, Purpose};
+
+/// The per-field actions of the schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldAction {
+    /// `Action::"read"`.
+    Read,
+    /// `Action::"read_masked"`, asked only when `read` is denied.
+    ReadMasked,
+    /// `Action::"write"`.
+    Write,
+    /// `Action::"delete"`.
+    Delete,
+}
+
+impl FieldAction {
+    /// The action's name in policies and audit records.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::ReadMasked => "read_masked",
+            Self::Write => "write",
+            Self::Delete => "delete",
+        }
+    }
+}
+
+pub(super) struct Uids {
+    read: EntityUid,
+    read_masked: EntityUid,
+    write: EntityUid,
+    delete: EntityUid,
+    shred: EntityUid,
+}
+
+impl Uids {
+    pub(super) fn new() -> Result<Self, String> {
+        Ok(Self {
+            read: uid("Action", "read")?,
+            read_masked: uid("Action", "read_masked")?,
+            write: uid("Action", "write")?,
+            delete: uid("Action", "delete")?,
+            shred: uid("Action", "shred")?,
+        })
+    }
+
+    fn field(&self, action: FieldAction) -> &EntityUid {
+        match action {
+            FieldAction::Read => &self.read,
+            FieldAction::ReadMasked => &self.read_masked,
+            FieldAction::Write => &self.write,
+            FieldAction::Delete => &self.delete,
+        }
+    }
+}
+
+/// The context of every per-field request of one call: `{ purpose, consents }`, built once.
+#[derive(Debug, Clone)]
+pub struct FieldContext(Context);
+
+/// One authorization decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// True only for an error-free Allow.
+    pub allowed: bool,
+    /// The determining policies: the permits of an Allow, the forbids of a Deny (empty when
+    /// nothing permitted), or the erroring policies of an evaluation error.
+    pub policy_ids: Vec<String>,
+    /// Evaluation errors; any error makes the decision a deny.
+    pub errors: Vec<String>,
+}
+
+/// The decision for reading one field: a permit (full or masked), or a deny.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadDecision {
+    /// `read` or `read_masked` was allowed.
+    Allowed(Permit),
+    /// Neither was allowed.
+    Denied(Decision),
+}
+
+impl Policies {
+    /// The context for the requests of one call.
+    pub fn field_context(
+        &self,
+        purpose: &Purpose,
+        consents: &[Purpose],
+    ) -> Result<FieldContext, String> {
+        let purpose_uid =
+            |p: &Purpose| uid("Purpose", p.as_str()).map(RestrictedExpression::new_entity_uid);
+        let consents = consents
+            .iter()
+            .map(purpose_uid)
+            .collect::<Result<Vec<_>, _>>()?;
+        Context::from_pairs([
+            ("purpose".to_owned(), purpose_uid(purpose)?),
+            (
+                "consents".to_owned(),
+                RestrictedExpression::new_set(consents),
+            ),
+        ])
+        .map(FieldContext)
+        .map_err(|e| e.to_string())
+    }
+
+    fn principal_uid(&self, principal: &Principal) -> EntityUid {
+        let type_name = match principal.kind() {
+            PrincipalKind::Service => &self.service_type,
+            PrincipalKind::Operator => &self.operator_type,
+        };
+        EntityUid::from_type_name_and_id(type_name.clone(), EntityId::new(principal.name()))
+    }
+
+    fn decide(
+        &self,
+        principal: &Principal,
+        action: &EntityUid,
+        resource: EntityUid,
+        context: Context,
+    ) -> Decision {
+        let request = match Request::new(
+            self.principal_uid(principal),
+            action.clone(),
+            resource,
+            context,
+            Some(&self.schema),
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                return Decision {
+                    allowed: false,
+                    policy_ids: Vec::new(),
+                    errors: vec![e.to_string()],
+                };
+            }
+        };
+        let response = self
+            .authorizer
+            .is_authorized(&request, &self.set, &self.entities);
+        let diagnostics = response.diagnostics();
+        let errors: Vec<String> = diagnostics.errors().map(ToString::to_string).collect();
+        if !errors.is_empty() {
+            let mut policy_ids: Vec<String> = diagnostics
+                .errors()
+                .map(|e| match e {
+                    AuthorizationError::PolicyEvaluationError(e) => e.policy_id().to_string(),
+                })
+                .collect();
+            policy_ids.sort();
+            policy_ids.dedup();
+            return Decision {
+                allowed: false,
+                policy_ids,
+                errors,
+            };
+        }
+        let mut policy_ids: Vec<String> = diagnostics.reason().map(ToString::to_string).collect();
+        policy_ids.sort();
+        Decision {
+            allowed: response.decision() == CedarDecision::Allow,
+            policy_ids,
+            errors,
+        }
+    }
+
+    /// Decides `action` on `field` for `principal`.
+    pub fn decide_field(
+        &self,
+        principal: &Principal,
+        action: FieldAction,
+        field: &FieldName,
+        context: &FieldContext,
+    ) -> Decision {
+        match uid("Field", field.as_str()) {
+            Ok(resource) => self.decide(
+                principal,
+                self.uids.field(action),
+                resource,
+                context.0.clone(),
+            ),
+            Err(e) => Decision {
+                allowed: false,
+                policy_ids: Vec::new(),
+                errors: vec![e],
+            },
+        }
+    }
+
+    /// Decides a read of `field`: `read`, then `read_masked` when `read` is denied.
+    pub fn decide_read(
+        &self,
+        principal: &Principal,
+        field: &FieldName,
+        context: &FieldContext,
+    ) -> ReadDecision {
+        let read = self.decide_field(principal, FieldAction::Read, field, context);
+        if read.allowed {
+            return ReadDecision::Allowed(Permit {
+                field: field.clone(),
+                masked: false,
+                policy_ids: read.policy_ids,
+            });
+        }
+        let masked = self.decide_field(principal, FieldAction::ReadMasked, field, context);
+        if masked.allowed {
+            return ReadDecision::Allowed(Permit {
+                field: field.clone(),
+                masked: true,
+                policy_ids: masked.policy_ids,
+            });
+        }
+        let mut denied = read;
+        denied.policy_ids.extend(masked.policy_ids);
+        denied.policy_ids.sort();
+        denied.policy_ids.dedup();
+        denied.errors.extend(masked.errors);
+        ReadDecision::Denied(denied)
+    }
+
+    /// Decides `Action::"shred"` on the subject, with the stated reason in the context.
+    pub fn decide_shred(&self, principal: &Principal, reason: &str) -> Decision {
+        match Context::from_pairs([(
+            "reason".to_owned(),
+            RestrictedExpression::new_string(reason.to_owned()),
+        )]) {
+            Ok(context) => self.decide(
+                principal,
+                &self.uids.shred,
+                self.subject_uid.clone(),
+                context,
+            ),
+            Err(e) => Decision {
+                allowed: false,
+                policy_ids: Vec::new(),
+                errors: vec![e.to_string()],
+            },
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! Cedar: the schema, the validated policy set with the catalog it was loaded with, the entities
+//! built from that catalog, and decisions with the policies that determined them. The only module
+//! that names `cedar_policy`. A decision that reports any evaluation error is a deny.
+
+mod decide;
+mod entities;
+mod load;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use cedar_policy::{Authorizer, Entities, EntityTypeName, EntityUid, Schema};
+
+use crate::catalog::Catalog;
+use crate::diagnostic::SourceErrors;
+use crate::domain::FieldName;
+
+pub use decide::{Decision, FieldAction, FieldContext, ReadDecision};
+pub use load::{SCHEMA_FILE, load_sources};
+
+/// What can go wrong loading a policy directory.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// A file could not be read.
+    #[error("policy directory `{path}`: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The schema, catalog or a policy is invalid; one error per line, `file:line:column: message`.
+    #[error("{0}")]
+    Invalid(SourceErrors),
+}
+
+/// The proof that `policy` allowed a read of one field: only this module can make one, and every
+/// read helper in the vault takes one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permit {
+    field: FieldName,
+    masked: bool,
+    policy_ids: Vec<String>,
+}
+
+impl Permit {
+    /// The field this permit is for.
+    pub fn field(&self) -> &FieldName {
+        &self.field
+    }
+
+    /// True when only `read_masked` was allowed: the value must be masked before it leaves.
+    pub fn masked(&self) -> bool {
+        self.masked
+    }
+
+    /// The permitting policies.
+    pub fn policy_ids(&self) -> &[String] {
+        &self.policy_ids
+    }
+}
+
+/// One loaded, validated policy directory: immutable, swapped whole.
+pub struct Policies {
+    version: String,
+    catalog: Arc<Catalog>,
+    schema: Schema,
+    set: cedar_policy::PolicySet,
+    entities: Entities,
+    authorizer: Authorizer,
+    uids: decide::Uids,
+    service_type: EntityTypeName,
+    operator_type: EntityTypeName,
+    subject_uid: EntityUid,
+    policy_count: usize,
+}
+
+impl std::fmt::Debug for Policies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policies")
+            .field("version", &self.version)
+            .field("policies", &self.policy_count)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Policies {
+    /// The content hash of the directory this set was loaded from.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// The catalog loaded with these policies.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// How many policies are in the set.
+    pub fn policy_count(&self) -> usize {
+        self.policy_count
+    }
+}

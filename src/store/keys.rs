@@ -1,0 +1,84 @@
+//! Key encoding for every column family. Subject keys start with the fixed-length `sid`, so one
+//! prefix covers all of a subject's entries in a column family.
+
+use crate::domain::Sid;
+
+/// The suffix of the pseudonym entry in the keys CF; `#` cannot start a key-class name.
+const PSEUDONYM_SUFFIX: &[u8] = b"#pseudonym";
+
+/// `sid ‖ name`: a subject's entry for a field, key class or purpose.
+pub fn subject_key(sid: &Sid, name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(32 + name.len());
+    key.extend_from_slice(&sid.0);
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+/// The keys-CF entry holding the subject's audit pseudonym.
+pub fn pseudonym_key(sid: &Sid) -> Vec<u8> {
+    let mut key = sid.0.to_vec();
+    key.extend_from_slice(PSEUDONYM_SUFFIX);
+    key
+}
+
+/// The name part of a subject key (after the sid), if it is valid UTF-8.
+pub fn name_of(key: &[u8]) -> Option<&str> {
+    key.get(32..)
+        .and_then(|name| std::str::from_utf8(name).ok())
+}
+
+/// The audit CF key of `seq`: big-endian so that key order is sequence order.
+pub fn audit_key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+/// Parses an audit CF key.
+pub fn audit_seq(key: &[u8]) -> Option<u64> {
+    key.try_into().ok().map(u64::from_be_bytes)
+}
+
+/// The smallest key greater than every key starting with `prefix`; `None` when there is none
+/// (the prefix is all `0xff`).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn prefix_end_carries() {
+        assert_eq!(prefix_end(&[1, 2]), Some(vec![1, 3]));
+        assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff]), None);
+    }
+
+    proptest! {
+        #[test]
+        fn audit_keys_sort_by_seq(a in any::<u64>(), b in any::<u64>()) {
+            prop_assert_eq!(a.cmp(&b), audit_key(a).cmp(&audit_key(b)));
+            prop_assert_eq!(audit_seq(&audit_key(a)), Some(a));
+        }
+
+        #[test]
+        fn subject_keys_stay_in_their_prefix(s in any::<[u8; 32]>(), name in "[a-z_]{1,20}") {
+            let sid = Sid(s);
+            let key = subject_key(&sid, &name);
+            prop_assert!(key.starts_with(&sid.0));
+            if let Some(end) = prefix_end(&sid.0) {
+                prop_assert!(key < end);
+            }
+            prop_assert_eq!(name_of(&key), Some(name.as_str()));
+        }
+    }
+}

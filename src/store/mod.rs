@@ -1,0 +1,321 @@
+//! RocksDB: column families, atomic synced batches, point and prefix reads, and the physical purge
+//! after a shred. The only module that names `rocksdb`. Stores bytes it cannot read: no crypto, no
+//! policy.
+
+pub mod keys;
+pub mod records;
+
+use std::path::{Path, PathBuf};
+
+use rocksdb::{
+    BottommostLevelCompaction, ColumnFamily, ColumnFamilyDescriptor, CompactOptions, DB,
+    DBCompressionType, Direction, FlushOptions, IteratorMode, Options, ReadOptions, WriteBatch,
+    WriteOptions,
+};
+
+/// The column families of the design's on-disk layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cf {
+    /// `sid ‖ key class` → wrapped DEK; `sid ‖ "#pseudonym"` → audit pseudonym.
+    Keys,
+    /// `sid ‖ field` → sealed value.
+    Fields,
+    /// `sid ‖ purpose` → consent state.
+    Consent,
+    /// `seq` (u64 BE) → audit record.
+    Audit,
+    /// `sid` → shred receipt.
+    Shredded,
+    /// `version` → policy set.
+    Policies,
+    /// `name` → format version, keyring id, audit head.
+    Meta,
+}
+
+impl Cf {
+    /// Every column family, in a fixed order.
+    pub const ALL: [Cf; 7] = [
+        Cf::Keys,
+        Cf::Fields,
+        Cf::Consent,
+        Cf::Audit,
+        Cf::Shredded,
+        Cf::Policies,
+        Cf::Meta,
+    ];
+
+    /// The RocksDB name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cf::Keys => "keys",
+            Cf::Fields => "fields",
+            Cf::Consent => "consent",
+            Cf::Audit => "audit",
+            Cf::Shredded => "shredded",
+            Cf::Policies => "policies",
+            Cf::Meta => "meta",
+        }
+    }
+}
+
+/// What can go wrong in storage.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// RocksDB reported an error.
+    #[error("rocksdb `{path}`: {message}")]
+    Db {
+        /// The database directory.
+        path: PathBuf,
+        /// RocksDB's message (never holds values: keys are hashed ids).
+        message: String,
+    },
+    /// A column family is missing from an opened database.
+    #[error("column family `{0}` is missing")]
+    MissingCf(&'static str),
+}
+
+/// A stored key and its value.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// A set of changes applied atomically by [`Store::write`].
+#[derive(Debug, Default)]
+pub struct Batch {
+    ops: Vec<(Cf, Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets `key` to `value` in `cf`.
+    pub fn put(&mut self, cf: Cf, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.push((cf, key.into(), Some(value.into())));
+    }
+
+    /// Deletes `key` from `cf`.
+    pub fn delete(&mut self, cf: Cf, key: impl Into<Vec<u8>>) {
+        self.ops.push((cf, key.into(), None));
+    }
+
+    /// True when the batch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// The vault's RocksDB database.
+pub struct Store {
+    db: DB,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+fn db_options() -> Options {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    // Shredding needs obsolete WAL files deleted at once, never archived or recycled: a WAL that
+    // held a wrapped DEK must not outlive the flush that made it obsolete.
+    opts.set_wal_ttl_seconds(0);
+    opts.set_wal_size_limit_mb(0);
+    opts.set_recycle_log_file_num(0);
+    opts.set_keep_log_file_num(4);
+    opts.set_max_log_file_size(8 << 20);
+    opts
+}
+
+fn cf_options() -> Options {
+    let mut opts = Options::default();
+    // Values are ciphertext (incompressible); keeping them uncompressed also lets a byte scan of
+    // the data directory prove that a shredded DEK is gone.
+    opts.set_compression_type(DBCompressionType::None);
+    opts.set_bottommost_compression_type(DBCompressionType::None);
+    opts
+}
+
+impl Store {
+    /// Opens (creating when absent) the database in `path` with every column family.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let cfs = Cf::ALL
+            .iter()
+            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options()));
+        let db = DB::open_cf_descriptors(&db_options(), path, cfs).map_err(|e| StoreError::Db {
+            path: path.to_owned(),
+            message: e.into_string(),
+        })?;
+        let store = Self {
+            db,
+            path: path.to_owned(),
+        };
+        for cf in Cf::ALL {
+            store.cf(cf)?;
+        }
+        Ok(store)
+    }
+
+    fn cf(&self, cf: Cf) -> Result<&ColumnFamily, StoreError> {
+        self.db
+            .cf_handle(cf.name())
+            .ok_or(StoreError::MissingCf(cf.name()))
+    }
+
+    fn err(&self, e: rocksdb::Error) -> StoreError {
+        StoreError::Db {
+            path: self.path.clone(),
+            message: e.into_string(),
+        }
+    }
+
+    /// The value of `key` in `cf`.
+    pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.db.get_cf(self.cf(cf)?, key).map_err(|e| self.err(e))
+    }
+
+    /// The values of several keys, possibly in several column families, in one call.
+    pub fn multi_get(&self, keys: &[(Cf, &[u8])]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let handles = keys
+            .iter()
+            .map(|(cf, key)| Ok((self.cf(*cf)?, *key)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        self.db
+            .multi_get_cf(handles)
+            .into_iter()
+            .map(|r| r.map_err(|e| self.err(e)))
+            .collect()
+    }
+
+    /// Every entry of `cf` whose key starts with `prefix`, in key order.
+    pub fn scan_prefix(&self, cf: Cf, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
+        let mut read = ReadOptions::default();
+        if let Some(end) = keys::prefix_end(prefix) {
+            read.set_iterate_upper_bound(end);
+        }
+        let iter = self.db.iterator_cf_opt(
+            self.cf(cf)?,
+            read,
+            IteratorMode::From(prefix, Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in iter {
+            let (key, value) = item.map_err(|e| self.err(e))?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            out.push((key.into_vec(), value.into_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` entries of `cf` from `start` on, in key order.
+    pub fn scan_from(&self, cf: Cf, start: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
+        let iter = self
+            .db
+            .iterator_cf(self.cf(cf)?, IteratorMode::From(start, Direction::Forward));
+        iter.take(limit)
+            .map(|item| {
+                item.map(|(k, v)| (k.into_vec(), v.into_vec()))
+                    .map_err(|e| self.err(e))
+            })
+            .collect()
+    }
+
+    /// The last entry of `cf` in key order.
+    pub fn last(&self, cf: Cf) -> Result<Option<Entry>, StoreError> {
+        match self.db.iterator_cf(self.cf(cf)?, IteratorMode::End).next() {
+            Some(Ok((k, v))) => Ok(Some((k.into_vec(), v.into_vec()))),
+            Some(Err(e)) => Err(self.err(e)),
+            None => Ok(None),
+        }
+    }
+
+    /// Applies `batch` atomically and durably: the WAL is synced before this returns.
+    pub fn write(&self, batch: &Batch) -> Result<(), StoreError> {
+        let mut wb = WriteBatch::default();
+        for (cf, key, value) in &batch.ops {
+            let handle = self.cf(*cf)?;
+            match value {
+                Some(v) => wb.put_cf(handle, key, v),
+                None => wb.delete_cf(handle, key),
+            }
+        }
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db.write_opt(wb, &opts).map_err(|e| self.err(e))
+    }
+
+    /// Makes deleted entries under `prefix` physically leave the live store: flushes every column
+    /// family (so the WAL files that held them become obsolete and are deleted, not archived),
+    /// then forces a bottommost compaction of the prefix range in `cfs`, which rewrites every SST
+    /// that held them and deletes the old files.
+    ///
+    /// INVARIANT: the store holds no long-lived snapshot, iterator or checkpoint that could pin the
+    /// old files; iterators here live only inside one call.
+    pub fn purge_prefix(&self, prefix: &[u8], cfs: &[Cf]) -> Result<(), StoreError> {
+        let handles = Cf::ALL
+            .iter()
+            .map(|cf| self.cf(*cf))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let mut flush = FlushOptions::default();
+        flush.set_wait(true);
+        self.db
+            .flush_cfs_opt(&handles, &flush)
+            .map_err(|e| self.err(e))?;
+        let end = keys::prefix_end(prefix);
+        let mut compact = CompactOptions::default();
+        compact.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
+        compact.set_exclusive_manual_compaction(false);
+        for cf in cfs {
+            self.db
+                .compact_range_cf_opt(self.cf(*cf)?, Some(prefix), end.as_deref(), &compact);
+        }
+        Ok(())
+    }
+
+    /// The database directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_is_atomic_and_prefix_scan_stays_in_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut batch = Batch::new();
+        batch.put(Cf::Fields, b"aa1".to_vec(), b"x".to_vec());
+        batch.put(Cf::Fields, b"aa2".to_vec(), b"y".to_vec());
+        batch.put(Cf::Fields, b"ab1".to_vec(), b"z".to_vec());
+        batch.put(Cf::Meta, b"m".to_vec(), b"v".to_vec());
+        store.write(&batch).unwrap();
+        let scanned = store.scan_prefix(Cf::Fields, b"aa").unwrap();
+        assert_eq!(scanned.len(), 2);
+        let got = store
+            .multi_get(&[(Cf::Fields, b"ab1"), (Cf::Meta, b"m"), (Cf::Keys, b"none")])
+            .unwrap();
+        assert_eq!(got, vec![Some(b"z".to_vec()), Some(b"v".to_vec()), None]);
+    }
+
+    #[test]
+    fn reopen_keeps_synced_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut batch = Batch::new();
+            batch.put(Cf::Keys, b"k".to_vec(), b"v".to_vec());
+            store.write(&batch).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.get(Cf::Keys, b"k").unwrap(), Some(b"v".to_vec()));
+    }
+}

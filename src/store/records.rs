@@ -1,0 +1,280 @@
+//! Value formats of the subject column families: versioned, length-checked binary records of
+//! opaque bytes. Decoding never panics on arbitrary input; an unknown version is an error.
+
+use crate::clock::Millis;
+
+/// A record that failed to decode: corrupted or from an unknown format version.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed {kind} record: {reason}")]
+pub struct DecodeError {
+    /// Which record.
+    pub kind: &'static str,
+    /// What is wrong.
+    pub reason: &'static str,
+}
+
+const V1: u8 = 1;
+
+/// A wrapped DEK as stored in the keys CF.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    /// The DEK version within its class, bound into every field's AAD.
+    pub dek_version: u32,
+    /// The KEK epoch that wraps it.
+    pub epoch: u32,
+    /// Nonce of the wrap.
+    pub nonce: [u8; 12],
+    /// The wrapped DEK.
+    pub wrapped: Vec<u8>,
+    /// When this DEK was created.
+    pub created_ms: Millis,
+    /// How many values this DEK has sealed, so it is rotated long before the random-nonce limit.
+    pub seals: u64,
+}
+
+/// A sealed field value as stored in the fields CF.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldRecord {
+    /// The DEK version that sealed it.
+    pub dek_version: u32,
+    /// The GCM nonce.
+    pub nonce: [u8; 12],
+    /// Ciphertext and tag.
+    pub ciphertext: Vec<u8>,
+    /// When it was last written.
+    pub written_ms: Millis,
+    /// When it expires under the catalog's retention; `None` for no limit.
+    pub expires_ms: Option<Millis>,
+}
+
+/// The receipt of a shred, kept under the sid: when, by whom, why. No identifier, no value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShredReceipt {
+    /// When the shred committed.
+    pub shredded_ms: Millis,
+    /// Who asked (a principal uid).
+    pub principal: String,
+    /// The stated reason (a ticket id).
+    pub reason: String,
+}
+
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn new() -> Self {
+        Self(vec![V1])
+    }
+    fn u32(&mut self, v: u32) -> &mut Self {
+        self.0.extend_from_slice(&v.to_be_bytes());
+        self
+    }
+    fn u64(&mut self, v: u64) -> &mut Self {
+        self.0.extend_from_slice(&v.to_be_bytes());
+        self
+    }
+    fn bytes(&mut self, v: &[u8]) -> &mut Self {
+        self.u32(u32::try_from(v.len()).unwrap_or(u32::MAX));
+        self.0.extend_from_slice(v);
+        self
+    }
+    fn raw(&mut self, v: &[u8]) -> &mut Self {
+        self.0.extend_from_slice(v);
+        self
+    }
+}
+
+struct Reader<'a> {
+    rest: &'a [u8],
+    kind: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8], kind: &'static str) -> Result<Self, DecodeError> {
+        match bytes.split_first() {
+            Some((&V1, rest)) => Ok(Self { rest, kind }),
+            Some(_) => Err(DecodeError {
+                kind,
+                reason: "unknown format version",
+            }),
+            None => Err(DecodeError {
+                kind,
+                reason: "empty",
+            }),
+        }
+    }
+    fn fail(&self, reason: &'static str) -> DecodeError {
+        DecodeError {
+            kind: self.kind,
+            reason,
+        }
+    }
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.rest.len() < n {
+            return Err(self.fail("truncated"));
+        }
+        let (head, tail) = self.rest.split_at(n);
+        self.rest = tail;
+        Ok(head)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        self.take(N)?.try_into().map_err(|_| self.fail("truncated"))
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        self.array().map(u32::from_be_bytes)
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        self.array().map(u64::from_be_bytes)
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
+        let len = usize::try_from(self.u32()?).map_err(|_| self.fail("length overflow"))?;
+        self.take(len)
+    }
+    fn string(&mut self) -> Result<String, DecodeError> {
+        let bytes = self.bytes()?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| self.fail("invalid utf-8"))
+    }
+    fn finish(self) -> Result<(), DecodeError> {
+        if self.rest.is_empty() {
+            Ok(())
+        } else {
+            Err(self.fail("trailing bytes"))
+        }
+    }
+}
+
+impl KeyRecord {
+    /// The stored bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u32(self.dek_version)
+            .u32(self.epoch)
+            .raw(&self.nonce)
+            .bytes(&self.wrapped)
+            .u64(self.created_ms)
+            .u64(self.seals);
+        w.0
+    }
+
+    /// Parses stored bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(bytes, "key")?;
+        let record = Self {
+            dek_version: r.u32()?,
+            epoch: r.u32()?,
+            nonce: r.array()?,
+            wrapped: r.bytes()?.to_vec(),
+            created_ms: r.u64()?,
+            seals: r.u64()?,
+        };
+        r.finish()?;
+        Ok(record)
+    }
+}
+
+impl FieldRecord {
+    /// The stored bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u32(self.dek_version)
+            .raw(&self.nonce)
+            .bytes(&self.ciphertext)
+            .u64(self.written_ms)
+            .u64(self.expires_ms.unwrap_or(0));
+        w.0
+    }
+
+    /// Parses stored bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(bytes, "field")?;
+        let record = Self {
+            dek_version: r.u32()?,
+            nonce: r.array()?,
+            ciphertext: r.bytes()?.to_vec(),
+            written_ms: r.u64()?,
+            expires_ms: Some(r.u64()?).filter(|&e| e != 0),
+        };
+        r.finish()?;
+        Ok(record)
+    }
+}
+
+impl ShredReceipt {
+    /// The stored bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u64(self.shredded_ms)
+            .bytes(self.principal.as_bytes())
+            .bytes(self.reason.as_bytes());
+        w.0
+    }
+
+    /// Parses stored bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(bytes, "shred receipt")?;
+        let record = Self {
+            shredded_ms: r.u64()?,
+            principal: r.string()?,
+            reason: r.string()?,
+        };
+        r.finish()?;
+        Ok(record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn records_round_trip() {
+        let key = KeyRecord {
+            dek_version: 1,
+            epoch: 3,
+            nonce: [9; 12],
+            wrapped: vec![1, 2, 3],
+            created_ms: 42,
+            seals: 7,
+        };
+        assert_eq!(KeyRecord::decode(&key.encode()).unwrap(), key);
+        let field = FieldRecord {
+            dek_version: 1,
+            nonce: [1; 12],
+            ciphertext: vec![5; 40],
+            written_ms: 10,
+            expires_ms: Some(20),
+        };
+        assert_eq!(FieldRecord::decode(&field.encode()).unwrap(), field);
+        let receipt = ShredReceipt {
+            shredded_ms: 1,
+            principal: "Operator::\"dpo\"".into(),
+            reason: "ticket-1".into(),
+        };
+        assert_eq!(ShredReceipt::decode(&receipt.encode()).unwrap(), receipt);
+    }
+
+    #[test]
+    fn trailing_bytes_and_unknown_versions_are_refused() {
+        let mut bytes = FieldRecord {
+            dek_version: 1,
+            nonce: [1; 12],
+            ciphertext: vec![],
+            written_ms: 0,
+            expires_ms: None,
+        }
+        .encode();
+        bytes.push(0);
+        assert!(FieldRecord::decode(&bytes).is_err());
+        assert!(KeyRecord::decode(&[2, 0, 0]).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = KeyRecord::decode(&bytes);
+            let _ = FieldRecord::decode(&bytes);
+            let _ = ShredReceipt::decode(&bytes);
+        }
+    }
+}

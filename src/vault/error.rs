@@ -1,0 +1,76 @@
+//! The vault's errors: start-up failures, and call failures that the api maps to status codes.
+
+use crate::audit::AuditError;
+use crate::keyring::KeyringError;
+use crate::policy::PolicyError;
+use crate::store::StoreError;
+
+/// Why the vault could not start. Nothing on disk is changed by a failed start.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The key file or keyring is missing, unreadable, malformed, or for another root key.
+    #[error(transparent)]
+    Keyring(#[from] KeyringError),
+    /// The policy directory is invalid.
+    #[error("invalid policy directory:\n{0}")]
+    Policy(#[from] PolicyError),
+    /// The database could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The audit log does not verify at its head.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    /// The data directory is inconsistent (e.g. a keyring from another database).
+    #[error("data directory `{path}`: {reason}")]
+    DataDir {
+        /// The data directory.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Why a call failed. Messages never contain a value or a raw subject id.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    /// The request is malformed or names something undeclared; nothing changed.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Policy denied the call; nothing changed.
+    #[error("{action} denied by policy")]
+    PermissionDenied {
+        /// The denied action.
+        action: &'static str,
+        /// Fields that were denied, with the policies that forbade them.
+        denied: Vec<(String, Vec<String>)>,
+    },
+    /// The call cannot be made safe now (the audit log cannot be written); nothing was returned.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Stored data failed an integrity check.
+    #[error("{0}")]
+    DataLoss(String),
+    /// Anything else; details are in the server log under the request id.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl VaultError {
+    /// The outcome recorded in the audit log for a call that failed with this error.
+    pub fn audit_outcome(&self) -> &'static str {
+        match self {
+            Self::InvalidArgument(_) => "invalid_argument",
+            Self::PermissionDenied { .. } => "denied",
+            Self::Unavailable(_) => "unavailable",
+            Self::DataLoss(_) => "data_loss",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<StoreError> for VaultError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "storage error");
+        Self::Internal("storage error".into())
+    }
+}

@@ -1,0 +1,187 @@
+//! The domain: put, get, delete and shred, each decided by policy and audited. Orchestrates
+//! catalog, policy, crypto, store and audit; knows nothing of gRPC.
+
+mod error;
+mod keys;
+mod open;
+mod read;
+mod shred;
+mod write;
+
+use std::sync::{Arc, Mutex, RwLock};
+
+pub use error::{OpenError, VaultError};
+pub use open::VaultConfig;
+pub use read::{FieldRead, ReadOutcome};
+pub use shred::ShredOutcome;
+
+use crate::audit::{AuditEvent, AuditLog, FieldAudit};
+use crate::catalog::FieldSpec;
+use crate::clock::Clock;
+use crate::domain::{FieldName, Principal, Purpose};
+use crate::keyring::Keyring;
+use crate::policy::Policies;
+use crate::store::{Batch, Store};
+
+/// Bounds on what one call may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Fields in one call.
+    pub max_fields_per_call: usize,
+    /// Bytes in one value.
+    pub max_value_bytes: usize,
+    /// Bytes in a shred reason.
+    pub max_reason_bytes: usize,
+    /// Subjects whose unwrapped keys stay cached.
+    pub key_cache_subjects: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_fields_per_call: 64,
+            max_value_bytes: 64 * 1024,
+            max_reason_bytes: 256,
+            key_cache_subjects: 10_000,
+        }
+    }
+}
+
+/// Who calls and under which request id; made by the api layer after authentication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallContext {
+    /// The authenticated caller.
+    pub principal: Principal,
+    /// The id given back to the caller and written to the audit record.
+    pub request_id: String,
+}
+
+/// The vault: one per data directory.
+pub struct Vault {
+    store: Store,
+    keyring: Keyring,
+    policies: RwLock<Arc<Policies>>,
+    audit: AuditLog,
+    keys: keys::KeyCache,
+    clock: Arc<dyn Clock>,
+    // Serializes every change (key creation, field writes, shreds) so that two calls can never
+    // create two DEKs for one subject, and the audit chain sees changes in commit order.
+    writer: Mutex<()>,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault")
+            .field("store", &self.store)
+            .field("keyring", &self.keyring)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Vault {
+    /// The active policy set (a cheap clone of an `Arc`; a call keeps the set it started with).
+    pub fn policies(&self) -> Arc<Policies> {
+        match self.policies.read() {
+            Ok(p) => Arc::clone(&p),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// The store, for offline tools and tests.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn event(
+        &self,
+        ctx: &CallContext,
+        action: &str,
+        purpose: Option<&Purpose>,
+        policies: &Policies,
+    ) -> AuditEvent {
+        AuditEvent {
+            principal: ctx.principal.to_string(),
+            action: action.to_owned(),
+            purpose: purpose.map(ToString::to_string),
+            request_id: ctx.request_id.clone(),
+            policy_version: policies.version().to_owned(),
+            ..AuditEvent::default()
+        }
+    }
+
+    /// Writes `batch` with the record of `event` durably; a failed audit write fails the call.
+    fn commit(&self, batch: Batch, event: AuditEvent) -> Result<u64, VaultError> {
+        self.audit
+            .commit(&self.store, batch, event, self.clock.now_ms())
+            .map_err(|e| {
+                tracing::error!(error = %e, "audit commit failed; failing closed");
+                VaultError::Unavailable("the audit log cannot be written".into())
+            })
+    }
+
+    /// Commits a successful call with its record, or records a failed one; returns the value and
+    /// the audit seq. For a failed call the original error is what the caller sees.
+    fn finish<T>(
+        &self,
+        mut event: AuditEvent,
+        result: Result<(Batch, T), VaultError>,
+    ) -> Result<(T, u64), VaultError> {
+        match result {
+            Ok((batch, value)) => {
+                event.outcome = "ok".into();
+                let seq = self.commit(batch, event)?;
+                Ok((value, seq))
+            }
+            Err(err) => {
+                event.outcome = err.audit_outcome().into();
+                if let Err(audit_err) = self.commit(Batch::new(), event) {
+                    tracing::error!(error = %audit_err, "could not audit a failed call");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Checks the purpose and field names of a call against the catalog and the limits.
+    fn check_call<'a>(
+        &self,
+        policies: &'a Policies,
+        purpose: &Purpose,
+        fields: &[&FieldName],
+    ) -> Result<Vec<&'a FieldSpec>, VaultError> {
+        let catalog = policies.catalog();
+        if !catalog.has_purpose(purpose) {
+            return Err(VaultError::InvalidArgument(format!(
+                "unknown purpose `{purpose}`: not declared in the catalog"
+            )));
+        }
+        if fields.is_empty() {
+            return Err(VaultError::InvalidArgument("no fields given".into()));
+        }
+        if fields.len() > self.limits.max_fields_per_call {
+            return Err(VaultError::InvalidArgument(format!(
+                "too many fields: at most {} per call",
+                self.limits.max_fields_per_call
+            )));
+        }
+        fields
+            .iter()
+            .map(|f| {
+                catalog.field(f).ok_or_else(|| {
+                    VaultError::InvalidArgument(format!(
+                        "unknown field `{f}`: not declared in the catalog"
+                    ))
+                })
+            })
+            .collect()
+    }
+}
+
+fn field_audit(field: &FieldName, outcome: &str, policy_ids: &[String]) -> FieldAudit {
+    FieldAudit {
+        field: field.to_string(),
+        outcome: outcome.to_owned(),
+        policy_ids: policy_ids.to_vec(),
+    }
+}

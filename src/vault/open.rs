@@ -1,0 +1,169 @@
+//! Opening a data directory: root key (generating a development key on first start), keyring,
+//! policies, database, and the checks that tie them together. A failed open changes nothing.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use super::{Limits, OpenError, Vault, keys::KeyCache};
+use crate::audit::AuditLog;
+use crate::clock::Clock;
+use crate::keyring::{Keyring, keyfile};
+use crate::policy::Policies;
+use crate::store::{Batch, Cf, Store};
+
+const KEYRING_ID_KEY: &[u8] = b"keyring_id";
+const FORMAT_KEY: &[u8] = b"format_version";
+/// The on-disk format this version writes.
+pub const DATA_FORMAT_VERSION: u32 = 1;
+
+/// Where the vault keeps and finds its parts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaultConfig {
+    /// Holds `db/`, `keyring`, the deletion ledger and, in development, `dev.key`.
+    pub data_dir: PathBuf,
+    /// The policy directory (schema, catalog, policies).
+    pub policies_dir: PathBuf,
+    /// The root key file; `None` means `<data_dir>/dev.key`, generated when absent.
+    pub key_file: Option<PathBuf>,
+    /// Per-call bounds.
+    pub limits: Limits,
+}
+
+impl VaultConfig {
+    /// The defaults for `data_dir` and `policies_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>, policies_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            policies_dir: policies_dir.into(),
+            key_file: None,
+            limits: Limits::default(),
+        }
+    }
+
+    /// The RocksDB directory.
+    pub fn db_dir(&self) -> PathBuf {
+        self.data_dir.join("db")
+    }
+
+    /// The keyring file.
+    pub fn keyring_path(&self) -> PathBuf {
+        self.data_dir.join("keyring")
+    }
+
+    /// The development key file used when no key file is configured.
+    pub fn dev_key_path(&self) -> PathBuf {
+        self.data_dir.join("dev.key")
+    }
+}
+
+fn data_dir_error(path: &Path, reason: impl Into<String>) -> OpenError {
+    OpenError::DataDir {
+        path: path.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Reads the configured key file, or the development key, generating it on a first start.
+fn root_key(config: &VaultConfig) -> Result<crate::crypto::RootKey, OpenError> {
+    if let Some(path) = &config.key_file {
+        return Ok(keyfile::read_key_file(path)?);
+    }
+    let path = config.dev_key_path();
+    if path.exists() {
+        return Ok(keyfile::read_key_file(&path)?);
+    }
+    if config.keyring_path().exists() {
+        return Err(data_dir_error(
+            &config.data_dir,
+            "a keyring exists but its key file dev.key is missing: pass the root key with --key-file",
+        ));
+    }
+    let root = keyfile::create_key_file(&path)?;
+    tracing::warn!(
+        path = %path.display(),
+        "generated a DEVELOPMENT root key next to the data; anyone who can read it can read the vault. \
+         Use --key-file with a key kept apart from the data in production"
+    );
+    Ok(root)
+}
+
+impl Vault {
+    /// Opens the vault in `config.data_dir`, creating it on a first start.
+    pub fn open(config: &VaultConfig, clock: Arc<dyn Clock>) -> Result<Self, OpenError> {
+        // Policies first: an invalid policy directory must not leave a half-created data dir.
+        let policies = Policies::load(&config.policies_dir)?;
+        create_private_dir(&config.data_dir)?;
+        let root = root_key(config)?;
+        let keyring = Keyring::open_or_create(&config.keyring_path(), &root, clock.now_ms())?;
+        drop(root);
+        let store = Store::open(&config.db_dir())?;
+        check_pairing(&store, &keyring, config)?;
+        let audit = AuditLog::open(&store)?;
+        tracing::info!(
+            policy_version = policies.version(),
+            policies = policies.policy_count(),
+            audit_head = audit.head_seq(),
+            "vault opened"
+        );
+        Ok(Self {
+            store,
+            keyring,
+            policies: RwLock::new(Arc::new(policies)),
+            audit,
+            keys: KeyCache::new(config.limits.key_cache_subjects),
+            clock,
+            writer: Mutex::new(()),
+            limits: config.limits,
+        })
+    }
+}
+
+fn create_private_dir(path: &Path) -> Result<(), OpenError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if path.is_dir() {
+        return Ok(());
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|e| data_dir_error(path, format!("cannot create: {e}")))
+}
+
+/// Ties the keyring to the database: a keyring from another vault is refused before any read.
+fn check_pairing(store: &Store, keyring: &Keyring, config: &VaultConfig) -> Result<(), OpenError> {
+    let id = keyring.id();
+    match store.get(Cf::Meta, KEYRING_ID_KEY)? {
+        Some(stored) if stored == id => {}
+        Some(_) => {
+            return Err(data_dir_error(
+                &config.data_dir,
+                "the keyring belongs to another database (keyring id differs)",
+            ));
+        }
+        None => {
+            if store.last(Cf::Keys)?.is_some() || store.last(Cf::Audit)?.is_some() {
+                return Err(data_dir_error(
+                    &config.data_dir,
+                    "the database has data but no keyring id",
+                ));
+            }
+            let mut batch = Batch::new();
+            batch.put(Cf::Meta, KEYRING_ID_KEY.to_vec(), id.to_vec());
+            batch.put(
+                Cf::Meta,
+                FORMAT_KEY.to_vec(),
+                DATA_FORMAT_VERSION.to_be_bytes().to_vec(),
+            );
+            store.write(&batch)?;
+        }
+    }
+    match store.get(Cf::Meta, FORMAT_KEY)? {
+        Some(v) if v == DATA_FORMAT_VERSION.to_be_bytes() => Ok(()),
+        _ => Err(data_dir_error(
+            &config.data_dir,
+            format!("unsupported data format (this version reads format {DATA_FORMAT_VERSION})"),
+        )),
+    }
+}

@@ -1,0 +1,181 @@
+//! `get`: decide every field first (a denied field never touches storage), then one multi-get for
+//! the permitted ones, decrypt, mask, and make the audit record durable before any value leaves.
+
+use std::collections::BTreeMap;
+
+use zeroize::Zeroizing;
+
+use super::keys::SubjectKeys;
+use super::{CallContext, Vault, VaultError, field_audit};
+use crate::audit::AuditEvent;
+use crate::catalog::FieldSpec;
+use crate::domain::{FieldName, Purpose, Sid, SubjectId};
+use crate::policy::{Permit, Policies, ReadDecision};
+use crate::store::keys::subject_key;
+use crate::store::records::FieldRecord;
+use crate::store::{Batch, Cf};
+
+/// What a read returns for one field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// Read allowed and a value is stored.
+    Value(Zeroizing<String>),
+    /// Only masked reads allowed; the value masked by the field's rule.
+    Masked(String),
+    /// Neither read nor masked read allowed.
+    Denied,
+    /// Allowed, but nothing is stored (never written, deleted, expired or shredded).
+    Absent,
+}
+
+/// One field of a read, in request order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldRead {
+    /// The field.
+    pub field: FieldName,
+    /// Its outcome.
+    pub outcome: ReadOutcome,
+    /// The determining policies.
+    pub policy_ids: Vec<String>,
+}
+
+impl ReadOutcome {
+    fn audit_name(&self) -> &'static str {
+        match self {
+            Self::Value(_) => "value",
+            Self::Masked(_) => "masked",
+            Self::Denied => "denied",
+            Self::Absent => "absent",
+        }
+    }
+}
+
+impl Vault {
+    /// Reads `fields` of `subject` for `purpose`, each decided on its own.
+    pub fn get(
+        &self,
+        ctx: &CallContext,
+        subject: &SubjectId,
+        purpose: &Purpose,
+        fields: &[FieldName],
+    ) -> Result<Vec<FieldRead>, VaultError> {
+        let policies = self.policies();
+        let mut event = self.event(ctx, "read", Some(purpose), &policies);
+        let result = self.get_inner(ctx, &policies, subject, purpose, fields, &mut event);
+        self.finish(event, result.map(|reads| (Batch::new(), reads)))
+            .map(|(reads, _)| reads)
+    }
+
+    fn get_inner(
+        &self,
+        ctx: &CallContext,
+        policies: &Policies,
+        subject: &SubjectId,
+        purpose: &Purpose,
+        fields: &[FieldName],
+        event: &mut AuditEvent,
+    ) -> Result<Vec<FieldRead>, VaultError> {
+        let (sid, keys) = self.locate(subject, event)?;
+        let specs = self.check_call(policies, purpose, &fields.iter().collect::<Vec<_>>())?;
+        let context = policies
+            .field_context(purpose, &[])
+            .map_err(VaultError::Internal)?;
+        let decisions: Vec<ReadDecision> = fields
+            .iter()
+            .map(|f| policies.decide_read(&ctx.principal, f, &context))
+            .collect();
+
+        let permits: Vec<(&Permit, &FieldSpec)> = decisions
+            .iter()
+            .zip(&specs)
+            .filter_map(|(d, spec)| match d {
+                ReadDecision::Allowed(p) => Some((p, *spec)),
+                ReadDecision::Denied(_) => None,
+            })
+            .collect();
+        let stored = match &keys {
+            Some(keys) => self.read_permitted(&sid, keys, &permits)?,
+            None => BTreeMap::new(),
+        };
+
+        let mut reads = Vec::with_capacity(fields.len());
+        for (field, decision) in fields.iter().zip(decisions) {
+            let (outcome, policy_ids) = match decision {
+                ReadDecision::Denied(d) => {
+                    if !d.errors.is_empty() {
+                        tracing::warn!(field = %field, errors = ?d.errors, "policy evaluation error; denied");
+                    }
+                    (ReadOutcome::Denied, d.policy_ids)
+                }
+                ReadDecision::Allowed(permit) => {
+                    let outcome = stored.get(field).cloned().unwrap_or(ReadOutcome::Absent);
+                    (outcome, permit.policy_ids().to_vec())
+                }
+            };
+            event
+                .fields
+                .push(field_audit(field, outcome.audit_name(), &policy_ids));
+            reads.push(FieldRead {
+                field: field.clone(),
+                outcome,
+                policy_ids,
+            });
+        }
+        Ok(reads)
+    }
+
+    /// Reads, opens and masks the permitted fields with one multi-get. Expired values are absent.
+    fn read_permitted(
+        &self,
+        sid: &Sid,
+        keys: &SubjectKeys,
+        permits: &[(&Permit, &FieldSpec)],
+    ) -> Result<BTreeMap<FieldName, ReadOutcome>, VaultError> {
+        let storage_keys: Vec<Vec<u8>> = permits
+            .iter()
+            .map(|(p, _)| subject_key(sid, p.field().as_str()))
+            .collect();
+        let request: Vec<(Cf, &[u8])> = storage_keys
+            .iter()
+            .map(|k| (Cf::Fields, k.as_slice()))
+            .collect();
+        let values = self.store.multi_get(&request)?;
+        let now = self.clock.now_ms();
+        let mut out = BTreeMap::new();
+        for ((permit, spec), value) in permits.iter().zip(values) {
+            let Some(bytes) = value else { continue };
+            let record =
+                FieldRecord::decode(&bytes).map_err(|e| VaultError::DataLoss(e.to_string()))?;
+            if record.expires_ms.is_some_and(|e| e <= now) {
+                continue;
+            }
+            let plain = keys
+                .cipher(&spec.key_class)?
+                .open(
+                    sid,
+                    permit.field(),
+                    &crate::crypto::Sealed {
+                        dek_version: record.dek_version,
+                        nonce: record.nonce,
+                        ciphertext: record.ciphertext,
+                    },
+                )
+                .map_err(|_| {
+                    VaultError::DataLoss(format!(
+                        "field `{}` failed its integrity check",
+                        permit.field()
+                    ))
+                })?;
+            let text = Zeroizing::new(String::from_utf8(plain.to_vec()).map_err(|_| {
+                VaultError::DataLoss(format!("field `{}` is not UTF-8", permit.field()))
+            })?);
+            let outcome = if permit.masked() {
+                ReadOutcome::Masked(spec.mask.apply(&text))
+            } else {
+                ReadOutcome::Value(text)
+            };
+            out.insert(permit.field().clone(), outcome);
+        }
+        Ok(out)
+    }
+}

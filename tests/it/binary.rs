@@ -1,0 +1,161 @@
+//! The `privault` binary as a user runs it: `serve` on the embedded default layout (dev key
+//! generated, loopback only, health and reflection served, clean exit on SIGTERM) and
+//! `policy validate`.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::support::shipped_policies;
+
+const BIN: &str = env!("CARGO_BIN_EXE_privault");
+
+/// A running `privault serve` child, its log so far and its address.
+struct Served {
+    child: Child,
+    log: String,
+    addr: String,
+    _lines: mpsc::Receiver<String>,
+}
+
+/// Starts `privault serve` in `cwd` and waits for its `listening on ADDR` line.
+#[expect(
+    clippy::zombie_processes,
+    reason = "the caller waits through `terminate`"
+)]
+fn start(cwd: &Path, extra: &[&str]) -> Served {
+    let mut child = Command::new(BIN)
+        .current_dir(cwd)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut log = String::new();
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no `listening on` line:\n{log}"));
+        log.push_str(&line);
+        log.push('\n');
+        if let Some(addr) = line.split("listening on ").nth(1) {
+            let addr = addr.trim().to_owned();
+            return Served {
+                child,
+                log,
+                addr,
+                _lines: rx,
+            };
+        }
+    }
+}
+
+fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_runs_on_the_embedded_default_and_stops_on_sigterm() {
+    let cwd = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(shipped_policies(), cwd.path().join("policies")).unwrap();
+    let mut served = start(cwd.path(), &[]);
+    assert!(
+        served.log.contains("DEVELOPMENT root key"),
+        "{}",
+        served.log
+    );
+    let addr = served.addr.clone();
+    assert!(cwd.path().join("privault-data/dev.key").exists());
+
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    for service in ["", "privault.v1.Vault"] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status();
+        assert_eq!(status, ServingStatus::Serving, "service `{service}`");
+    }
+    assert!(terminate(&mut served.child).success());
+}
+
+#[test]
+fn serve_refuses_a_non_loopback_address_without_tls() {
+    let cwd = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .current_dir(cwd.path())
+        .args(["serve", "--listen", "0.0.0.0:0", "--policies"])
+        .arg(shipped_policies())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
+    assert!(!cwd.path().join("privault-data").exists());
+}
+
+#[test]
+fn policy_validate_accepts_the_shipped_policies_and_points_at_errors() {
+    let ok = Command::new(BIN)
+        .args(["policy", "validate", "--policies"])
+        .arg(shipped_policies())
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    for f in [
+        "schema.cedarschema",
+        "catalog.toml",
+        "shop.cedar",
+        "guards.cedar",
+    ] {
+        std::fs::copy(shipped_policies().join(f), dir.path().join(f)).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("typo.cedar"),
+        "@id(\"typo\")\npermit (principal, action == Action::\"read\", resource == Field::\"emial\");\n",
+    )
+    .unwrap();
+    let bad = Command::new(BIN)
+        .args(["policy", "validate", "--policies"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let out = String::from_utf8_lossy(&bad.stdout);
+    assert!(out.contains("typo.cedar:2:"), "{out}");
+    assert!(out.contains("Field::\"emial\"` is not declared"), "{out}");
+}

@@ -1,0 +1,107 @@
+//! Start-up and restarts: synced writes survive, a wrong or exposed key is a clear start-up error
+//! that touches nothing, and an invalid policy directory refuses to start.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use privault::keyring::{KeyringError, keyfile};
+use privault::vault::OpenError;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_survive_a_restart() {
+    let vault = TestVault::new();
+    let server = vault.start().await;
+    put_profile(&server, "cust-1").await;
+    server.stop().await;
+    let server = vault.start().await;
+    let mut checkout = server.client(CHECKOUT).await;
+    assert_eq!(
+        get(&mut checkout, "cust-1", "fulfillment", &["email"]).await[0].value,
+        "alice@example.com"
+    );
+    server.stop().await;
+}
+
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.insert(path.clone(), std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    files
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_root_key_refuses_to_start_and_touches_nothing() {
+    let mut vault = TestVault::new();
+    let server = vault.start().await;
+    put_profile(&server, "cust-1").await;
+    server.stop().await;
+    let before = snapshot(vault.data_dir());
+    let other = vault.dir.path().join("other.key");
+    keyfile::create_key_file(&other).unwrap();
+    vault.config.key_file = Some(other);
+    let err = vault.open().unwrap_err();
+    assert!(
+        matches!(err, OpenError::Keyring(KeyringError::WrongRootKey(_))),
+        "{err}"
+    );
+    assert!(err.to_string().contains("does not match"), "{err}");
+    assert_eq!(before, snapshot(vault.data_dir()));
+}
+
+#[test]
+fn key_file_readable_by_others_is_refused() {
+    let mut vault = TestVault::new();
+    let key = vault.dir.path().join("root.key");
+    keyfile::create_key_file(&key).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    vault.config.key_file = Some(key);
+    let err = vault.open().unwrap_err();
+    assert!(err.to_string().contains("chmod 600"), "{err}");
+}
+
+#[test]
+fn dev_key_is_generated_private_on_first_start() {
+    let vault = TestVault::new();
+    drop(vault.open().unwrap());
+    let mode = std::fs::metadata(vault.data_dir().join("dev.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(vault.data_dir().join("keyring").exists());
+    assert!(vault.data_dir().join("db").is_dir());
+}
+
+#[test]
+fn invalid_policies_refuse_to_start_with_positions() {
+    let mut vault = TestVault::new();
+    let policies = vault.dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    for f in ["schema.cedarschema", "catalog.toml", "shop.cedar"] {
+        std::fs::copy(shipped_policies().join(f), policies.join(f)).unwrap();
+    }
+    std::fs::write(
+        policies.join("bad.cedar"),
+        "permit (principal, action == Action::\"read\", resource)\nwhen { context.purpose == 3 };\n",
+    )
+    .unwrap();
+    vault.config.policies_dir = policies;
+    let err = vault.open().unwrap_err().to_string();
+    assert!(err.contains("bad.cedar:2:"), "{err}");
+    assert!(
+        !vault.data_dir().exists(),
+        "nothing created on a refused start"
+    );
+}

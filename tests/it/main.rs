@@ -1,0 +1,12 @@
+//! privault's integration tests: a real server on a loopback port over RocksDB in a temp dir,
+//! called through the generated tonic client.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod audit;
+mod binary;
+mod durability;
+mod outcomes;
+mod shred;
+mod support;
+mod tamper;
+mod writes;

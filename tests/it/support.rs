@@ -1,0 +1,220 @@
+//! Starts a real privault server (RocksDB on a temp dir, gRPC on a loopback port) and hands out
+//! clients that call it as a given principal.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use privault::api::pb::vault_client::VaultClient;
+use privault::api::pb::{self, FieldResult, Outcome};
+use privault::api::{Identity, serve};
+use privault::clock::SystemClock;
+use privault::vault::{OpenError, Vault, VaultConfig};
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::{Request, Status};
+
+/// The example policies shipped in the repository.
+pub fn shipped_policies() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
+}
+
+/// A data directory that outlives server restarts.
+pub struct TestVault {
+    pub dir: TempDir,
+    pub config: VaultConfig,
+}
+
+impl TestVault {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = VaultConfig::new(dir.path().join("data"), shipped_policies());
+        Self { dir, config }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.config.data_dir
+    }
+
+    pub fn open(&self) -> Result<Vault, OpenError> {
+        Vault::open(&self.config, Arc::new(SystemClock))
+    }
+
+    /// Starts a server on a fresh loopback port.
+    pub async fn start(&self) -> TestServer {
+        let vault = Arc::new(self.open().unwrap());
+        let weak = Arc::downgrade(&vault);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            serve(vault, Identity::Development, listener, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        TestServer {
+            addr,
+            shutdown: Some(tx),
+            handle,
+            vault: weak,
+        }
+    }
+}
+
+/// A running server.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<()>,
+    vault: Weak<Vault>,
+}
+
+#[derive(Clone)]
+pub struct As(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for As {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("x-privault-principal", v.clone());
+        }
+        Ok(request)
+    }
+}
+
+pub type Client = VaultClient<InterceptedService<Channel, As>>;
+
+impl TestServer {
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// A client calling as `principal` (a Cedar uid such as `Service::"checkout"`).
+    pub async fn client(&self, principal: &str) -> Client {
+        VaultClient::with_interceptor(self.channel().await, As(Some(principal.parse().unwrap())))
+    }
+
+    /// A client that sends no principal header.
+    pub async fn anonymous(&self) -> Client {
+        VaultClient::with_interceptor(self.channel().await, As(None))
+    }
+
+    /// Stops the server and waits until the database is closed.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        (&mut self.handle).await.unwrap();
+        for _ in 0..500 {
+            if self.vault.upgrade().is_none() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("vault still open after shutdown");
+    }
+}
+
+pub const ACCOUNT: &str = "Service::\"account\"";
+pub const CHECKOUT: &str = "Service::\"checkout\"";
+pub const RECOMMENDER: &str = "Service::\"recommender\"";
+pub const SUPPORT: &str = "Service::\"support\"";
+pub const MAILER: &str = "Service::\"mailer\"";
+pub const FRAUD: &str = "Service::\"fraud\"";
+pub const DPO: &str = "Operator::\"dpo\"";
+
+pub fn put_request(subject: &str, purpose: &str, fields: &[(&str, &str)]) -> pb::PutFieldsRequest {
+    pb::PutFieldsRequest {
+        subject_id: subject.into(),
+        purpose: purpose.into(),
+        fields: fields
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    }
+}
+
+pub fn get_request(subject: &str, purpose: &str, fields: &[&str]) -> pb::GetFieldsRequest {
+    pb::GetFieldsRequest {
+        subject_id: subject.into(),
+        purpose: purpose.into(),
+        fields: fields.iter().map(|f| (*f).to_owned()).collect(),
+    }
+}
+
+/// Stores a full profile for `subject` as the account service.
+pub async fn put_profile(server: &TestServer, subject: &str) {
+    let mut account = server.client(ACCOUNT).await;
+    account
+        .put_fields(put_request(
+            subject,
+            "account",
+            &[
+                ("email", "alice@example.com"),
+                ("phone", "+15551234567"),
+                ("full_name", "Alice Example"),
+                ("shipping_address", "1 Main St, Springfield"),
+                ("payment_card", "4111111111111111"),
+                ("favorite_categories", "books,tea"),
+                ("last_ip", "203.0.113.7"),
+            ],
+        ))
+        .await
+        .unwrap();
+}
+
+/// Reads `fields` and returns the results.
+pub async fn get(
+    client: &mut Client,
+    subject: &str,
+    purpose: &str,
+    fields: &[&str],
+) -> Vec<FieldResult> {
+    client
+        .get_fields(get_request(subject, purpose, fields))
+        .await
+        .unwrap()
+        .into_inner()
+        .results
+}
+
+/// `(field, outcome, value)` of each result.
+pub fn summary(results: &[FieldResult]) -> Vec<(String, Outcome, String)> {
+    results
+        .iter()
+        .map(|r| (r.field.clone(), r.outcome(), r.value.clone()))
+        .collect()
+}
+
+/// Every file under `dir` whose bytes contain `needle`.
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if std::fs::read(&path)
+                .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
+            {
+                hits.push(path);
+            }
+        }
+    }
+    hits
+}
