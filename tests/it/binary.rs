@@ -88,12 +88,7 @@ async fn serve_runs_on_the_embedded_default_and_stops_on_sigterm() {
     let addr = served.addr.clone();
     assert!(cwd.path().join("privault-data/dev.key").exists());
 
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut health = HealthClient::new(channel);
+    let mut health = HealthClient::new(channel_to(&addr).await);
     for service in ["", "privault.v1.Vault"] {
         let status = health
             .check(HealthCheckRequest {
@@ -105,7 +100,48 @@ async fn serve_runs_on_the_embedded_default_and_stops_on_sigterm() {
             .status();
         assert_eq!(status, ServingStatus::Serving, "service `{service}`");
     }
+    assert_eq!(
+        reflected_services(channel_to(&addr).await).await,
+        vec![
+            "grpc.health.v1.Health".to_owned(),
+            "grpc.reflection.v1.ServerReflection".to_owned(),
+            "privault.v1.Vault".to_owned(),
+        ]
+    );
     assert!(terminate(&mut served.child).success());
+}
+
+async fn channel_to(addr: &str) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// The services a stock client (grpcurl, grpcio) discovers through server reflection.
+async fn reflected_services(channel: tonic::transport::Channel) -> Vec<String> {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection response");
+    };
+    let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    names.sort();
+    names
 }
 
 #[test]

@@ -6,6 +6,7 @@ mod audit;
 mod binary;
 mod durability;
 mod outcomes;
+mod retention;
 mod shred;
 mod support;
 mod tamper;
