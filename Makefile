@@ -17,6 +17,7 @@ test: deps
 	$(CARGO) test --locked --all-targets
 	$(CARGO) test --locked --doc
 	$(CARGO) run --locked --quiet -- policy validate --policies policies
+	$(CARGO) run --locked --quiet -- policy test --policies policies
 
 ## Formatting and lints, as CI checks them.
 lint: deps

@@ -52,6 +52,35 @@ impl fmt::Display for SourceError {
     }
 }
 
+/// A position in one file of the policy directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourcePos {
+    /// The file name.
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+}
+
+impl SourcePos {
+    /// The position of byte `offset` of `text` in `file`.
+    pub fn at_offset(file: &str, text: &str, offset: usize) -> Self {
+        let e = SourceError::at_offset(file, text, offset, "");
+        Self {
+            file: e.file,
+            line: e.line,
+            column: e.column,
+        }
+    }
+}
+
+impl fmt::Display for SourcePos {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.column)
+    }
+}
+
 /// Several source errors, one per line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct SourceErrors(pub Vec<SourceError>);

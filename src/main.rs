@@ -1,4 +1,4 @@
-//! The `privault` binary: `serve` runs the vault; `policy validate` checks a policy directory.
+//! The `privault` binary: `serve` runs the vault; `policy validate/test/explain` serve the security team.
 //! Thin: parses flags, sets up logging and signals, and calls the library.
 
 use std::io::IsTerminal;
@@ -7,11 +7,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+mod cli;
+
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use privault::api::{self, Identity};
 use privault::clock::SystemClock;
-use privault::policy::{Policies, PolicyError};
 use privault::vault::{Vault, VaultConfig};
 use tokio::net::TcpListener;
 
@@ -32,7 +33,7 @@ enum Command {
     Serve(ServeArgs),
     /// Work with a policy directory.
     #[command(subcommand)]
-    Policy(PolicyCommand),
+    Policy(cli::policy::PolicyCommand),
 }
 
 #[derive(Args)]
@@ -51,16 +52,6 @@ struct ServeArgs {
     key_file: Option<PathBuf>,
 }
 
-#[derive(Subcommand)]
-enum PolicyCommand {
-    /// Check a policy directory: exit 0 when valid, else print `file:line:column: message` errors.
-    Validate {
-        /// Policy directory.
-        #[arg(long, env = "PRIVAULT_POLICIES", default_value = "./policies")]
-        policies: PathBuf,
-    },
-}
-
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -73,7 +64,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Policy(PolicyCommand::Validate { policies }) => validate(&policies),
+        Command::Policy(command) => cli::policy::run(command),
     };
     match result {
         Ok(code) => code,
@@ -81,31 +72,6 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn validate(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
-    match Policies::load(dir) {
-        Ok(p) => {
-            println!(
-                "{}: valid ({} policies, version {})",
-                dir.display(),
-                p.policy_count(),
-                p.version()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(PolicyError::Invalid(errors)) => {
-            for e in &errors.0 {
-                println!(
-                    "{}",
-                    dir.join(&e.file).display().to_string()
-                        + &format!(":{}:{}: {}", e.line, e.column, e.message)
-                );
-            }
-            Ok(ExitCode::FAILURE)
-        }
-        Err(e) => Err(e.into()),
     }
 }
 

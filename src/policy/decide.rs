@@ -2,17 +2,20 @@
 //! error is a deny (Cedar skips an erroring policy, so an erroring `forbid` must not let a read
 //! through).
 
+use std::sync::OnceLock;
+
 use cedar_policy::{
     AuthorizationError, Context, Decision as CedarDecision, EntityId, EntityUid, Request,
     RestrictedExpression,
 };
 
+use super::cache::DecisionKey;
 use super::entities::uid;
 use super::{Permit, Policies};
 use crate::domain::{FieldName, Principal, PrincipalKind, Purpose};
 
 /// The per-field actions of the schema.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FieldAction {
     /// `Action::"read"`.
     Read,
@@ -65,9 +68,49 @@ impl Uids {
     }
 }
 
-/// The context of every per-field request of one call: `{ purpose, consents }`, built once.
-#[derive(Debug, Clone)]
-pub struct FieldContext(Context);
+/// The context of every per-field request of one call: `{ purpose, consents }`. The Cedar context
+/// is built only when a decision is not cached, and then once per call.
+#[derive(Debug)]
+pub struct FieldContext {
+    purpose: Purpose,
+    consents: Vec<Purpose>,
+    cedar: OnceLock<Result<Context, String>>,
+}
+
+impl FieldContext {
+    /// The stated purpose.
+    pub fn purpose(&self) -> &Purpose {
+        &self.purpose
+    }
+
+    /// The purposes the subject consented to, sorted.
+    pub fn consents(&self) -> &[Purpose] {
+        &self.consents
+    }
+
+    fn cedar(&self) -> Result<Context, String> {
+        self.cedar
+            .get_or_init(|| {
+                let purpose_uid = |p: &Purpose| {
+                    uid("Purpose", p.as_str()).map(RestrictedExpression::new_entity_uid)
+                };
+                let consents = self
+                    .consents
+                    .iter()
+                    .map(purpose_uid)
+                    .collect::<Result<Vec<_>, _>>()?;
+                Context::from_pairs([
+                    ("purpose".to_owned(), purpose_uid(&self.purpose)?),
+                    (
+                        "consents".to_owned(),
+                        RestrictedExpression::new_set(consents),
+                    ),
+                ])
+                .map_err(|e| e.to_string())
+            })
+            .clone()
+    }
+}
 
 /// One authorization decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,26 +135,15 @@ pub enum ReadDecision {
 
 impl Policies {
     /// The context for the requests of one call.
-    pub fn field_context(
-        &self,
-        purpose: &Purpose,
-        consents: &[Purpose],
-    ) -> Result<FieldContext, String> {
-        let purpose_uid =
-            |p: &Purpose| uid("Purpose", p.as_str()).map(RestrictedExpression::new_entity_uid);
-        let consents = consents
-            .iter()
-            .map(purpose_uid)
-            .collect::<Result<Vec<_>, _>>()?;
-        Context::from_pairs([
-            ("purpose".to_owned(), purpose_uid(purpose)?),
-            (
-                "consents".to_owned(),
-                RestrictedExpression::new_set(consents),
-            ),
-        ])
-        .map(FieldContext)
-        .map_err(|e| e.to_string())
+    pub fn field_context(&self, purpose: &Purpose, consents: &[Purpose]) -> FieldContext {
+        let mut consents = consents.to_vec();
+        consents.sort();
+        consents.dedup();
+        FieldContext {
+            purpose: purpose.clone(),
+            consents,
+            cedar: OnceLock::new(),
+        }
     }
 
     fn principal_uid(&self, principal: &Principal) -> EntityUid {
@@ -174,7 +206,8 @@ impl Policies {
         }
     }
 
-    /// Decides `action` on `field` for `principal`.
+    /// Decides `action` on `field` for `principal`, from the decision cache when this exact
+    /// request was decided before by this policy set.
     pub fn decide_field(
         &self,
         principal: &Principal,
@@ -182,18 +215,35 @@ impl Policies {
         field: &FieldName,
         context: &FieldContext,
     ) -> Decision {
-        match uid("Field", field.as_str()) {
-            Ok(resource) => self.decide(
-                principal,
-                self.uids.field(action),
-                resource,
-                context.0.clone(),
-            ),
-            Err(e) => Decision {
-                allowed: false,
-                policy_ids: Vec::new(),
-                errors: vec![e],
-            },
+        let key = DecisionKey::new(principal, action, field, context);
+        if let Some(hit) = self.cache.get(&key) {
+            return hit;
+        }
+        let decision = self.evaluate_field(principal, action, field, context);
+        self.cache.insert(key, decision.clone());
+        decision
+    }
+
+    /// Evaluates `action` on `field` with Cedar, bypassing the cache.
+    pub fn evaluate_field(
+        &self,
+        principal: &Principal,
+        action: FieldAction,
+        field: &FieldName,
+        context: &FieldContext,
+    ) -> Decision {
+        let deny = |e: String| Decision {
+            allowed: false,
+            policy_ids: Vec::new(),
+            errors: vec![e],
+        };
+        let resource = match uid("Field", field.as_str()) {
+            Ok(r) => r,
+            Err(e) => return deny(e),
+        };
+        match context.cedar() {
+            Ok(cedar) => self.decide(principal, self.uids.field(action), resource, cedar),
+            Err(e) => deny(e),
         }
     }
 

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Policies, PolicyError, decide, entities};
 use crate::catalog::{CATALOG_FILE, Catalog};
-use crate::diagnostic::{SourceError, SourceErrors};
+use crate::diagnostic::{SourceError, SourceErrors, SourcePos};
 
 /// The schema's file name inside the policy directory.
 pub const SCHEMA_FILE: &str = "schema.cedarschema";
@@ -102,6 +102,7 @@ impl Policies {
         };
         let mut set = PolicySet::new();
         let mut seen_ids = HashSet::new();
+        let mut locations = BTreeMap::new();
         for (file, text) in &sources.policies {
             let parsed = match PolicySet::from_str(text) {
                 Ok(p) => p,
@@ -144,6 +145,12 @@ impl Policies {
                     ));
                     continue;
                 }
+                let source = policy.to_string();
+                let offset = text
+                    .find(source.trim())
+                    .or_else(|| text.find(&format!("@id(\"{id}\")")))
+                    .unwrap_or(0);
+                locations.insert(id.clone(), SourcePos::at_offset(file, text, offset));
                 if let Err(e) = set.add(policy.new_id(PolicyId::new(&id))) {
                     errors.push(SourceError::in_file(file, e.to_string()));
                 }
@@ -179,6 +186,8 @@ impl Policies {
             set,
             entities,
             authorizer: Authorizer::new(),
+            locations,
+            cache: super::cache::DecisionCache::new(super::DECISION_CACHE_CAPACITY),
         })
     }
 }

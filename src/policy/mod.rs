@@ -2,21 +2,27 @@
 //! built from that catalog, and decisions with the policies that determined them. The only module
 //! that names `cedar_policy`. A decision that reports any evaluation error is a deny.
 
+mod cache;
+pub mod cases;
 mod decide;
 mod entities;
 mod load;
+mod request;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use cedar_policy::{Authorizer, Entities, EntityTypeName, EntityUid, Schema};
 
 use crate::catalog::Catalog;
-use crate::diagnostic::SourceErrors;
+use crate::diagnostic::{SourceErrors, SourcePos};
 use crate::domain::FieldName;
 
+pub use cache::DECISION_CACHE_CAPACITY;
 pub use decide::{Decision, FieldAction, FieldContext, ReadDecision};
 pub use load::{SCHEMA_FILE, load_sources};
+pub use request::AccessRequest;
 
 /// What can go wrong loading a policy directory.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +79,8 @@ pub struct Policies {
     operator_type: EntityTypeName,
     subject_uid: EntityUid,
     policy_count: usize,
+    cache: cache::DecisionCache,
+    locations: BTreeMap<String, SourcePos>,
 }
 
 impl std::fmt::Debug for Policies {
@@ -93,6 +101,16 @@ impl Policies {
     /// The catalog loaded with these policies.
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
+    }
+
+    /// Where policy `id` starts in its file.
+    pub fn location(&self, id: &str) -> Option<&SourcePos> {
+        self.locations.get(id)
+    }
+
+    /// Every policy id in the set, sorted.
+    pub fn policy_ids(&self) -> impl Iterator<Item = &str> {
+        self.locations.keys().map(String::as_str)
     }
 
     /// How many policies are in the set.

@@ -77,9 +77,7 @@ impl Vault {
     ) -> Result<Vec<FieldRead>, VaultError> {
         let (sid, keys) = self.locate(subject, event)?;
         let specs = self.check_call(policies, purpose, &fields.iter().collect::<Vec<_>>())?;
-        let context = policies
-            .field_context(purpose, &[])
-            .map_err(VaultError::Internal)?;
+        let context = policies.field_context(purpose, &[]);
         let decisions: Vec<ReadDecision> = fields
             .iter()
             .map(|f| policies.decide_read(&ctx.principal, f, &context))

@@ -1,0 +1,3 @@
+//! The binary's subcommands other than `serve`.
+
+pub mod policy;

@@ -1,0 +1,139 @@
+//! A single access request as the security team writes it (in tests and `policy explain`), and
+//! its evaluation without the cache.
+
+use std::fmt;
+
+use super::{Decision, FieldAction, Policies};
+use crate::domain::{FieldName, Principal, Purpose};
+
+/// One request to decide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessRequest {
+    /// A per-field action.
+    Field {
+        /// The caller.
+        principal: Principal,
+        /// The action.
+        action: FieldAction,
+        /// The field.
+        field: FieldName,
+        /// The stated purpose.
+        purpose: Purpose,
+        /// The purposes the subject consented to.
+        consents: Vec<Purpose>,
+    },
+    /// `Action::"shred"` on the subject.
+    Shred {
+        /// The caller.
+        principal: Principal,
+        /// The stated reason.
+        reason: String,
+    },
+}
+
+impl FieldAction {
+    /// Parses an action name of the schema's per-field actions.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "read" => Some(Self::Read),
+            "read_masked" => Some(Self::ReadMasked),
+            "write" => Some(Self::Write),
+            "delete" => Some(Self::Delete),
+            _ => None,
+        }
+    }
+}
+
+impl AccessRequest {
+    /// Builds a request from its parts as written by a person; the message says what is wrong.
+    pub fn parse(
+        policies: &Policies,
+        principal: &str,
+        action: &str,
+        field: Option<&str>,
+        purpose: Option<&str>,
+        consents: &[String],
+        reason: Option<&str>,
+    ) -> Result<Self, String> {
+        let principal = Principal::parse_uid(principal).map_err(|e| e.0)?;
+        if action == "shred" {
+            return Ok(Self::Shred {
+                principal,
+                reason: reason.unwrap_or_default().to_owned(),
+            });
+        }
+        let action = FieldAction::parse(action).ok_or_else(|| {
+            format!("unknown action `{action}`: expected read, read_masked, write, delete or shred")
+        })?;
+        let catalog = policies.catalog();
+        let field =
+            FieldName::new(field.ok_or("a per-field action needs a field")?).map_err(|e| e.0)?;
+        if catalog.field(&field).is_none() {
+            return Err(format!("unknown field `{field}`"));
+        }
+        let declared = |p: &str| {
+            let purpose = Purpose::new(p).map_err(|e| e.0)?;
+            if catalog.has_purpose(&purpose) {
+                Ok(purpose)
+            } else {
+                Err(format!("unknown purpose `{purpose}`"))
+            }
+        };
+        Ok(Self::Field {
+            principal,
+            action,
+            field,
+            purpose: declared(purpose.ok_or("a per-field action needs a purpose")?)?,
+            consents: consents
+                .iter()
+                .map(|c| declared(c))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+impl fmt::Display for AccessRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Field {
+                principal,
+                action,
+                field,
+                purpose,
+                consents,
+            } => {
+                let consents: Vec<&str> = consents.iter().map(Purpose::as_str).collect();
+                write!(
+                    f,
+                    "{principal} {} Field::\"{field}\" for `{purpose}` (consents: [{}])",
+                    action.name(),
+                    consents.join(", ")
+                )
+            }
+            Self::Shred { principal, reason } => {
+                write!(f, "{principal} shred (reason: {reason:?})")
+            }
+        }
+    }
+}
+
+impl Policies {
+    /// Evaluates `request` with Cedar, bypassing the decision cache.
+    pub fn evaluate(&self, request: &AccessRequest) -> Decision {
+        match request {
+            AccessRequest::Field {
+                principal,
+                action,
+                field,
+                purpose,
+                consents,
+            } => self.evaluate_field(
+                principal,
+                *action,
+                field,
+                &self.field_context(purpose, consents),
+            ),
+            AccessRequest::Shred { principal, reason } => self.decide_shred(principal, reason),
+        }
+    }
+}
