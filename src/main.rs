@@ -101,12 +101,33 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::warn!(
             "DEVELOPMENT MODE: callers are whoever the x-privault-principal header says; loopback only"
         );
+        tokio::spawn(reload_on_sighup(Arc::clone(&vault)));
         tracing::info!("listening on {addr}");
         api::serve(vault, Identity::Development, listener, shutdown_signal()).await?;
         tracing::info!("stopped");
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Re-reads the policy directory on every SIGHUP; an invalid directory leaves the active set.
+async fn reload_on_sighup(vault: Arc<Vault>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; policy reload by signal is off");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        let vault = Arc::clone(&vault);
+        match tokio::task::spawn_blocking(move || vault.reload_policies()).await {
+            Ok(Ok(Some(version))) => {
+                tracing::info!(policy_version = version, "SIGHUP: policies reloaded")
+            }
+            Ok(Ok(None)) => tracing::info!("SIGHUP: policy directory unchanged"),
+            Ok(Err(e)) => tracing::error!("SIGHUP: {e}"),
+            Err(e) => tracing::error!("SIGHUP: reload task failed: {e}"),
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

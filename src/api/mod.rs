@@ -3,7 +3,9 @@
 
 mod convert;
 mod debug;
+mod edge;
 mod identity;
+mod policy_service;
 mod service;
 mod status;
 
@@ -15,6 +17,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 pub use identity::Identity;
+pub use policy_service::PolicyAdminService;
 pub use service::VaultService;
 
 use crate::vault::Vault;
@@ -63,12 +66,17 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
+    let policy_service = pb::policy_admin_server::PolicyAdminServer::new(PolicyAdminService::new(
+        Arc::clone(&vault),
+        identity,
+    ));
     let vault_service = pb::vault_server::VaultServer::new(VaultService::new(vault, identity));
     Server::builder()
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(vault_service)
+        .add_service(policy_service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     Ok(())

@@ -27,6 +27,8 @@ pub fn to_status(err: VaultError, request_id: &str) -> Status {
                 .collect();
             Status::permission_denied(format!("{action} denied by policy ({})", fields.join("; ")))
         }
+        VaultError::FailedPrecondition(msg) => Status::failed_precondition(msg),
+        VaultError::NotFound(msg) => Status::not_found(msg),
         VaultError::Unavailable(msg) => Status::new(Code::Unavailable, msg),
         VaultError::DataLoss(msg) => {
             tracing::error!(request_id, error = %msg, "integrity failure");

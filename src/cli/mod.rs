@@ -1,3 +1,4 @@
 //! The binary's subcommands other than `serve`.
 
 pub mod policy;
+pub mod remote;

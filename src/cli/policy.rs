@@ -49,10 +49,13 @@ pub enum PolicyCommand {
         #[arg(long)]
         reason: Option<String>,
     },
+    #[command(flatten)]
+    Remote(super::remote::RemoteCommand),
 }
 
 pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
     match command {
+        PolicyCommand::Remote(remote) => super::remote::run(remote),
         PolicyCommand::Validate { policies } => validate(&policies),
         PolicyCommand::Test {
             policies,

@@ -45,6 +45,9 @@ pub(super) struct Uids {
     write: EntityUid,
     delete: EntityUid,
     shred: EntityUid,
+    policy_read: EntityUid,
+    policy_write: EntityUid,
+    policy_store: EntityUid,
 }
 
 impl Uids {
@@ -55,6 +58,9 @@ impl Uids {
             write: uid("Action", "write")?,
             delete: uid("Action", "delete")?,
             shred: uid("Action", "shred")?,
+            policy_read: uid("Action", "policy_read")?,
+            policy_write: uid("Action", "policy_write")?,
+            policy_store: uid("PolicyStore", "active")?,
         })
     }
 
@@ -64,6 +70,25 @@ impl Uids {
             FieldAction::ReadMasked => &self.read_masked,
             FieldAction::Write => &self.write,
             FieldAction::Delete => &self.delete,
+        }
+    }
+}
+
+/// The policy administration actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AdminAction {
+    /// `Action::"policy_read"`: inspect, validate, dry-run, explain.
+    Read,
+    /// `Action::"policy_write"`: apply, roll back.
+    Write,
+}
+
+impl AdminAction {
+    /// The action's name in policies and audit records.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Read => "policy_read",
+            Self::Write => "policy_write",
         }
     }
 }
@@ -276,6 +301,30 @@ impl Policies {
         denied.policy_ids.dedup();
         denied.errors.extend(masked.errors);
         ReadDecision::Denied(denied)
+    }
+
+    /// Decides a policy administration action. Only operators administer policies; for anyone else
+    /// it is a plain deny.
+    pub fn decide_admin(&self, principal: &Principal, action: AdminAction) -> Decision {
+        if principal.kind() != PrincipalKind::Operator {
+            return Decision {
+                allowed: false,
+                policy_ids: Vec::new(),
+                errors: Vec::new(),
+            };
+        }
+        let action = match action {
+            AdminAction::Read => &self.uids.policy_read,
+            AdminAction::Write => &self.uids.policy_write,
+        };
+        match Context::from_pairs(Vec::<(String, RestrictedExpression)>::new()) {
+            Ok(context) => self.decide(principal, action, self.uids.policy_store.clone(), context),
+            Err(e) => Decision {
+                allowed: false,
+                policy_ids: Vec::new(),
+                errors: vec![e.to_string()],
+            },
+        }
     }
 
     /// Decides `Action::"shred"` on the subject, with the stated reason in the context.

@@ -20,7 +20,7 @@ use crate::diagnostic::{SourceError, SourceErrors, SourcePos};
 pub const SCHEMA_FILE: &str = "schema.cedarschema";
 
 /// The text files of a policy directory, by file name.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Sources {
     /// `schema.cedarschema`.
     pub schema: String,
@@ -171,7 +171,8 @@ impl Policies {
             })
         };
         Ok(Self {
-            version: version_of(sources),
+            hash: hash_of(sources),
+            number: 0,
             policy_count: set.policies().count(),
             uids: decide::Uids::new().map_err(|e| {
                 PolicyError::Invalid(SourceErrors(vec![SourceError::in_file(SCHEMA_FILE, e)]))
@@ -192,8 +193,8 @@ impl Policies {
     }
 }
 
-/// A content hash of the directory: equal sources, equal version.
-fn version_of(sources: &Sources) -> String {
+/// A content hash of a policy directory's files: equal sources, equal hash.
+pub fn hash_of(sources: &Sources) -> String {
     let mut hash = Sha256::new();
     let mut file = |name: &str, text: &str| {
         for part in [name.as_bytes(), text.as_bytes()] {

@@ -20,8 +20,8 @@ use crate::diagnostic::{SourceErrors, SourcePos};
 use crate::domain::FieldName;
 
 pub use cache::DECISION_CACHE_CAPACITY;
-pub use decide::{Decision, FieldAction, FieldContext, ReadDecision};
-pub use load::{SCHEMA_FILE, load_sources};
+pub use decide::{AdminAction, Decision, FieldAction, FieldContext, ReadDecision};
+pub use load::{SCHEMA_FILE, Sources, hash_of, load_sources};
 pub use request::AccessRequest;
 
 /// What can go wrong loading a policy directory.
@@ -68,7 +68,8 @@ impl Permit {
 
 /// One loaded, validated policy directory: immutable, swapped whole.
 pub struct Policies {
-    version: String,
+    hash: String,
+    number: u64,
     catalog: Arc<Catalog>,
     schema: Schema,
     set: cedar_policy::PolicySet,
@@ -86,16 +87,37 @@ pub struct Policies {
 impl std::fmt::Debug for Policies {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Policies")
-            .field("version", &self.version)
+            .field("hash", &self.hash)
+            .field("number", &self.number)
             .field("policies", &self.policy_count)
             .finish_non_exhaustive()
     }
 }
 
 impl Policies {
-    /// The content hash of the directory this set was loaded from.
-    pub fn version(&self) -> &str {
-        &self.version
+    /// The version as recorded in audit records: the vault's version number once registered,
+    /// else the content hash.
+    pub fn version(&self) -> String {
+        if self.number == 0 {
+            self.hash.clone()
+        } else {
+            self.number.to_string()
+        }
+    }
+
+    /// The vault's version number of this set (0 when not registered, e.g. offline tools).
+    pub fn number(&self) -> u64 {
+        self.number
+    }
+
+    /// Registers this set as version `number`.
+    pub fn set_number(&mut self, number: u64) {
+        self.number = number;
+    }
+
+    /// The content hash of the files this set was loaded from.
+    pub fn hash(&self) -> &str {
+        &self.hash
     }
 
     /// The catalog loaded with these policies.

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use super::{Decision, FieldAction, Policies};
+use super::{AdminAction, Decision, FieldAction, Policies};
 use crate::domain::{FieldName, Principal, Purpose};
 
 /// One request to decide.
@@ -21,6 +21,13 @@ pub enum AccessRequest {
         purpose: Purpose,
         /// The purposes the subject consented to.
         consents: Vec<Purpose>,
+    },
+    /// A policy administration action.
+    Admin {
+        /// The caller.
+        principal: Principal,
+        /// The action.
+        action: AdminAction,
     },
     /// `Action::"shred"` on the subject.
     Shred {
@@ -56,6 +63,14 @@ impl AccessRequest {
         reason: Option<&str>,
     ) -> Result<Self, String> {
         let principal = Principal::parse_uid(principal).map_err(|e| e.0)?;
+        let admin = match action {
+            "policy_read" => Some(AdminAction::Read),
+            "policy_write" => Some(AdminAction::Write),
+            _ => None,
+        };
+        if let Some(action) = admin {
+            return Ok(Self::Admin { principal, action });
+        }
         if action == "shred" {
             return Ok(Self::Shred {
                 principal,
@@ -63,7 +78,10 @@ impl AccessRequest {
             });
         }
         let action = FieldAction::parse(action).ok_or_else(|| {
-            format!("unknown action `{action}`: expected read, read_masked, write, delete or shred")
+            format!(
+                "unknown action `{action}`: expected read, read_masked, write, delete, shred, \
+                 policy_read or policy_write"
+            )
         })?;
         let catalog = policies.catalog();
         let field =
@@ -110,6 +128,7 @@ impl fmt::Display for AccessRequest {
                     consents.join(", ")
                 )
             }
+            Self::Admin { principal, action } => write!(f, "{principal} {}", action.name()),
             Self::Shred { principal, reason } => {
                 write!(f, "{principal} shred (reason: {reason:?})")
             }
@@ -133,6 +152,7 @@ impl Policies {
                 field,
                 &self.field_context(purpose, consents),
             ),
+            AccessRequest::Admin { principal, action } => self.decide_admin(principal, *action),
             AccessRequest::Shred { principal, reason } => self.decide_shred(principal, reason),
         }
     }

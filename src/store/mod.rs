@@ -226,6 +226,26 @@ impl Store {
             .collect()
     }
 
+    /// Up to `limit` entries of `cf` backwards, from `start` (inclusive) or from the last one.
+    pub fn scan_back(
+        &self,
+        cf: Cf,
+        start: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let mode = start.map_or(IteratorMode::End, |k| {
+            IteratorMode::From(k, Direction::Reverse)
+        });
+        self.db
+            .iterator_cf(self.cf(cf)?, mode)
+            .take(limit)
+            .map(|item| {
+                item.map(|(k, v)| (k.into_vec(), v.into_vec()))
+                    .map_err(|e| self.err(e))
+            })
+            .collect()
+    }
+
     /// The last entry of `cf` in key order.
     pub fn last(&self, cf: Cf) -> Result<Option<Entry>, StoreError> {
         match self.db.iterator_cf(self.cf(cf)?, IteratorMode::End).next() {

@@ -44,6 +44,12 @@ pub enum VaultError {
         /// Fields that were denied, with the policies that forbade them.
         denied: Vec<(String, Vec<String>)>,
     },
+    /// The call was made against a state that has changed (e.g. a stale policy base version).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A requested item does not exist.
+    #[error("{0}")]
+    NotFound(String),
     /// The call cannot be made safe now (the audit log cannot be written); nothing was returned.
     #[error("{0}")]
     Unavailable(String),
@@ -61,6 +67,8 @@ impl VaultError {
         match self {
             Self::InvalidArgument(_) => "invalid_argument",
             Self::PermissionDenied { .. } => "denied",
+            Self::FailedPrecondition(_) => "failed_precondition",
+            Self::NotFound(_) => "not_found",
             Self::Unavailable(_) => "unavailable",
             Self::DataLoss(_) => "data_loss",
             Self::Internal(_) => "internal",

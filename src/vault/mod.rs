@@ -4,6 +4,8 @@
 mod error;
 mod keys;
 mod open;
+mod policy_admin;
+mod policy_versions;
 mod read;
 mod shred;
 mod write;
@@ -12,6 +14,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 pub use error::{OpenError, VaultError};
 pub use open::VaultConfig;
+pub use policy_admin::{DecisionChange, DryRun, Validation};
+pub use policy_versions::{DIR_AUTHOR, PolicyRecord, PolicyVersionInfo, ReloadError};
 pub use read::{FieldRead, ReadOutcome};
 pub use shred::ShredOutcome;
 
@@ -68,6 +72,7 @@ pub struct Vault {
     // create two DEKs for one subject, and the audit chain sees changes in commit order.
     writer: Mutex<()>,
     limits: Limits,
+    policies_dir: std::path::PathBuf,
 }
 
 impl std::fmt::Debug for Vault {
@@ -133,14 +138,18 @@ impl Vault {
                 let seq = self.commit(batch, event)?;
                 Ok((value, seq))
             }
-            Err(err) => {
-                event.outcome = err.audit_outcome().into();
-                if let Err(audit_err) = self.commit(Batch::new(), event) {
-                    tracing::error!(error = %audit_err, "could not audit a failed call");
-                }
-                Err(err)
-            }
+            Err(err) => self.fail(event, err),
         }
+    }
+
+    /// Records a failed call and returns its error: the caller sees the original error even if
+    /// the record cannot be written.
+    fn fail<T>(&self, mut event: AuditEvent, err: VaultError) -> Result<T, VaultError> {
+        event.outcome = err.audit_outcome().into();
+        if let Err(audit_err) = self.commit(Batch::new(), event) {
+            tracing::error!(error = %audit_err, "could not audit a failed call");
+        }
+        Err(err)
     }
 
     /// Checks the purpose and field names of a call against the catalog and the limits.

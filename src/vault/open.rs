@@ -9,7 +9,7 @@ use super::{Limits, OpenError, Vault, keys::KeyCache};
 use crate::audit::AuditLog;
 use crate::clock::Clock;
 use crate::keyring::{Keyring, keyfile};
-use crate::policy::Policies;
+use crate::policy::{Policies, load_sources};
 use crate::store::{Batch, Cf, Store};
 
 const KEYRING_ID_KEY: &[u8] = b"keyring_id";
@@ -92,7 +92,8 @@ impl Vault {
     /// Opens the vault in `config.data_dir`, creating it on a first start.
     pub fn open(config: &VaultConfig, clock: Arc<dyn Clock>) -> Result<Self, OpenError> {
         // Policies first: an invalid policy directory must not leave a half-created data dir.
-        let policies = Policies::load(&config.policies_dir)?;
+        let dir_files = load_sources(&config.policies_dir)?;
+        let policies = Policies::from_sources(&dir_files)?;
         create_private_dir(&config.data_dir)?;
         let root = root_key(config)?;
         let keyring = Keyring::open_or_create(&config.keyring_path(), &root, clock.now_ms())?;
@@ -100,13 +101,7 @@ impl Vault {
         let store = Store::open(&config.db_dir())?;
         check_pairing(&store, &keyring, config)?;
         let audit = AuditLog::open(&store)?;
-        tracing::info!(
-            policy_version = policies.version(),
-            policies = policies.policy_count(),
-            audit_head = audit.head_seq(),
-            "vault opened"
-        );
-        Ok(Self {
+        let vault = Self {
             store,
             keyring,
             policies: RwLock::new(Arc::new(policies)),
@@ -115,7 +110,17 @@ impl Vault {
             clock,
             writer: Mutex::new(()),
             limits: config.limits,
-        })
+            policies_dir: config.policies_dir.clone(),
+        };
+        vault.init_policy_versions(dir_files)?;
+        let active = vault.policies();
+        tracing::info!(
+            policy_version = active.version(),
+            policies = active.policy_count(),
+            audit_head = vault.audit.head_seq(),
+            "vault opened"
+        );
+        Ok(vault)
     }
 }
 

@@ -21,7 +21,7 @@ struct Served {
     child: Child,
     log: String,
     addr: String,
-    _lines: mpsc::Receiver<String>,
+    lines: mpsc::Receiver<String>,
 }
 
 /// Starts `privault serve` in `cwd` and waits for its `listening on ADDR` line.
@@ -61,7 +61,7 @@ fn start(cwd: &Path, extra: &[&str]) -> Served {
                 child,
                 log,
                 addr,
-                _lines: rx,
+                lines: rx,
             };
         }
     }
@@ -105,6 +105,7 @@ async fn serve_runs_on_the_embedded_default_and_stops_on_sigterm() {
         vec![
             "grpc.health.v1.Health".to_owned(),
             "grpc.reflection.v1.ServerReflection".to_owned(),
+            "privault.v1.PolicyAdmin".to_owned(),
             "privault.v1.Vault".to_owned(),
         ]
     );
@@ -194,4 +195,82 @@ fn policy_validate_accepts_the_shipped_policies_and_points_at_errors() {
     let out = String::from_utf8_lossy(&bad.stdout);
     assert!(out.contains("typo.cedar:2:"), "{out}");
     assert!(out.contains("Field::\"emial\"` is not declared"), "{out}");
+}
+
+fn signal(child: &Child, name: &str) {
+    assert!(
+        Command::new("kill")
+            .args([name, &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+/// Waits for a log line containing `needle`.
+fn wait_for_line(served: &Served, needle: &str) -> String {
+    loop {
+        let line = served
+            .lines
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no log line with `{needle}`"));
+        if line.contains(needle) {
+            return line;
+        }
+    }
+}
+
+async fn active_version(addr: &str) -> u64 {
+    use privault::api::pb::policy_admin_client::PolicyAdminClient;
+    let mut request = tonic::Request::new(privault::api::pb::GetActivePoliciesRequest {});
+    request.metadata_mut().insert(
+        "x-privault-principal",
+        "Operator::\"alice\"".parse().unwrap(),
+    );
+    PolicyAdminClient::new(channel_to(addr).await)
+        .get_active_policies(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .version
+        .unwrap()
+        .version
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_a_valid_directory_and_keeps_the_set_on_an_invalid_one() {
+    let cwd = tempfile::tempdir().unwrap();
+    let policies = cwd.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    for entry in std::fs::read_dir(shipped_policies()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, policies.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let mut served = start(cwd.path(), &[]);
+    let addr = served.addr.clone();
+    assert_eq!(active_version(&addr).await, 1);
+
+    let guards = policies.join("guards.cedar");
+    let text = std::fs::read_to_string(&guards).unwrap() + "// reviewed by the security team\n";
+    std::fs::write(&guards, text).unwrap();
+    signal(&served.child, "-HUP");
+    wait_for_line(&served, "policies reloaded");
+    assert_eq!(active_version(&addr).await, 2);
+
+    std::fs::write(
+        policies.join("bad.cedar"),
+        "permit (principal, action, resource) when { 1 };\n",
+    )
+    .unwrap();
+    signal(&served.child, "-HUP");
+    let refused = wait_for_line(&served, "policy directory refused");
+    assert!(refused.contains("SIGHUP"), "{refused}");
+    assert_eq!(
+        active_version(&addr).await,
+        2,
+        "an invalid directory leaves the active set"
+    );
+    assert!(terminate(&mut served.child).success());
 }

@@ -6,6 +6,7 @@ mod audit;
 mod binary;
 mod durability;
 mod outcomes;
+mod policy_admin;
 mod policy_cli;
 mod retention;
 mod shred;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use privault::api::pb::policy_admin_client::PolicyAdminClient;
 use privault::api::pb::vault_client::VaultClient;
 use privault::api::pb::{self, FieldResult, Outcome};
 use privault::api::{Identity, serve};
@@ -93,6 +94,7 @@ impl Interceptor for As {
 }
 
 pub type Client = VaultClient<InterceptedService<Channel, As>>;
+pub type AdminClient = PolicyAdminClient<InterceptedService<Channel, As>>;
 
 impl TestServer {
     pub async fn channel(&self) -> Channel {
@@ -106,6 +108,14 @@ impl TestServer {
     /// A client calling as `principal` (a Cedar uid such as `Service::"checkout"`).
     pub async fn client(&self, principal: &str) -> Client {
         VaultClient::with_interceptor(self.channel().await, As(Some(principal.parse().unwrap())))
+    }
+
+    /// A policy administration client calling as `principal`.
+    pub async fn admin(&self, principal: &str) -> AdminClient {
+        PolicyAdminClient::with_interceptor(
+            self.channel().await,
+            As(Some(principal.parse().unwrap())),
+        )
     }
 
     /// A client that sends no principal header.
@@ -136,6 +146,18 @@ pub const SUPPORT: &str = "Service::\"support\"";
 pub const MAILER: &str = "Service::\"mailer\"";
 pub const FRAUD: &str = "Service::\"fraud\"";
 pub const DPO: &str = "Operator::\"dpo\"";
+pub const ALICE: &str = "Operator::\"alice\"";
+pub const AUDITOR: &str = "Operator::\"auditor\"";
+
+/// The shipped policy files, as a `PolicyFiles` message.
+pub fn shipped_files() -> pb::PolicyFiles {
+    let sources = privault::policy::load_sources(&shipped_policies()).unwrap();
+    pb::PolicyFiles {
+        schema: sources.schema,
+        catalog: sources.catalog,
+        policies: sources.policies.into_iter().collect(),
+    }
+}
 
 pub fn put_request(subject: &str, purpose: &str, fields: &[(&str, &str)]) -> pb::PutFieldsRequest {
     pb::PutFieldsRequest {

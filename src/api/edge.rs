@@ -1,0 +1,66 @@
+//! What every service method does around the vault call: authenticate, assign a request id, run
+//! the vault on the blocking pool, map errors, and return the request id in `x-request-id`.
+
+use std::sync::Arc;
+
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status};
+
+use super::identity::Identity;
+use super::status::to_status;
+use crate::crypto::random_bytes;
+use crate::vault::{CallContext, Vault, VaultError};
+
+/// The response header that carries the request id (also in the audit record).
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The vault and how callers are authenticated, shared by every service.
+#[derive(Debug, Clone)]
+pub struct Edge {
+    vault: Arc<Vault>,
+    identity: Identity,
+}
+
+impl Edge {
+    /// Calls into `vault`, authenticating callers with `identity`.
+    pub fn new(vault: Arc<Vault>, identity: Identity) -> Self {
+        Self { vault, identity }
+    }
+
+    /// The call context of `request`: its authenticated principal and a fresh request id.
+    pub fn context<T>(&self, request: &Request<T>) -> Result<CallContext, Status> {
+        let principal = self.identity.principal(request)?;
+        let mut id = [0u8; 8];
+        random_bytes(&mut id).map_err(|_| Status::unavailable("random number generator failed"))?;
+        Ok(CallContext {
+            principal,
+            request_id: hex::encode(id),
+        })
+    }
+
+    /// Runs `op` on the blocking pool (RocksDB and fsync must not stall the runtime).
+    pub async fn run<T, M>(
+        &self,
+        ctx: CallContext,
+        op: impl FnOnce(&Vault, &CallContext) -> Result<T, VaultError> + Send + 'static,
+        to_message: impl FnOnce(T) -> M,
+    ) -> Result<Response<M>, Status>
+    where
+        T: Send + 'static,
+    {
+        let vault = Arc::clone(&self.vault);
+        let request_id = ctx.request_id.clone();
+        let result = tokio::task::spawn_blocking(move || op(&vault, &ctx))
+            .await
+            .map_err(|e| {
+                tracing::error!(request_id, error = %e, "vault task failed");
+                Status::internal(format!("internal error (request id {request_id})"))
+            })?;
+        let mut response =
+            Response::new(to_message(result.map_err(|e| to_status(e, &request_id))?));
+        if let Ok(value) = MetadataValue::try_from(request_id.as_str()) {
+            response.metadata_mut().insert(REQUEST_ID_HEADER, value);
+        }
+        Ok(response)
+    }
+}
