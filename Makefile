@@ -12,12 +12,11 @@ deps:
 run: deps
 	$(CARGO) run --locked -- serve
 
-## Run every test: unit, integration (real server, RocksDB on a temp dir), policy checks.
+## Run every test: unit, integration (real server, RocksDB on a temp dir), and the shipped
+## policies' own test cases (`privault policy test`, run by tests/it/policy_cli.rs).
 test: deps
 	$(CARGO) test --locked --all-targets
 	$(CARGO) test --locked --doc
-	$(CARGO) run --locked --quiet -- policy validate --policies policies
-	$(CARGO) run --locked --quiet -- policy test --policies policies
 
 ## Formatting and lints, as CI checks them.
 lint: deps
