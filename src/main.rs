@@ -34,6 +34,9 @@ enum Command {
     /// Work with a policy directory.
     #[command(subcommand)]
     Policy(cli::policy::PolicyCommand),
+    /// The auditors' tools: verify, export, signed head, query.
+    #[command(subcommand)]
+    Audit(cli::audit::AuditCommand),
 }
 
 #[derive(Args)]
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Policy(command) => cli::policy::run(command),
+        Command::Audit(command) => cli::audit::run(command),
     };
     match result {
         Ok(code) => code,

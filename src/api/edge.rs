@@ -27,15 +27,35 @@ impl Edge {
         Self { vault, identity }
     }
 
-    /// The call context of `request`: its authenticated principal and a fresh request id.
-    pub fn context<T>(&self, request: &Request<T>) -> Result<CallContext, Status> {
-        let principal = self.identity.principal(request)?;
+    /// The call context of `request`: its authenticated principal and a fresh request id. A caller
+    /// that fails to authenticate is refused, and the refusal of `action` is audited.
+    pub async fn context<T>(
+        &self,
+        request: &Request<T>,
+        action: &'static str,
+    ) -> Result<CallContext, Status> {
         let mut id = [0u8; 8];
         random_bytes(&mut id).map_err(|_| Status::unavailable("random number generator failed"))?;
-        Ok(CallContext {
-            principal,
-            request_id: hex::encode(id),
-        })
+        let request_id = hex::encode(id);
+        let peer = request.remote_addr().map(|a| a.to_string());
+        match self.identity.principal(request) {
+            Ok(principal) => Ok(CallContext {
+                principal,
+                request_id,
+                peer,
+            }),
+            Err(status) => {
+                let vault = Arc::clone(&self.vault);
+                let audited = tokio::task::spawn_blocking(move || {
+                    vault.record_unauthenticated(action, peer, &request_id)
+                })
+                .await;
+                if !matches!(audited, Ok(Ok(_))) {
+                    tracing::error!("could not audit an unauthenticated call");
+                }
+                Err(status)
+            }
+        }
     }
 
     /// Runs `op` on the blocking pool (RocksDB and fsync must not stall the runtime).

@@ -1,6 +1,7 @@
 //! The gRPC edge: authenticates the caller, converts proto messages into domain types and back,
 //! runs the vault off the async runtime, and maps errors to status codes. No rules live here.
 
+mod audit_service;
 mod convert;
 mod debug;
 mod edge;
@@ -16,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
+pub use audit_service::AuditService;
 pub use identity::Identity;
 pub use policy_service::PolicyAdminService;
 pub use service::VaultService;
@@ -70,6 +72,8 @@ pub async fn serve(
         Arc::clone(&vault),
         identity,
     ));
+    let audit_service =
+        pb::audit_server::AuditServer::new(AuditService::new(Arc::clone(&vault), identity));
     let vault_service = pb::vault_server::VaultServer::new(VaultService::new(vault, identity));
     Server::builder()
         .add_service(health)
@@ -77,6 +81,7 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(vault_service)
         .add_service(policy_service)
+        .add_service(audit_service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     Ok(())

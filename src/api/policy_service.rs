@@ -102,7 +102,7 @@ impl pb::policy_admin_server::PolicyAdmin for PolicyAdminService {
         &self,
         request: Request<pb::GetActivePoliciesRequest>,
     ) -> Result<Response<pb::GetActivePoliciesResponse>, Status> {
-        let ctx = self.edge.context(&request)?;
+        let ctx = self.edge.context(&request, "policy_get").await?;
         let pb::GetActivePoliciesRequest {} = request.into_inner();
         self.edge
             .run(
@@ -120,7 +120,7 @@ impl pb::policy_admin_server::PolicyAdmin for PolicyAdminService {
         &self,
         request: Request<pb::ValidatePoliciesRequest>,
     ) -> Result<Response<pb::ValidatePoliciesResponse>, Status> {
-        let ctx = self.edge.context(&request)?;
+        let ctx = self.edge.context(&request, "policy_validate").await?;
         let pb::ValidatePoliciesRequest { files } = request.into_inner();
         let candidate = sources(files)?;
         self.edge
@@ -140,7 +140,7 @@ impl pb::policy_admin_server::PolicyAdmin for PolicyAdminService {
         &self,
         request: Request<pb::DryRunPoliciesRequest>,
     ) -> Result<Response<pb::DryRunPoliciesResponse>, Status> {
-        let ctx = self.edge.context(&request)?;
+        let ctx = self.edge.context(&request, "policy_dry_run").await?;
         let pb::DryRunPoliciesRequest { files, last } = request.into_inner();
         let candidate = sources(files)?;
         let last = if last == 0 {
@@ -175,7 +175,7 @@ impl pb::policy_admin_server::PolicyAdmin for PolicyAdminService {
         &self,
         request: Request<pb::ApplyPoliciesRequest>,
     ) -> Result<Response<pb::ApplyPoliciesResponse>, Status> {
-        let ctx = self.edge.context(&request)?;
+        let ctx = self.edge.context(&request, "policy_apply").await?;
         let pb::ApplyPoliciesRequest {
             files,
             base_version,
@@ -197,7 +197,7 @@ impl pb::policy_admin_server::PolicyAdmin for PolicyAdminService {
         &self,
         request: Request<pb::ListPolicyVersionsRequest>,
     ) -> Result<Response<pb::ListPolicyVersionsResponse>, Status> {
-        let ctx = self.edge.context(&request)?;
+        let ctx = self.edge.context(&request, "policy_versions").await?;
         let pb::ListPolicyVersionsRequest {} = request.into_inner();
         self.edge
             .run(
@@ -214,7 +214,7 @@ impl pb::policy_admin_server::PolicyAdmin for PolicyAdminService {
         &self,
         request: Request<pb::RollbackPoliciesRequest>,
     ) -> Result<Response<pb::ApplyPoliciesResponse>, Status> {
-        let ctx = self.edge.context(&request)?;
+        let ctx = self.edge.context(&request, "policy_rollback").await?;
         let pb::RollbackPoliciesRequest {
             to_version,
             base_version,
@@ -235,7 +235,7 @@ impl pb::policy_admin_server::PolicyAdmin for PolicyAdminService {
         &self,
         request: Request<pb::ExplainDecisionRequest>,
     ) -> Result<Response<pb::ExplainDecisionResponse>, Status> {
-        let ctx = self.edge.context(&request)?;
+        let ctx = self.edge.context(&request, "policy_explain").await?;
         let pb::ExplainDecisionRequest {
             principal,
             action,

@@ -31,7 +31,7 @@ impl pb::vault_server::Vault for VaultService {
         &self,
         request: Request<pb::PutFieldsRequest>,
     ) -> Result<Response<pb::PutFieldsResponse>, Status> {
-        let ctx = self.edge.context(&request)?;
+        let ctx = self.edge.context(&request, "write").await?;
         let call = PutFields::try_from(request.into_inner())?;
         self.edge
             .run(
@@ -48,7 +48,7 @@ impl pb::vault_server::Vault for VaultService {
         &self,
         request: Request<pb::GetFieldsRequest>,
     ) -> Result<Response<pb::GetFieldsResponse>, Status> {
-        let ctx = self.edge.context(&request)?;
+        let ctx = self.edge.context(&request, "read").await?;
         let call = FieldsCall::try_from(request.into_inner())?;
         self.edge
             .run(
@@ -65,7 +65,7 @@ impl pb::vault_server::Vault for VaultService {
         &self,
         request: Request<pb::DeleteFieldsRequest>,
     ) -> Result<Response<pb::DeleteFieldsResponse>, Status> {
-        let ctx = self.edge.context(&request)?;
+        let ctx = self.edge.context(&request, "delete").await?;
         let call = FieldsCall::try_from(request.into_inner())?;
         self.edge
             .run(
@@ -82,7 +82,7 @@ impl pb::vault_server::Vault for VaultService {
         &self,
         request: Request<pb::ShredSubjectRequest>,
     ) -> Result<Response<pb::ShredSubjectResponse>, Status> {
-        let ctx = self.edge.context(&request)?;
+        let ctx = self.edge.context(&request, "shred").await?;
         let call = Shred::try_from(request.into_inner())?;
         self.edge
             .run(

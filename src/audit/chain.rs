@@ -98,6 +98,11 @@ impl AuditLog {
     pub fn head_seq(&self) -> u64 {
         self.head.lock().map_or(0, |h| h.seq)
     }
+
+    /// The head: the last record's seq and hash.
+    pub fn head(&self) -> (u64, [u8; 32]) {
+        self.head.lock().map_or((0, GENESIS), |h| (h.seq, h.hash))
+    }
 }
 
 /// Where and why a chain failed to verify.
@@ -110,15 +115,48 @@ pub struct VerifyError {
     pub reason: String,
 }
 
+/// The hash stored in record `seq`, if it exists and parses.
+fn stored_hash(store: &Store, seq: u64) -> Result<[u8; 32], VerifyError> {
+    let fail = |reason: &str| VerifyError {
+        seq,
+        reason: reason.to_owned(),
+    };
+    let bytes = store
+        .get(Cf::Audit, &audit_key(seq))
+        .map_err(|e| fail(&e.to_string()))?
+        .ok_or_else(|| fail("missing"))?;
+    let record: AuditRecord =
+        serde_json::from_slice(&bytes).map_err(|_| fail("unreadable record"))?;
+    hex::decode(&record.hash)
+        .ok()
+        .and_then(|h| h.try_into().ok())
+        .ok_or_else(|| fail("malformed hash"))
+}
+
 /// Walks the whole chain; returns the head `(seq, hash)` or the first bad seq.
 pub fn verify(store: &Store) -> Result<(u64, String), VerifyError> {
+    verify_range(store, 1, None)
+}
+
+/// Walks records `from..=to` (to the end when `to` is `None`), starting from the stored hash of
+/// record `from - 1`. Returns the last `(seq, hash)` walked, or the first bad seq and why.
+pub fn verify_range(
+    store: &Store,
+    from: u64,
+    to: Option<u64>,
+) -> Result<(u64, String), VerifyError> {
     let fail = |seq, reason: &str| VerifyError {
         seq,
         reason: reason.to_owned(),
     };
-    let mut prev = GENESIS;
-    let mut expected = 1u64;
-    loop {
+    let from = from.max(1);
+    let mut prev = if from == 1 {
+        GENESIS
+    } else {
+        stored_hash(store, from - 1)?
+    };
+    let mut expected = from;
+    'pages: loop {
         let page = store
             .scan_from(Cf::Audit, &audit_key(expected), 1024)
             .map_err(|e| fail(expected, &e.to_string()))?;
@@ -126,6 +164,9 @@ pub fn verify(store: &Store) -> Result<(u64, String), VerifyError> {
             break;
         }
         for (key, value) in page {
+            if to.is_some_and(|t| expected > t) {
+                break 'pages;
+            }
             if audit_seq(&key) != Some(expected) {
                 return Err(fail(expected, "missing (the next record has another seq)"));
             }
@@ -147,6 +188,14 @@ pub fn verify(store: &Store) -> Result<(u64, String), VerifyError> {
             prev = hash;
             expected += 1;
         }
+    }
+    if let Some(t) = to
+        && expected <= t
+    {
+        return Err(fail(
+            expected,
+            "missing (the log ends before the requested range)",
+        ));
     }
     Ok((expected - 1, hex::encode(prev)))
 }

@@ -4,9 +4,11 @@
 //! never a value or a raw subject id.
 
 mod chain;
+mod query;
 mod record;
 
-pub use chain::{AuditLog, VerifyError, verify};
+pub use chain::{AuditLog, VerifyError, verify, verify_range};
+pub use query::{AuditFilter, MAX_PAGE, query};
 pub use record::{AuditEvent, AuditRecord, FieldAudit};
 
 use crate::store::StoreError;

@@ -34,6 +34,8 @@ pub struct AuditEvent {
     pub request_id: String,
     /// The policy version that decided.
     pub policy_version: String,
+    /// The caller's network address, when known.
+    pub peer: Option<String>,
 }
 
 /// One stored audit record.
@@ -60,6 +62,9 @@ pub struct AuditRecord {
     pub request_id: String,
     /// The deciding policy version.
     pub policy_version: String,
+    /// The caller's network address, when known (absent in records written before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
     /// Hex hash of the previous record (64 zeros for the first).
     pub prev_hash: String,
     /// Hex `SHA-256(prev_hash ‖ canonical bytes)`.
@@ -79,6 +84,7 @@ impl AuditRecord {
             outcome: event.outcome,
             request_id: event.request_id,
             policy_version: event.policy_version,
+            peer: event.peer,
             prev_hash: hex::encode(prev_hash),
             hash: String::new(),
         };

@@ -1,4 +1,5 @@
 //! The binary's subcommands other than `serve`.
 
+pub mod audit;
 pub mod policy;
 pub mod remote;

@@ -22,10 +22,10 @@ pub struct Remote {
         env = "PRIVAULT_SERVER",
         default_value = "http://127.0.0.1:50051"
     )]
-    server: String,
+    pub server: String,
     /// Who you are, in development mode: a Cedar uid such as `Operator::"alice"`.
     #[arg(long = "as", env = "PRIVAULT_PRINCIPAL")]
-    principal: String,
+    pub principal: String,
 }
 
 #[derive(Subcommand)]

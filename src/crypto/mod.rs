@@ -3,12 +3,14 @@
 //! `argon2` or `hmac`.
 
 mod aead;
+pub mod audit_sign;
 pub mod dek;
 pub mod field;
 pub mod index;
 pub mod root;
 pub mod secret;
 
+pub use audit_sign::{AuditSigner, verify_head};
 pub use dek::{DekCipher, Kek, WrappedDek};
 pub use field::Sealed;
 pub use index::IndexKey;

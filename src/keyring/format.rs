@@ -17,6 +17,8 @@ struct RawKeyring {
     current_epoch: u32,
     epochs: Vec<RawEpoch>,
     index_key: RawWrapped,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    audit_key: Option<RawWrapped>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -43,6 +45,8 @@ pub(super) struct KeyringFile {
     pub current_epoch: u32,
     pub epochs: Vec<EpochEntry>,
     pub index_key: WrappedEntry,
+    /// The Ed25519 audit signing seed; absent in keyrings written before audit signing.
+    pub audit_key: Option<WrappedEntry>,
 }
 
 pub(super) struct EpochEntry {
@@ -122,6 +126,11 @@ impl KeyringFile {
             current_epoch: raw.current_epoch,
             epochs,
             index_key: WrappedEntry::parse(&raw.index_key.nonce, &raw.index_key.wrapped)?,
+            audit_key: raw
+                .audit_key
+                .as_ref()
+                .map(|k| WrappedEntry::parse(&k.nonce, &k.wrapped))
+                .transpose()?,
         })
     }
 
@@ -145,6 +154,7 @@ impl KeyringFile {
                 })
                 .collect(),
             index_key: self.index_key.raw(),
+            audit_key: self.audit_key.as_ref().map(WrappedEntry::raw),
         };
         // Serializing plain strings and integers cannot fail.
         serde_json::to_string_pretty(&raw).unwrap_or_default() + "\n"

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::clock::Millis;
-use crate::crypto::{CryptoError, IndexKey, Kek, Key256, RootKey, random_bytes};
+use crate::crypto::{AuditSigner, CryptoError, IndexKey, Kek, Key256, RootKey, random_bytes};
 
 pub use format::FORMAT_VERSION;
 use format::{EpochEntry, KeyringFile, WrappedEntry};
@@ -60,6 +60,7 @@ pub struct Keyring {
     current: u32,
     keks: BTreeMap<u32, Kek>,
     index: IndexKey,
+    audit: AuditSigner,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -77,6 +78,10 @@ fn kek_context(id: &[u8; 16], epoch: u32) -> [Vec<u8>; 3] {
 
 fn index_context(id: &[u8; 16]) -> [Vec<u8>; 2] {
     [b"index".to_vec(), id.to_vec()]
+}
+
+fn audit_context(id: &[u8; 16]) -> [Vec<u8>; 2] {
+    [b"audit".to_vec(), id.to_vec()]
 }
 
 fn refs(parts: &[Vec<u8>]) -> Vec<&[u8]> {
@@ -100,7 +105,7 @@ impl Keyring {
             source,
         };
         let text = fs::read_to_string(path).map_err(io)?;
-        let file = KeyringFile::parse(&text).map_err(|reason| KeyringError::Malformed {
+        let mut file = KeyringFile::parse(&text).map_err(|reason| KeyringError::Malformed {
             path: path.to_owned(),
             reason,
         })?;
@@ -136,11 +141,25 @@ impl Keyring {
                 &refs(&index_context(&file.id)),
             )
             .map_err(unwrap_err)?;
+        let audit_seed = match &file.audit_key {
+            Some(wrapped) => root
+                .unwrap(&wrapped.to_wrapped(), &refs(&audit_context(&file.id)))
+                .map_err(unwrap_err)?,
+            None => {
+                // A keyring from before audit signing: add the key, keeping everything else.
+                let seed = Key256::random()?;
+                let wrapped = root.wrap(&seed, &refs(&audit_context(&file.id)))?;
+                file.audit_key = Some(WrappedEntry::from(wrapped));
+                write_private_atomically(path, file.render().as_bytes()).map_err(io)?;
+                seed
+            }
+        };
         Ok(Self {
             id: file.id,
             current: file.current_epoch,
             keks,
             index: IndexKey::new(&index_key),
+            audit: AuditSigner::new(&audit_seed),
         })
     }
 
@@ -150,6 +169,7 @@ impl Keyring {
         random_bytes(&mut id)?;
         let kek = Key256::random()?;
         let index_key = Key256::random()?;
+        let audit_seed = Key256::random()?;
         let file = KeyringFile {
             format: FORMAT_VERSION,
             id,
@@ -161,6 +181,9 @@ impl Keyring {
                 key: WrappedEntry::from(root.wrap(&kek, &refs(&kek_context(&id, 1)))?),
             }],
             index_key: WrappedEntry::from(root.wrap(&index_key, &refs(&index_context(&id)))?),
+            audit_key: Some(WrappedEntry::from(
+                root.wrap(&audit_seed, &refs(&audit_context(&id)))?,
+            )),
         };
         write_private_atomically(path, file.render().as_bytes()).map_err(|source| {
             KeyringError::Io {
@@ -175,6 +198,7 @@ impl Keyring {
             current: 1,
             keks,
             index: IndexKey::new(&index_key),
+            audit: AuditSigner::new(&audit_seed),
         })
     }
 
@@ -200,6 +224,11 @@ impl Keyring {
     /// The subject index key.
     pub fn index(&self) -> &IndexKey {
         &self.index
+    }
+
+    /// The audit head signing key.
+    pub fn audit_signer(&self) -> &AuditSigner {
+        &self.audit
     }
 }
 

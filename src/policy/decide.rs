@@ -48,6 +48,8 @@ pub(super) struct Uids {
     policy_read: EntityUid,
     policy_write: EntityUid,
     policy_store: EntityUid,
+    audit_read: EntityUid,
+    audit_log: EntityUid,
 }
 
 impl Uids {
@@ -61,6 +63,8 @@ impl Uids {
             policy_read: uid("Action", "policy_read")?,
             policy_write: uid("Action", "policy_write")?,
             policy_store: uid("PolicyStore", "active")?,
+            audit_read: uid("Action", "audit_read")?,
+            audit_log: uid("AuditLog", "main")?,
         })
     }
 
@@ -74,13 +78,15 @@ impl Uids {
     }
 }
 
-/// The policy administration actions.
+/// The administration actions: operators only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AdminAction {
-    /// `Action::"policy_read"`: inspect, validate, dry-run, explain.
+    /// `Action::"policy_read"` on `PolicyStore::"active"`: inspect, validate, dry-run, explain.
     Read,
-    /// `Action::"policy_write"`: apply, roll back.
+    /// `Action::"policy_write"` on `PolicyStore::"active"`: apply, roll back.
     Write,
+    /// `Action::"audit_read"` on `AuditLog::"main"`: query, head, verify.
+    AuditRead,
 }
 
 impl AdminAction {
@@ -89,6 +95,7 @@ impl AdminAction {
         match self {
             Self::Read => "policy_read",
             Self::Write => "policy_write",
+            Self::AuditRead => "audit_read",
         }
     }
 }
@@ -313,12 +320,13 @@ impl Policies {
                 errors: Vec::new(),
             };
         }
-        let action = match action {
-            AdminAction::Read => &self.uids.policy_read,
-            AdminAction::Write => &self.uids.policy_write,
+        let (action, resource) = match action {
+            AdminAction::Read => (&self.uids.policy_read, &self.uids.policy_store),
+            AdminAction::Write => (&self.uids.policy_write, &self.uids.policy_store),
+            AdminAction::AuditRead => (&self.uids.audit_read, &self.uids.audit_log),
         };
         match Context::from_pairs(Vec::<(String, RestrictedExpression)>::new()) {
-            Ok(context) => self.decide(principal, action, self.uids.policy_store.clone(), context),
+            Ok(context) => self.decide(principal, action, resource.clone(), context),
             Err(e) => Decision {
                 allowed: false,
                 policy_ids: Vec::new(),

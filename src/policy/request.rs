@@ -66,6 +66,7 @@ impl AccessRequest {
         let admin = match action {
             "policy_read" => Some(AdminAction::Read),
             "policy_write" => Some(AdminAction::Write),
+            "audit_read" => Some(AdminAction::AuditRead),
             _ => None,
         };
         if let Some(action) = admin {
@@ -80,7 +81,7 @@ impl AccessRequest {
         let action = FieldAction::parse(action).ok_or_else(|| {
             format!(
                 "unknown action `{action}`: expected read, read_masked, write, delete, shred, \
-                 policy_read or policy_write"
+                 policy_read, policy_write or audit_read"
             )
         })?;
         let catalog = policies.catalog();

@@ -160,6 +160,31 @@ impl Store {
         Ok(store)
     }
 
+    /// Opens an existing database read-only, beside a running vault if need be: it takes no lock
+    /// and sees the state as of opening (flushed files and the WAL).
+    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        let cfs = Cf::ALL
+            .iter()
+            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options()));
+        let mut opts = db_options();
+        opts.create_if_missing(false);
+        opts.create_missing_column_families(false);
+        let db = DB::open_cf_descriptors_read_only(&opts, path, cfs, false).map_err(|e| {
+            StoreError::Db {
+                path: path.to_owned(),
+                message: e.into_string(),
+            }
+        })?;
+        let store = Self {
+            db,
+            path: path.to_owned(),
+        };
+        for cf in Cf::ALL {
+            store.cf(cf)?;
+        }
+        Ok(store)
+    }
+
     fn cf(&self, cf: Cf) -> Result<&ColumnFamily, StoreError> {
         self.db
             .cf_handle(cf.name())

@@ -1,8 +1,10 @@
 //! The domain: put, get, delete and shred, each decided by policy and audited. Orchestrates
 //! catalog, policy, crypto, store and audit; knows nothing of gRPC.
 
+mod audit_admin;
 mod error;
 mod keys;
+pub mod offline;
 mod open;
 mod policy_admin;
 mod policy_versions;
@@ -12,6 +14,7 @@ mod write;
 
 use std::sync::{Arc, Mutex, RwLock};
 
+pub use audit_admin::{HeadMismatch, SignedHead, check_signed_head};
 pub use error::{OpenError, VaultError};
 pub use open::VaultConfig;
 pub use policy_admin::{DecisionChange, DryRun, Validation};
@@ -58,6 +61,8 @@ pub struct CallContext {
     pub principal: Principal,
     /// The id given back to the caller and written to the audit record.
     pub request_id: String,
+    /// The caller's network address, when known.
+    pub peer: Option<String>,
 }
 
 /// The vault: one per data directory.
@@ -110,7 +115,8 @@ impl Vault {
             action: action.to_owned(),
             purpose: purpose.map(ToString::to_string),
             request_id: ctx.request_id.clone(),
-            policy_version: policies.version().to_owned(),
+            policy_version: policies.version(),
+            peer: ctx.peer.clone(),
             ..AuditEvent::default()
         }
     }
@@ -150,6 +156,25 @@ impl Vault {
             tracing::error!(error = %audit_err, "could not audit a failed call");
         }
         Err(err)
+    }
+
+    /// Records a call refused before it had a principal (no or invalid credentials).
+    pub fn record_unauthenticated(
+        &self,
+        action: &str,
+        peer: Option<String>,
+        request_id: &str,
+    ) -> Result<u64, VaultError> {
+        let event = AuditEvent {
+            principal: "unauthenticated".into(),
+            action: action.to_owned(),
+            outcome: "unauthenticated".into(),
+            request_id: request_id.to_owned(),
+            policy_version: self.policies().version(),
+            peer,
+            ..AuditEvent::default()
+        };
+        self.commit(Batch::new(), event)
     }
 
     /// Checks the purpose and field names of a call against the catalog and the limits.

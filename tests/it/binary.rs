@@ -105,6 +105,7 @@ async fn serve_runs_on_the_embedded_default_and_stops_on_sigterm() {
         vec![
             "grpc.health.v1.Health".to_owned(),
             "grpc.reflection.v1.ServerReflection".to_owned(),
+            "privault.v1.Audit".to_owned(),
             "privault.v1.PolicyAdmin".to_owned(),
             "privault.v1.Vault".to_owned(),
         ]

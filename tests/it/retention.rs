@@ -16,6 +16,7 @@ fn ctx(kind: PrincipalKind, name: &str) -> CallContext {
     CallContext {
         principal: Principal::new(kind, name).unwrap(),
         request_id: "test".into(),
+        peer: None,
     }
 }
 

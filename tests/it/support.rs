@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use privault::api::pb::audit_client::AuditClient;
 use privault::api::pb::policy_admin_client::PolicyAdminClient;
 use privault::api::pb::vault_client::VaultClient;
 use privault::api::pb::{self, FieldResult, Outcome};
@@ -95,6 +96,7 @@ impl Interceptor for As {
 
 pub type Client = VaultClient<InterceptedService<Channel, As>>;
 pub type AdminClient = PolicyAdminClient<InterceptedService<Channel, As>>;
+pub type AuditorClient = AuditClient<InterceptedService<Channel, As>>;
 
 impl TestServer {
     pub async fn channel(&self) -> Channel {
@@ -116,6 +118,11 @@ impl TestServer {
             self.channel().await,
             As(Some(principal.parse().unwrap())),
         )
+    }
+
+    /// An audit client calling as `principal`.
+    pub async fn auditor(&self, principal: &str) -> AuditorClient {
+        AuditClient::with_interceptor(self.channel().await, As(Some(principal.parse().unwrap())))
     }
 
     /// A client that sends no principal header.

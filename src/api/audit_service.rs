@@ -1,0 +1,191 @@
+//! `privault.v1.Audit`: queries, the signed head and chain verification, for auditors.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::edge::Edge;
+use super::identity::Identity;
+use super::pb;
+use crate::audit::{AuditFilter, AuditRecord, MAX_PAGE};
+use crate::clock::parse_rfc3339;
+use crate::domain::SubjectId;
+use crate::vault::{SignedHead, Vault};
+
+/// The `privault.v1.Audit` service.
+#[derive(Debug, Clone)]
+pub struct AuditService {
+    edge: Edge,
+}
+
+impl AuditService {
+    /// A service over `vault` authenticating callers with `identity`.
+    pub fn new(vault: Arc<Vault>, identity: Identity) -> Self {
+        Self {
+            edge: Edge::new(vault, identity),
+        }
+    }
+}
+
+fn record(r: AuditRecord) -> pb::AuditRecord {
+    pb::AuditRecord {
+        seq: r.seq,
+        time: r.time,
+        principal: r.principal,
+        action: r.action,
+        subject: r.subject.unwrap_or_default(),
+        purpose: r.purpose.unwrap_or_default(),
+        fields: r
+            .fields
+            .into_iter()
+            .map(|f| pb::AuditFieldOutcome {
+                field: f.field,
+                outcome: f.outcome,
+                policy_ids: f.policy_ids,
+            })
+            .collect(),
+        outcome: r.outcome,
+        request_id: r.request_id,
+        policy_version: r.policy_version,
+        peer: r.peer.unwrap_or_default(),
+        prev_hash: r.prev_hash,
+        hash: r.hash,
+    }
+}
+
+fn head(h: SignedHead) -> pb::SignedHead {
+    pb::SignedHead {
+        seq: h.seq,
+        hash: h.hash,
+        time: h.time,
+        keyring_id: h.keyring_id,
+        public_key: h.public_key,
+        signature: h.signature,
+    }
+}
+
+fn time(text: &str, name: &str) -> Result<Option<u64>, Status> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    parse_rfc3339(text).map(Some).ok_or_else(|| {
+        Status::invalid_argument(format!("{name} is not RFC 3339 (2026-01-31T12:00:00Z)"))
+    })
+}
+
+type QueryStream = Pin<Box<dyn Stream<Item = Result<pb::AuditQueryResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::audit_server::Audit for AuditService {
+    type QueryStream = QueryStream;
+
+    async fn query(
+        &self,
+        request: Request<pb::AuditQueryRequest>,
+    ) -> Result<Response<QueryStream>, Status> {
+        let ctx = self.edge.context(&request, "audit_query").await?;
+        let pb::AuditQueryRequest {
+            subject_id,
+            principal,
+            purpose,
+            action,
+            outcome,
+            from_time,
+            to_time,
+            from_seq,
+            to_seq,
+            page_size,
+        } = request.into_inner();
+        let subject = if subject_id.is_empty() {
+            None
+        } else {
+            Some(SubjectId::new(subject_id).map_err(|e| Status::invalid_argument(e.0))?)
+        };
+        let some = |s: String| (!s.is_empty()).then_some(s);
+        let filter = AuditFilter {
+            subject: None,
+            principal: some(principal),
+            purpose: some(purpose),
+            action: some(action),
+            outcome: some(outcome),
+            from_ms: time(&from_time, "from_time")?,
+            to_ms: time(&to_time, "to_time")?,
+            from_seq,
+            to_seq: (to_seq > 0).then_some(to_seq),
+            limit: if page_size == 0 {
+                MAX_PAGE
+            } else {
+                page_size as usize
+            },
+        };
+        let response = self
+            .edge
+            .run(
+                ctx,
+                move |vault, ctx| vault.audit_query(ctx, subject.as_ref(), filter),
+                |page| page,
+            )
+            .await?;
+        let metadata = response.metadata().clone();
+        let (records, next) = response.into_inner();
+        let mut messages: Vec<Result<pb::AuditQueryResponse, Status>> = records
+            .into_iter()
+            .map(|r| {
+                Ok(pb::AuditQueryResponse {
+                    record: Some(record(r)),
+                    next_seq: 0,
+                })
+            })
+            .collect();
+        messages.push(Ok(pb::AuditQueryResponse {
+            record: None,
+            next_seq: next.unwrap_or(0),
+        }));
+        let stream: QueryStream = Box::pin(tokio_stream::iter(messages));
+        let mut out = Response::new(stream);
+        *out.metadata_mut() = metadata;
+        Ok(out)
+    }
+
+    async fn head(
+        &self,
+        request: Request<pb::AuditHeadRequest>,
+    ) -> Result<Response<pb::SignedHead>, Status> {
+        let ctx = self.edge.context(&request, "audit_head").await?;
+        let pb::AuditHeadRequest {} = request.into_inner();
+        self.edge
+            .run(ctx, |vault, ctx| vault.audit_head(ctx), head)
+            .await
+    }
+
+    async fn verify(
+        &self,
+        request: Request<pb::AuditVerifyRequest>,
+    ) -> Result<Response<pb::AuditVerifyResponse>, Status> {
+        let ctx = self.edge.context(&request, "audit_verify").await?;
+        let pb::AuditVerifyRequest { from_seq, to_seq } = request.into_inner();
+        let to = (to_seq > 0).then_some(to_seq);
+        self.edge
+            .run(
+                ctx,
+                move |vault, ctx| vault.audit_verify(ctx, from_seq.max(1), to),
+                |result| match result {
+                    Ok((seq, hash)) => pb::AuditVerifyResponse {
+                        ok: true,
+                        last_seq: seq,
+                        last_hash: hash,
+                        ..Default::default()
+                    },
+                    Err(e) => pb::AuditVerifyResponse {
+                        ok: false,
+                        bad_seq: e.seq,
+                        reason: e.reason,
+                        ..Default::default()
+                    },
+                },
+            )
+            .await
+    }
+}

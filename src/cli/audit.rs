@@ -1,0 +1,261 @@
+//! `privault audit verify | export | head | query`: the auditors' tools. `verify`, `export` and
+//! `head` read a data directory (stopped, or beside a running vault); `query` asks a running one.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use privault::api::pb;
+use privault::api::pb::audit_client::AuditClient;
+use privault::audit::{AuditFilter, MAX_PAGE, query, verify_range};
+use privault::clock::{SystemClock, parse_rfc3339};
+use privault::vault::offline::{open_keyring, open_store_read_only, sign_head};
+use privault::vault::{SignedHead, check_signed_head};
+use tonic::transport::Channel;
+
+use super::remote::Remote;
+
+#[derive(Args)]
+pub struct Filters {
+    /// Only this caller (a Cedar uid).
+    #[arg(long)]
+    principal: Option<String>,
+    /// Only this action.
+    #[arg(long)]
+    action: Option<String>,
+    /// Only this purpose.
+    #[arg(long)]
+    purpose: Option<String>,
+    /// Only this outcome (ok, denied, invalid_argument...).
+    #[arg(long)]
+    outcome: Option<String>,
+    /// From this time on (RFC 3339).
+    #[arg(long)]
+    from_time: Option<String>,
+    /// Before this time (RFC 3339).
+    #[arg(long)]
+    to_time: Option<String>,
+    /// From this seq on.
+    #[arg(long, default_value_t = 1)]
+    from_seq: u64,
+    /// Up to this seq.
+    #[arg(long)]
+    to_seq: Option<u64>,
+}
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Walk the hash chain: exit 0 with `seq hash` of the head as the last line, non-zero naming the
+    /// first bad seq. With --head, also check a previously saved signed head (truncation).
+    Verify {
+        /// The vault's data directory.
+        #[arg(long, env = "PRIVAULT_DATA_DIR", default_value = "./privault-data")]
+        data_dir: PathBuf,
+        /// A signed head saved earlier (`privault audit head`), to detect truncation.
+        #[arg(long)]
+        head: Option<PathBuf>,
+        /// Root key file, needed with --head (default <data-dir>/dev.key).
+        #[arg(long, env = "PRIVAULT_KEY_FILE")]
+        key_file: Option<PathBuf>,
+        /// First seq to walk.
+        #[arg(long, default_value_t = 1)]
+        from_seq: u64,
+        /// Last seq to walk.
+        #[arg(long)]
+        to_seq: Option<u64>,
+    },
+    /// Write records as JSON Lines (seq, time, principal, action, subject, purpose, fields,
+    /// outcome, policy_version, prev_hash, hash, request_id, peer).
+    Export {
+        /// The vault's data directory.
+        #[arg(long, env = "PRIVAULT_DATA_DIR", default_value = "./privault-data")]
+        data_dir: PathBuf,
+        /// Only this subject pseudonym.
+        #[arg(long)]
+        subject: Option<String>,
+        #[command(flatten)]
+        filters: Filters,
+    },
+    /// Print the head signed with the vault's audit key, as JSON; keep it to detect truncation.
+    Head {
+        /// The vault's data directory.
+        #[arg(long, env = "PRIVAULT_DATA_DIR", default_value = "./privault-data")]
+        data_dir: PathBuf,
+        /// Root key file (default <data-dir>/dev.key).
+        #[arg(long, env = "PRIVAULT_KEY_FILE")]
+        key_file: Option<PathBuf>,
+    },
+    /// Query a running vault (JSON Lines on stdout).
+    Query {
+        /// Only this subject (mapped by the vault to its pseudonym).
+        #[arg(long)]
+        subject_id: Option<String>,
+        #[command(flatten)]
+        filters: Filters,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+fn filter(f: &Filters, subject: Option<String>) -> anyhow::Result<AuditFilter> {
+    let time = |t: &Option<String>| -> anyhow::Result<Option<u64>> {
+        t.as_deref()
+            .map(|s| parse_rfc3339(s).with_context(|| format!("`{s}` is not RFC 3339")))
+            .transpose()
+    };
+    Ok(AuditFilter {
+        subject,
+        principal: f.principal.clone(),
+        purpose: f.purpose.clone(),
+        action: f.action.clone(),
+        outcome: f.outcome.clone(),
+        from_ms: time(&f.from_time)?,
+        to_ms: time(&f.to_time)?,
+        from_seq: f.from_seq,
+        to_seq: f.to_seq,
+        limit: MAX_PAGE,
+    })
+}
+
+pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        AuditCommand::Verify {
+            data_dir,
+            head,
+            key_file,
+            from_seq,
+            to_seq,
+        } => {
+            let store = open_store_read_only(&data_dir)?;
+            let (seq, hash) = match verify_range(&store, from_seq, to_seq) {
+                Ok(h) => h,
+                Err(e) => {
+                    eprintln!("{e}");
+                    println!("bad seq {}", e.seq);
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            if let Some(path) = head {
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                let signed: SignedHead =
+                    serde_json::from_str(&text).context("not a signed head")?;
+                let keyring = open_keyring(&data_dir, key_file.as_deref())?;
+                if let Err(e) = check_signed_head(&store, &keyring, &signed) {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+                println!("signed head {} {} is in the log", signed.seq, signed.hash);
+            }
+            println!("{seq} {hash}");
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Export {
+            data_dir,
+            subject,
+            filters,
+        } => {
+            let store = open_store_read_only(&data_dir)?;
+            let mut f = filter(&filters, subject)?;
+            let mut out = std::io::stdout().lock();
+            loop {
+                let (records, next) = query(&store, &f)?;
+                for r in records {
+                    writeln!(out, "{}", serde_json::to_string(&r)?)?;
+                }
+                match next {
+                    Some(n) => f.from_seq = n,
+                    None => break,
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Head { data_dir, key_file } => {
+            let store = open_store_read_only(&data_dir)?;
+            let keyring = open_keyring(&data_dir, key_file.as_deref())?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&sign_head(&store, &keyring, &SystemClock)?)?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Query {
+            subject_id,
+            filters,
+            remote,
+        } => remote_query(subject_id, &filters, &remote),
+    }
+}
+
+fn remote_query(
+    subject_id: Option<String>,
+    f: &Filters,
+    remote: &Remote,
+) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let channel = Channel::from_shared(remote.server.clone())?
+            .connect()
+            .await
+            .with_context(|| format!("cannot reach the vault at {}", remote.server))?;
+        let mut client = AuditClient::new(channel);
+        let mut from_seq = f.from_seq;
+        let mut out = std::io::stdout().lock();
+        loop {
+            let mut request = tonic::Request::new(pb::AuditQueryRequest {
+                subject_id: subject_id.clone().unwrap_or_default(),
+                principal: f.principal.clone().unwrap_or_default(),
+                purpose: f.purpose.clone().unwrap_or_default(),
+                action: f.action.clone().unwrap_or_default(),
+                outcome: f.outcome.clone().unwrap_or_default(),
+                from_time: f.from_time.clone().unwrap_or_default(),
+                to_time: f.to_time.clone().unwrap_or_default(),
+                from_seq,
+                to_seq: f.to_seq.unwrap_or(0),
+                page_size: 0,
+            });
+            request.metadata_mut().insert(
+                "x-privault-principal",
+                remote.principal.parse().context("--as must be ASCII")?,
+            );
+            let mut stream = client.query(request).await?.into_inner();
+            let mut next = 0;
+            while let Some(message) = stream.message().await? {
+                if let Some(r) = message.record {
+                    writeln!(out, "{}", record_json(r))?;
+                } else {
+                    next = message.next_seq;
+                }
+            }
+            if next == 0 {
+                return Ok(ExitCode::SUCCESS);
+            }
+            from_seq = next;
+        }
+    })
+}
+
+fn record_json(r: pb::AuditRecord) -> serde_json::Value {
+    let fields: Vec<serde_json::Value> = r
+        .fields
+        .into_iter()
+        .map(|f| serde_json::json!({"field": f.field, "outcome": f.outcome, "policy_ids": f.policy_ids}))
+        .collect();
+    let opt = |s: String| {
+        if s.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::Value::String(s)
+        }
+    };
+    serde_json::json!({
+        "seq": r.seq, "time": r.time, "principal": r.principal, "action": r.action,
+        "subject": opt(r.subject), "purpose": opt(r.purpose), "fields": fields,
+        "outcome": r.outcome, "request_id": r.request_id, "policy_version": r.policy_version,
+        "peer": opt(r.peer), "prev_hash": r.prev_hash, "hash": r.hash,
+    })
+}

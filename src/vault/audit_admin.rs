@@ -1,0 +1,180 @@
+//! The auditors' view of the audit log: the signed head, queries (by subject through its
+//! pseudonym), and chain verification. Each call is decided by Cedar (`audit_read`) and audited.
+
+use serde::{Deserialize, Serialize};
+
+use super::{CallContext, Vault, VaultError};
+use crate::audit::{AuditFilter, AuditRecord, VerifyError, query, verify_range};
+use crate::clock::rfc3339;
+use crate::domain::SubjectId;
+use crate::policy::AdminAction;
+use crate::store::Batch;
+
+/// The audit log's head signed with the keyring's Ed25519 audit key. Keep one: a later log that
+/// does not contain this exact `(seq, hash)` was truncated or rewritten.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedHead {
+    /// The last record's seq.
+    pub seq: u64,
+    /// The last record's hash (hex).
+    pub hash: String,
+    /// When it was signed.
+    pub time: String,
+    /// The keyring (and so the vault) it belongs to (hex).
+    pub keyring_id: String,
+    /// The Ed25519 public key (hex).
+    pub public_key: String,
+    /// Ed25519 over `"privault/audit-head/v1" ‖ keyring id ‖ seq ‖ hash` (hex).
+    pub signature: String,
+}
+
+impl Vault {
+    /// The current head, signed.
+    pub fn signed_head(&self) -> SignedHead {
+        let (seq, hash) = self.audit.head();
+        let id = self.keyring.id();
+        let signer = self.keyring.audit_signer();
+        SignedHead {
+            seq,
+            hash: hex::encode(hash),
+            time: rfc3339(self.clock.now_ms()),
+            keyring_id: hex::encode(id),
+            public_key: hex::encode(signer.public_key()),
+            signature: hex::encode(signer.sign_head(&id, seq, &hash)),
+        }
+    }
+
+    fn audit_call<T>(
+        &self,
+        ctx: &CallContext,
+        name: &str,
+        subject: Option<String>,
+        op: impl FnOnce() -> Result<T, VaultError>,
+    ) -> Result<T, VaultError> {
+        let policies = self.policies();
+        let mut event = self.event(ctx, name, None, &policies);
+        event.subject = subject;
+        let decision = policies.decide_admin(&ctx.principal, AdminAction::AuditRead);
+        let result = if decision.allowed {
+            op().map(|v| (Batch::new(), v))
+        } else {
+            Err(VaultError::PermissionDenied {
+                action: AdminAction::AuditRead.name(),
+                denied: vec![(String::new(), decision.policy_ids)],
+            })
+        };
+        self.finish(event, result).map(|(v, _)| v)
+    }
+
+    /// The signed head, for an auditor.
+    pub fn audit_head(&self, ctx: &CallContext) -> Result<SignedHead, VaultError> {
+        self.audit_call(ctx, "audit_head", None, || Ok(self.signed_head()))
+    }
+
+    /// One page of records matching `filter`; with `subject`, only that subject's records (none
+    /// once it is shredded: its pseudonym is gone).
+    pub fn audit_query(
+        &self,
+        ctx: &CallContext,
+        subject: Option<&SubjectId>,
+        mut filter: AuditFilter,
+    ) -> Result<(Vec<AuditRecord>, Option<u64>), VaultError> {
+        let pseudonym = match subject {
+            Some(s) => {
+                let sid = self.keyring.index().sid(s);
+                match self.subject_keys(&sid)? {
+                    Some(keys) => Some(keys.pseudonym.to_string()),
+                    None => {
+                        return self
+                            .audit_call(ctx, "audit_query", None, || Ok((Vec::new(), None)));
+                    }
+                }
+            }
+            None => None,
+        };
+        filter.subject = pseudonym.clone().or(filter.subject);
+        self.audit_call(ctx, "audit_query", pseudonym, || {
+            query(&self.store, &filter).map_err(|e| VaultError::DataLoss(e.to_string()))
+        })
+    }
+
+    /// Verifies records `from..=to` of the chain.
+    pub fn audit_verify(
+        &self,
+        ctx: &CallContext,
+        from: u64,
+        to: Option<u64>,
+    ) -> Result<Result<(u64, String), VerifyError>, VaultError> {
+        self.audit_call(ctx, "audit_verify", None, || {
+            Ok(verify_range(&self.store, from, to))
+        })
+    }
+}
+
+/// Why a signed head does not match a log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeadMismatch {
+    /// The head is malformed, from another vault, or its signature does not verify.
+    #[error("signed head rejected: {0}")]
+    Signature(String),
+    /// The log ends before the signed head: records were removed from its tail.
+    #[error("truncated: a head signed at seq {signed} exists, but the log ends at seq {last}")]
+    Truncated {
+        /// The signed seq.
+        signed: u64,
+        /// The log's last seq.
+        last: u64,
+    },
+    /// The record at the signed seq is not the one that was signed: the log was rewritten.
+    #[error("rewritten: record {0} differs from the signed head")]
+    Rewritten(u64),
+}
+
+fn hex_array<const N: usize>(text: &str, what: &str) -> Result<[u8; N], HeadMismatch> {
+    hex::decode(text)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| HeadMismatch::Signature(format!("{what} is not {N} hex bytes")))
+}
+
+/// Checks an earlier signed head against the log in `store`, trusting only `keyring`'s key.
+pub fn check_signed_head(
+    store: &crate::store::Store,
+    keyring: &crate::keyring::Keyring,
+    head: &SignedHead,
+) -> Result<(), HeadMismatch> {
+    let id = keyring.id();
+    if hex_array::<16>(&head.keyring_id, "keyring_id")? != id {
+        return Err(HeadMismatch::Signature(
+            "it belongs to another vault".into(),
+        ));
+    }
+    let public = keyring.audit_signer().public_key();
+    if hex_array::<32>(&head.public_key, "public_key")? != public {
+        return Err(HeadMismatch::Signature("it names another audit key".into()));
+    }
+    let hash = hex_array::<32>(&head.hash, "hash")?;
+    let signature = hex_array::<64>(&head.signature, "signature")?;
+    crate::crypto::verify_head(&public, &id, head.seq, &hash, &signature)
+        .map_err(|_| HeadMismatch::Signature("the signature does not verify".into()))?;
+    if head.seq == 0 {
+        return Ok(());
+    }
+    let last = store
+        .last(crate::store::Cf::Audit)
+        .ok()
+        .flatten()
+        .and_then(|(k, _)| crate::store::keys::audit_seq(&k))
+        .unwrap_or(0);
+    if last < head.seq {
+        return Err(HeadMismatch::Truncated {
+            signed: head.seq,
+            last,
+        });
+    }
+    match verify_range(store, head.seq, Some(head.seq)) {
+        Ok((_, stored)) if stored == head.hash => Ok(()),
+        _ => Err(HeadMismatch::Rewritten(head.seq)),
+    }
+}

@@ -1,0 +1,370 @@
+//! The audit log for auditors: tampering through RocksDB's own API is found at its seq, a
+//! truncated or rewritten tail is found against an earlier signed head, queries by subject work
+//! until a shred and never after, and the offline tools work beside a running vault.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use privault::api::pb;
+use privault::audit::AuditRecord;
+use privault::store::keys::audit_key;
+use privault::store::{Batch, Cf, Store};
+use tonic::Code;
+
+use crate::support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_privault");
+
+fn audit_cli(args: &[&str], data_dir: &Path) -> Output {
+    Command::new(BIN)
+        .arg("audit")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .unwrap()
+}
+
+/// A vault with a dozen records: two subjects written and read.
+async fn busy_vault() -> TestVault {
+    let vault = TestVault::new();
+    let server = vault.start().await;
+    put_profile(&server, "cust-1").await;
+    put_profile(&server, "cust-2").await;
+    let mut checkout = server.client(CHECKOUT).await;
+    for subject in ["cust-1", "cust-2", "cust-1", "cust-2"] {
+        get(&mut checkout, subject, "fulfillment", &["email"]).await;
+    }
+    let mut recommender = server.client(RECOMMENDER).await;
+    get(
+        &mut recommender,
+        "cust-1",
+        "personalization",
+        &["email", "favorite_categories"],
+    )
+    .await;
+    server.stop().await;
+    vault
+}
+
+fn record(store: &Store, seq: u64) -> AuditRecord {
+    serde_json::from_slice(&store.get(Cf::Audit, &audit_key(seq)).unwrap().unwrap()).unwrap()
+}
+
+fn put_record(store: &Store, record: &AuditRecord) {
+    let mut batch = Batch::new();
+    batch.put(
+        Cf::Audit,
+        audit_key(record.seq).to_vec(),
+        serde_json::to_vec(record).unwrap(),
+    );
+    store.write(&batch).unwrap();
+}
+
+fn verify_output(vault: &TestVault) -> (bool, String) {
+    let out = audit_cli(&["verify"], vault.data_dir());
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changed_removed_or_reordered_records_are_reported_at_their_seq() {
+    let vault = busy_vault().await;
+    let (ok, out) = verify_output(&vault);
+    assert!(ok, "{out}");
+    let head_line = out.lines().last().unwrap().to_owned();
+    assert!(head_line.starts_with("8 "), "{out}");
+
+    let db = vault.data_dir().join("db");
+    // Changed: a denied read turned into an allowed one.
+    {
+        let store = Store::open(&db).unwrap();
+        let mut r = record(&store, 5);
+        r.outcome = "denied".into();
+        put_record(&store, &r);
+    }
+    let (ok, out) = verify_output(&vault);
+    assert!(!ok);
+    assert!(out.contains("audit record 5: hash does not match"), "{out}");
+    assert!(out.contains("bad seq 5"), "{out}");
+
+    // Removed.
+    {
+        let store = Store::open(&db).unwrap();
+        let mut r = record(&store, 5);
+        r.outcome = "ok".into();
+        put_record(&store, &r);
+        assert!(verify_output(&vault).0, "restored");
+        let mut batch = Batch::new();
+        batch.delete(Cf::Audit, audit_key(6).to_vec());
+        store.write(&batch).unwrap();
+        put_record(&store, &r);
+    }
+    let (ok, out) = verify_output(&vault);
+    assert!(!ok);
+    assert!(out.contains("audit record 6: missing"), "{out}");
+
+    // Reordered: records 3 and 4 swapped.
+    let vault = busy_vault().await;
+    {
+        let store = Store::open(&vault.data_dir().join("db")).unwrap();
+        let (three, four) = (record(&store, 3), record(&store, 4));
+        let mut batch = Batch::new();
+        batch.put(
+            Cf::Audit,
+            audit_key(3).to_vec(),
+            serde_json::to_vec(&four).unwrap(),
+        );
+        batch.put(
+            Cf::Audit,
+            audit_key(4).to_vec(),
+            serde_json::to_vec(&three).unwrap(),
+        );
+        store.write(&batch).unwrap();
+    }
+    let (ok, out) = verify_output(&vault);
+    assert!(!ok);
+    assert!(
+        out.contains("audit record 3: stored under another seq"),
+        "{out}"
+    );
+}
+
+/// Rebuilds the chain from `from` on with fresh hashes, as an attacker with write access would.
+fn rechain(store: &Store, from: u64) {
+    let mut prev: [u8; 32] = hex::decode(record(store, from - 1).hash)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let last = privault::audit::verify(store)
+        .map(|(s, _)| s)
+        .unwrap_or(u64::MAX);
+    let mut seq = from;
+    while let Some(bytes) = store.get(Cf::Audit, &audit_key(seq)).unwrap() {
+        let mut r: AuditRecord = serde_json::from_slice(&bytes).unwrap();
+        r.prev_hash = hex::encode(prev);
+        prev = r.compute_hash(&prev);
+        r.hash = hex::encode(prev);
+        put_record(store, &r);
+        seq += 1;
+        if seq > last.saturating_add(100) {
+            break;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn truncation_and_rewrites_are_found_against_an_earlier_signed_head() {
+    let vault = busy_vault().await;
+    let head = audit_cli(&["head"], vault.data_dir());
+    assert!(
+        head.status.success(),
+        "{}",
+        String::from_utf8_lossy(&head.stderr)
+    );
+    let head_file = vault.dir.path().join("head.json");
+    std::fs::write(&head_file, &head.stdout).unwrap();
+    let with_head = || {
+        audit_cli(
+            &["verify", "--head", head_file.to_str().unwrap()],
+            vault.data_dir(),
+        )
+    };
+    assert!(with_head().status.success());
+
+    // Truncated: the last two records removed; the remaining chain is internally consistent.
+    let db = vault.data_dir().join("db");
+    let saved: Vec<AuditRecord> = {
+        let store = Store::open(&db).unwrap();
+        let saved = vec![record(&store, 7), record(&store, 8)];
+        let mut batch = Batch::new();
+        batch.delete(Cf::Audit, audit_key(7).to_vec());
+        batch.delete(Cf::Audit, audit_key(8).to_vec());
+        store.write(&batch).unwrap();
+        saved
+    };
+    assert!(
+        verify_output(&vault).0,
+        "the chain alone cannot see a cut tail"
+    );
+    let out = with_head();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("truncated: a head signed at seq 8"),
+        "{stderr}"
+    );
+
+    // Rewritten: the tail restored, record 4 changed and every later hash recomputed.
+    {
+        let store = Store::open(&db).unwrap();
+        for r in &saved {
+            put_record(&store, r);
+        }
+        let mut r = record(&store, 4);
+        r.principal = "Service::\"someone-else\"".into();
+        put_record(&store, &r);
+        rechain(&store, 4);
+    }
+    assert!(
+        verify_output(&vault).0,
+        "a rechained log verifies on its own"
+    );
+    let out = with_head();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rewritten: record 8"));
+}
+
+async fn query(
+    auditor: &mut AuditorClient,
+    request: pb::AuditQueryRequest,
+) -> (Vec<pb::AuditRecord>, u64) {
+    let mut stream = auditor.query(request).await.unwrap().into_inner();
+    let mut records = Vec::new();
+    let mut next = 0;
+    while let Some(m) = stream.message().await.unwrap() {
+        match m.record {
+            Some(r) => records.push(r),
+            None => next = m.next_seq,
+        }
+    }
+    (records, next)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auditors_query_by_subject_until_the_subject_is_shredded() {
+    let vault = TestVault::new();
+    let server = vault.start().await;
+    put_profile(&server, "cust-1").await;
+    put_profile(&server, "cust-2").await;
+    let mut checkout = server.client(CHECKOUT).await;
+    get(&mut checkout, "cust-1", "fulfillment", &["email"]).await;
+    get(&mut checkout, "cust-2", "fulfillment", &["email"]).await;
+
+    let mut auditor = server.auditor(AUDITOR).await;
+    let by_subject = pb::AuditQueryRequest {
+        subject_id: "cust-1".into(),
+        ..Default::default()
+    };
+    let (records, next) = query(&mut auditor, by_subject.clone()).await;
+    let seen: Vec<(&str, &str)> = records
+        .iter()
+        .map(|r| (r.principal.as_str(), r.action.as_str()))
+        .collect();
+    assert_eq!(seen, vec![(ACCOUNT, "write"), (CHECKOUT, "read")]);
+    assert_eq!(next, 0);
+    assert!(
+        records
+            .iter()
+            .all(|r| r.subject == records[0].subject && !r.subject.is_empty())
+    );
+    assert!(
+        records[1].peer.starts_with("127.0.0.1:"),
+        "{}",
+        records[1].peer
+    );
+
+    let (page, next) = query(
+        &mut auditor,
+        pb::AuditQueryRequest {
+            principal: CHECKOUT.into(),
+            page_size: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(page.len(), 1);
+    assert!(next > page[0].seq);
+
+    let head = auditor
+        .head(pb::AuditHeadRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let key: [u8; 32] = hex::decode(&head.public_key).unwrap().try_into().unwrap();
+    let id: [u8; 16] = hex::decode(&head.keyring_id).unwrap().try_into().unwrap();
+    let hash: [u8; 32] = hex::decode(&head.hash).unwrap().try_into().unwrap();
+    let sig: [u8; 64] = hex::decode(&head.signature).unwrap().try_into().unwrap();
+    assert!(privault::crypto::verify_head(&key, &id, head.seq, &hash, &sig).is_ok());
+
+    let mut dpo = server.client(DPO).await;
+    dpo.shred_subject(pb::ShredSubjectRequest {
+        subject_id: "cust-1".into(),
+        reason: "erasure #1".into(),
+    })
+    .await
+    .unwrap();
+    let (after, _) = query(&mut auditor, by_subject).await;
+    assert!(
+        after.is_empty(),
+        "nothing joins the log to a shredded subject"
+    );
+    let verified = auditor
+        .verify(pb::AuditVerifyRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(verified.ok, "{verified:?}");
+
+    let mut checkout_as_auditor = server.auditor(CHECKOUT).await;
+    let err = checkout_as_auditor
+        .head(pb::AuditHeadRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn export_and_verify_work_beside_a_running_vault() {
+    let vault = TestVault::new();
+    let server = vault.start().await;
+    put_profile(&server, "cust-1").await;
+    let mut anonymous = server.anonymous().await;
+    let _ = anonymous
+        .get_fields(get_request("cust-1", "fulfillment", &["email"]))
+        .await
+        .unwrap_err();
+
+    let out = audit_cli(&["export"], vault.data_dir());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines.len(),
+        3,
+        "policy load, the write, the refused anonymous read"
+    );
+    for key in [
+        "seq",
+        "time",
+        "principal",
+        "action",
+        "subject",
+        "purpose",
+        "fields",
+        "outcome",
+        "policy_version",
+        "prev_hash",
+        "hash",
+    ] {
+        assert!(lines[1].get(key).is_some(), "missing `{key}`");
+    }
+    assert_eq!(lines[1]["fields"][0]["field"], "email");
+    assert!(lines[1]["fields"][0].get("policy_ids").is_some());
+    assert_eq!(lines[2]["principal"], "unauthenticated");
+    assert_eq!(lines[2]["action"], "read");
+
+    let verify = audit_cli(&["verify"], vault.data_dir());
+    assert!(verify.status.success());
+    assert!(String::from_utf8_lossy(&verify.stdout).starts_with("3 "));
+    server.stop().await;
+}
