@@ -275,3 +275,89 @@ async fn sighup_reloads_a_valid_directory_and_keeps_the_set_on_an_invalid_one() 
     );
     assert!(terminate(&mut served.child).success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_fail_closed_when_the_audit_record_cannot_be_written() {
+    use privault::api::pb::vault_client::VaultClient;
+
+    // A real disk-full: the server may not grow any file past 2 MiB (SIGXFSZ ignored, so the
+    // write fails with EFBIG instead of killing the process). Values are written until the WAL
+    // hits the limit; from then on no audit record can be made durable.
+    let cwd = tempfile::tempdir().unwrap();
+    let mut child = Command::new("bash")
+        .current_dir(cwd.path())
+        .arg("-c")
+        .arg(format!(
+            "trap '' XFSZ; ulimit -f 2048; exec {BIN} serve --listen 127.0.0.1:0 --policies {}",
+            shipped_policies().display()
+        ))
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut served = Served {
+        child,
+        log: String::new(),
+        addr: String::new(),
+        lines: rx,
+    };
+    served.addr = wait_for_line(&served, "listening on ")
+        .split("listening on ")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let as_ =
+        |p: &str| -> tonic::metadata::MetadataValue<tonic::metadata::Ascii> { p.parse().unwrap() };
+    let mut vault = VaultClient::new(channel_to(&served.addr).await);
+    let put = |i: usize| {
+        let mut request = tonic::Request::new(crate::support::put_request(
+            &format!("cust-{i}"),
+            "account",
+            &[
+                ("email", "alice@example.com"),
+                ("full_name", &"x".repeat(60_000)),
+            ],
+        ));
+        request
+            .metadata_mut()
+            .insert("x-privault-principal", as_("Service::\"account\""));
+        request
+    };
+    let mut failed = None;
+    for i in 0..200 {
+        if let Err(status) = vault.put_fields(put(i)).await {
+            failed = Some(status);
+            break;
+        }
+    }
+    let status = failed.expect("the file size limit was never reached");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    wait_for_line(&served, "failing closed");
+
+    let mut read = tonic::Request::new(crate::support::get_request(
+        "cust-0",
+        "fulfillment",
+        &["email"],
+    ));
+    read.metadata_mut()
+        .insert("x-privault-principal", as_("Service::\"checkout\""));
+    let err = vault.get_fields(read).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        tonic::Code::Unavailable,
+        "no value leaves without its audit record"
+    );
+    assert!(!err.message().contains("alice"));
+    let _ = terminate(&mut served.child);
+}
