@@ -89,20 +89,24 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
+fn print_errors(dir: &Path, errors: &privault::diagnostic::SourceErrors) {
+    for e in &errors.0 {
+        println!(
+            "{}:{}:{}: {}",
+            dir.join(&e.file).display(),
+            e.line,
+            e.column,
+            e.message
+        );
+    }
+}
+
 /// Loads `dir`, printing its errors; `None` when it is invalid.
 fn load(dir: &Path) -> anyhow::Result<Option<Policies>> {
     match Policies::load(dir) {
         Ok(p) => Ok(Some(p)),
         Err(PolicyError::Invalid(errors)) => {
-            for e in &errors.0 {
-                println!(
-                    "{}:{}:{}: {}",
-                    dir.join(&e.file).display(),
-                    e.line,
-                    e.column,
-                    e.message
-                );
-            }
+            print_errors(dir, &errors);
             Ok(None)
         }
         Err(e) => Err(e.into()),
@@ -129,15 +133,7 @@ fn test(dir: &Path, allow_uncovered: bool) -> anyhow::Result<ExitCode> {
     let cases = match load_cases(dir, &set) {
         Ok(c) => c,
         Err(PolicyError::Invalid(errors)) => {
-            for e in &errors.0 {
-                println!(
-                    "{}:{}:{}: {}",
-                    dir.join(&e.file).display(),
-                    e.line,
-                    e.column,
-                    e.message
-                );
-            }
+            print_errors(dir, &errors);
             return Ok(ExitCode::FAILURE);
         }
         Err(e) => return Err(e.into()),

@@ -156,6 +156,17 @@ pub struct Decision {
     pub errors: Vec<String>,
 }
 
+impl Decision {
+    /// A deny caused by an error before or during evaluation.
+    fn error(message: String) -> Self {
+        Self {
+            allowed: false,
+            policy_ids: Vec::new(),
+            errors: vec![message],
+        }
+    }
+}
+
 /// The decision for reading one field: a permit (full or masked), or a deny.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReadDecision {
@@ -202,11 +213,7 @@ impl Policies {
         ) {
             Ok(r) => r,
             Err(e) => {
-                return Decision {
-                    allowed: false,
-                    policy_ids: Vec::new(),
-                    errors: vec![e.to_string()],
-                };
+                return Decision::error(e.to_string());
             }
         };
         let response = self
@@ -264,18 +271,13 @@ impl Policies {
         field: &FieldName,
         context: &FieldContext,
     ) -> Decision {
-        let deny = |e: String| Decision {
-            allowed: false,
-            policy_ids: Vec::new(),
-            errors: vec![e],
-        };
         let resource = match uid("Field", field.as_str()) {
             Ok(r) => r,
-            Err(e) => return deny(e),
+            Err(e) => return Decision::error(e),
         };
         match context.cedar() {
             Ok(cedar) => self.decide(principal, self.uids.field(action), resource, cedar),
-            Err(e) => deny(e),
+            Err(e) => Decision::error(e),
         }
     }
 
@@ -327,11 +329,7 @@ impl Policies {
         };
         match Context::from_pairs(Vec::<(String, RestrictedExpression)>::new()) {
             Ok(context) => self.decide(principal, action, resource.clone(), context),
-            Err(e) => Decision {
-                allowed: false,
-                policy_ids: Vec::new(),
-                errors: vec![e.to_string()],
-            },
+            Err(e) => Decision::error(e.to_string()),
         }
     }
 
@@ -347,11 +345,7 @@ impl Policies {
                 self.subject_uid.clone(),
                 context,
             ),
-            Err(e) => Decision {
-                allowed: false,
-                policy_ids: Vec::new(),
-                errors: vec![e.to_string()],
-            },
+            Err(e) => Decision::error(e.to_string()),
         }
     }
 }

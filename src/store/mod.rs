@@ -143,37 +143,30 @@ fn cf_options() -> Options {
 impl Store {
     /// Opens (creating when absent) the database in `path` with every column family.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let cfs = Cf::ALL
-            .iter()
-            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options()));
-        let db = DB::open_cf_descriptors(&db_options(), path, cfs).map_err(|e| StoreError::Db {
-            path: path.to_owned(),
-            message: e.into_string(),
-        })?;
-        let store = Self {
-            db,
-            path: path.to_owned(),
-        };
-        for cf in Cf::ALL {
-            store.cf(cf)?;
-        }
-        Ok(store)
+        Self::open_with(path, |opts, cfs| DB::open_cf_descriptors(opts, path, cfs))
     }
 
     /// Opens an existing database read-only, beside a running vault if need be: it takes no lock
     /// and sees the state as of opening (flushed files and the WAL).
     pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, |opts, cfs| {
+            opts.create_if_missing(false);
+            opts.create_missing_column_families(false);
+            DB::open_cf_descriptors_read_only(opts, path, cfs, false)
+        })
+    }
+
+    fn open_with(
+        path: &Path,
+        open: impl FnOnce(&mut Options, Vec<ColumnFamilyDescriptor>) -> Result<DB, rocksdb::Error>,
+    ) -> Result<Self, StoreError> {
         let cfs = Cf::ALL
             .iter()
-            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options()));
-        let mut opts = db_options();
-        opts.create_if_missing(false);
-        opts.create_missing_column_families(false);
-        let db = DB::open_cf_descriptors_read_only(&opts, path, cfs, false).map_err(|e| {
-            StoreError::Db {
-                path: path.to_owned(),
-                message: e.into_string(),
-            }
+            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options()))
+            .collect();
+        let db = open(&mut db_options(), cfs).map_err(|e| StoreError::Db {
+            path: path.to_owned(),
+            message: e.into_string(),
         })?;
         let store = Self {
             db,

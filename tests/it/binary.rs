@@ -25,15 +25,22 @@ struct Served {
 }
 
 /// Starts `privault serve` in `cwd` and waits for its `listening on ADDR` line.
+fn start(cwd: &Path, extra: &[&str]) -> Served {
+    let mut command = Command::new(BIN);
+    command
+        .current_dir(cwd)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra);
+    spawn_served(command)
+}
+
+/// Spawns `command` (which runs `privault serve`), following its log until it listens.
 #[expect(
     clippy::zombie_processes,
     reason = "the caller waits through `terminate`"
 )]
-fn start(cwd: &Path, extra: &[&str]) -> Served {
-    let mut child = Command::new(BIN)
-        .current_dir(cwd)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(extra)
+fn spawn_served(mut command: Command) -> Served {
+    let mut child = command
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -284,39 +291,12 @@ async fn reads_fail_closed_when_the_audit_record_cannot_be_written() {
     // write fails with EFBIG instead of killing the process). Values are written until the WAL
     // hits the limit; from then on no audit record can be made durable.
     let cwd = tempfile::tempdir().unwrap();
-    let mut child = Command::new("bash")
-        .current_dir(cwd.path())
-        .arg("-c")
-        .arg(format!(
-            "trap '' XFSZ; ulimit -f 2048; exec {BIN} serve --listen 127.0.0.1:0 --policies {}",
-            shipped_policies().display()
-        ))
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            if tx.send(line.unwrap_or_default()).is_err() {
-                break;
-            }
-        }
-    });
-    let mut served = Served {
-        child,
-        log: String::new(),
-        addr: String::new(),
-        lines: rx,
-    };
-    served.addr = wait_for_line(&served, "listening on ")
-        .split("listening on ")
-        .nth(1)
-        .unwrap()
-        .trim()
-        .to_owned();
+    let mut command = Command::new("bash");
+    command.current_dir(cwd.path()).arg("-c").arg(format!(
+        "trap '' XFSZ; ulimit -f 2048; exec {BIN} serve --listen 127.0.0.1:0 --policies {}",
+        shipped_policies().display()
+    ));
+    let mut served = spawn_served(command);
     let as_ =
         |p: &str| -> tonic::metadata::MetadataValue<tonic::metadata::Ascii> { p.parse().unwrap() };
     let mut vault = VaultClient::new(channel_to(&served.addr).await);

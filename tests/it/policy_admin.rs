@@ -6,24 +6,24 @@ use tonic::Code;
 
 use crate::support::*;
 
-/// The shipped files without the recommender's permit.
-fn without_recommender() -> pb::PolicyFiles {
+/// The shipped files without the policy `id` (written in shop.cedar).
+fn without(id: &str) -> pb::PolicyFiles {
     let mut files = shipped_files();
     let shop = files.policies.get_mut("shop.cedar").unwrap();
-    let start = shop.find("@id(\"recommender-personalization\")").unwrap();
+    let start = shop.find(&format!("@id(\"{id}\")")).unwrap();
     let end = start + shop[start..].find("};").unwrap() + 2;
     shop.replace_range(start..end, "");
     files
 }
 
+/// The shipped files without the recommender's permit.
+fn without_recommender() -> pb::PolicyFiles {
+    without("recommender-personalization")
+}
+
 /// The shipped files without checkout's permit: it then reads nothing.
 fn without_checkout() -> pb::PolicyFiles {
-    let mut files = shipped_files();
-    let shop = files.policies.get_mut("shop.cedar").unwrap();
-    let start = shop.find("@id(\"checkout-fulfillment\")").unwrap();
-    let end = start + shop[start..].find("};").unwrap() + 2;
-    shop.replace_range(start..end, "");
-    files
+    without("checkout-fulfillment")
 }
 
 async fn active_version(server: &TestServer) -> u64 {
