@@ -12,6 +12,9 @@ const REDACTED_DEBUG: &[&str] = &[
     "privault.v1.DeleteFieldsRequest",
     "privault.v1.ShredSubjectRequest",
     "privault.v1.FieldResult",
+    "privault.v1.SetConsentRequest",
+    "privault.v1.GetConsentsRequest",
+    "privault.v1.AuditQueryRequest",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

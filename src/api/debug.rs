@@ -60,6 +60,41 @@ impl fmt::Debug for pb::FieldResult {
     }
 }
 
+impl fmt::Debug for pb::SetConsentRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SetConsentRequest")
+            .field("subject_id", &REDACTED)
+            .field("purpose", &self.purpose)
+            .field("granted", &self.granted)
+            .finish()
+    }
+}
+
+impl fmt::Debug for pb::GetConsentsRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GetConsentsRequest")
+            .field("subject_id", &REDACTED)
+            .finish()
+    }
+}
+
+impl fmt::Debug for pb::AuditQueryRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditQueryRequest")
+            .field("subject_id", &REDACTED)
+            .field("principal", &self.principal)
+            .field("purpose", &self.purpose)
+            .field("action", &self.action)
+            .field("outcome", &self.outcome)
+            .field("from_time", &self.from_time)
+            .field("to_time", &self.to_time)
+            .field("from_seq", &self.from_seq)
+            .field("to_seq", &self.to_seq)
+            .field("page_size", &self.page_size)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

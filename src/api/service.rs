@@ -8,6 +8,7 @@ use super::convert::{FieldsCall, PutFields, Shred};
 use super::edge::Edge;
 use super::identity::Identity;
 use super::pb;
+use crate::domain::{Purpose, SubjectId};
 use crate::vault::Vault;
 
 /// The `privault.v1.Vault` service.
@@ -92,6 +93,53 @@ impl pb::vault_server::Vault for VaultService {
                     existed: outcome.existed,
                     purged: outcome.purged,
                     audit_seq: outcome.audit_seq,
+                },
+            )
+            .await
+    }
+
+    async fn set_consent(
+        &self,
+        request: Request<pb::SetConsentRequest>,
+    ) -> Result<Response<pb::SetConsentResponse>, Status> {
+        let ctx = self.edge.context(&request, "consent_write").await?;
+        let pb::SetConsentRequest {
+            subject_id,
+            purpose,
+            granted,
+        } = request.into_inner();
+        let subject = SubjectId::new(subject_id).map_err(|e| Status::invalid_argument(e.0))?;
+        let purpose = Purpose::new(purpose).map_err(|e| Status::invalid_argument(e.0))?;
+        self.edge
+            .run(
+                ctx,
+                move |vault, ctx| vault.set_consent(ctx, &subject, &purpose, granted),
+                |recorded_at| pb::SetConsentResponse { recorded_at },
+            )
+            .await
+    }
+
+    async fn get_consents(
+        &self,
+        request: Request<pb::GetConsentsRequest>,
+    ) -> Result<Response<pb::GetConsentsResponse>, Status> {
+        let ctx = self.edge.context(&request, "consent_read").await?;
+        let pb::GetConsentsRequest { subject_id } = request.into_inner();
+        let subject = SubjectId::new(subject_id).map_err(|e| Status::invalid_argument(e.0))?;
+        self.edge
+            .run(
+                ctx,
+                move |vault, ctx| vault.get_consents(ctx, &subject),
+                |consents| pb::GetConsentsResponse {
+                    consents: consents
+                        .into_iter()
+                        .map(|c| pb::Consent {
+                            purpose: c.purpose.to_string(),
+                            granted: c.granted,
+                            time: c.time,
+                            recorded_by: c.recorded_by,
+                        })
+                        .collect(),
                 },
             )
             .await

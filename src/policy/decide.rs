@@ -50,6 +50,8 @@ pub(super) struct Uids {
     policy_store: EntityUid,
     audit_read: EntityUid,
     audit_log: EntityUid,
+    consent_write: EntityUid,
+    consent_read: EntityUid,
 }
 
 impl Uids {
@@ -65,6 +67,8 @@ impl Uids {
             policy_store: uid("PolicyStore", "active")?,
             audit_read: uid("Action", "audit_read")?,
             audit_log: uid("AuditLog", "main")?,
+            consent_write: uid("Action", "consent_write")?,
+            consent_read: uid("Action", "consent_read")?,
         })
     }
 
@@ -329,6 +333,39 @@ impl Policies {
         };
         match Context::from_pairs(Vec::<(String, RestrictedExpression)>::new()) {
             Ok(context) => self.decide(principal, action, resource.clone(), context),
+            Err(e) => Decision::error(e.to_string()),
+        }
+    }
+
+    /// Decides recording consent to `purpose` (or its withdrawal) for a subject.
+    pub fn decide_consent_write(&self, principal: &Principal, purpose: &Purpose) -> Decision {
+        let context = uid("Purpose", purpose.as_str()).and_then(|p| {
+            Context::from_pairs([(
+                "purpose".to_owned(),
+                RestrictedExpression::new_entity_uid(p),
+            )])
+            .map_err(|e| e.to_string())
+        });
+        match context {
+            Ok(context) => self.decide(
+                principal,
+                &self.uids.consent_write,
+                self.subject_uid.clone(),
+                context,
+            ),
+            Err(e) => Decision::error(e),
+        }
+    }
+
+    /// Decides reading a subject's consents.
+    pub fn decide_consent_read(&self, principal: &Principal) -> Decision {
+        match Context::from_pairs(Vec::<(String, RestrictedExpression)>::new()) {
+            Ok(context) => self.decide(
+                principal,
+                &self.uids.consent_read,
+                self.subject_uid.clone(),
+                context,
+            ),
             Err(e) => Decision::error(e.to_string()),
         }
     }

@@ -29,6 +29,13 @@ pub enum AccessRequest {
         /// The action.
         action: AdminAction,
     },
+    /// `Action::"consent_write"` (with the purpose) or `Action::"consent_read"` on the subject.
+    Consent {
+        /// The caller.
+        principal: Principal,
+        /// The purpose consented to, for a write; `None` for a read.
+        write: Option<Purpose>,
+    },
     /// `Action::"shred"` on the subject.
     Shred {
         /// The caller.
@@ -72,6 +79,31 @@ impl AccessRequest {
         if let Some(action) = admin {
             return Ok(Self::Admin { principal, action });
         }
+        let catalog = policies.catalog();
+        let declared = |p: &str| {
+            let purpose = Purpose::new(p).map_err(|e| e.0)?;
+            if catalog.has_purpose(&purpose) {
+                Ok(purpose)
+            } else {
+                Err(format!("unknown purpose `{purpose}`"))
+            }
+        };
+        match action {
+            "consent_read" => {
+                return Ok(Self::Consent {
+                    principal,
+                    write: None,
+                });
+            }
+            "consent_write" => {
+                let purpose = declared(purpose.ok_or("consent_write needs a purpose")?)?;
+                return Ok(Self::Consent {
+                    principal,
+                    write: Some(purpose),
+                });
+            }
+            _ => {}
+        }
         if action == "shred" {
             return Ok(Self::Shred {
                 principal,
@@ -81,23 +113,14 @@ impl AccessRequest {
         let action = FieldAction::parse(action).ok_or_else(|| {
             format!(
                 "unknown action `{action}`: expected read, read_masked, write, delete, shred, \
-                 policy_read, policy_write or audit_read"
+                 policy_read, policy_write, audit_read, consent_read or consent_write"
             )
         })?;
-        let catalog = policies.catalog();
         let field =
             FieldName::new(field.ok_or("a per-field action needs a field")?).map_err(|e| e.0)?;
         if catalog.field(&field).is_none() {
             return Err(format!("unknown field `{field}`"));
         }
-        let declared = |p: &str| {
-            let purpose = Purpose::new(p).map_err(|e| e.0)?;
-            if catalog.has_purpose(&purpose) {
-                Ok(purpose)
-            } else {
-                Err(format!("unknown purpose `{purpose}`"))
-            }
-        };
         Ok(Self::Field {
             principal,
             action,
@@ -130,6 +153,14 @@ impl fmt::Display for AccessRequest {
                 )
             }
             Self::Admin { principal, action } => write!(f, "{principal} {}", action.name()),
+            Self::Consent {
+                principal,
+                write: Some(p),
+            } => write!(f, "{principal} consent_write for `{p}`"),
+            Self::Consent {
+                principal,
+                write: None,
+            } => write!(f, "{principal} consent_read"),
             Self::Shred { principal, reason } => {
                 write!(f, "{principal} shred (reason: {reason:?})")
             }
@@ -154,6 +185,10 @@ impl Policies {
                 &self.field_context(purpose, consents),
             ),
             AccessRequest::Admin { principal, action } => self.decide_admin(principal, *action),
+            AccessRequest::Consent { principal, write } => match write {
+                Some(purpose) => self.decide_consent_write(principal, purpose),
+                None => self.decide_consent_read(principal),
+            },
             AccessRequest::Shred { principal, reason } => self.decide_shred(principal, reason),
         }
     }

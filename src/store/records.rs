@@ -58,6 +58,17 @@ pub struct ShredReceipt {
     pub reason: String,
 }
 
+/// A subject's consent to one purpose, as stored in the consent CF under `sid ‖ purpose`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsentRecord {
+    /// Granted (true) or withdrawn (false).
+    pub granted: bool,
+    /// When it was last set.
+    pub time_ms: Millis,
+    /// Who recorded it (a principal uid).
+    pub principal: String,
+}
+
 struct Writer(Vec<u8>);
 
 impl Writer {
@@ -198,6 +209,34 @@ impl FieldRecord {
     }
 }
 
+impl ConsentRecord {
+    /// The stored bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.raw(&[u8::from(self.granted)])
+            .u64(self.time_ms)
+            .bytes(self.principal.as_bytes());
+        w.0
+    }
+
+    /// Parses stored bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(bytes, "consent")?;
+        let granted = match r.array::<1>()? {
+            [0] => false,
+            [1] => true,
+            _ => return Err(r.fail("invalid flag")),
+        };
+        let record = Self {
+            granted,
+            time_ms: r.u64()?,
+            principal: r.string()?,
+        };
+        r.finish()?;
+        Ok(record)
+    }
+}
+
 impl ShredReceipt {
     /// The stored bytes.
     pub fn encode(&self) -> Vec<u8> {
@@ -252,6 +291,12 @@ mod tests {
             reason: "ticket-1".into(),
         };
         assert_eq!(ShredReceipt::decode(&receipt.encode()).unwrap(), receipt);
+        let consent = ConsentRecord {
+            granted: true,
+            time_ms: 5,
+            principal: "Service::\"account\"".into(),
+        };
+        assert_eq!(ConsentRecord::decode(&consent.encode()).unwrap(), consent);
     }
 
     #[test]
@@ -275,6 +320,7 @@ mod tests {
             let _ = KeyRecord::decode(&bytes);
             let _ = FieldRecord::decode(&bytes);
             let _ = ShredReceipt::decode(&bytes);
+            let _ = ConsentRecord::decode(&bytes);
         }
     }
 }

@@ -2,6 +2,7 @@
 //! catalog, policy, crypto, store and audit; knows nothing of gRPC.
 
 mod audit_admin;
+mod consent;
 mod error;
 mod keys;
 pub mod offline;
@@ -15,6 +16,7 @@ mod write;
 use std::sync::{Arc, Mutex, RwLock};
 
 pub use audit_admin::{HeadMismatch, SignedHead, check_signed_head};
+pub use consent::ConsentState;
 pub use error::{OpenError, VaultError};
 pub use open::VaultConfig;
 pub use policy_admin::{DecisionChange, DryRun, Validation};

@@ -77,7 +77,8 @@ impl Vault {
     ) -> Result<Vec<FieldRead>, VaultError> {
         let (sid, keys) = self.locate(subject, event)?;
         let specs = self.check_call(policies, purpose, &fields.iter().collect::<Vec<_>>())?;
-        let context = policies.field_context(purpose, &[]);
+        let consents = self.granted_purposes(&sid)?;
+        let context = policies.field_context(purpose, &consents);
         let decisions: Vec<ReadDecision> = fields
             .iter()
             .map(|f| policies.decide_read(&ctx.principal, f, &context))

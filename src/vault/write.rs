@@ -9,7 +9,7 @@ use secrecy::{ExposeSecret, SecretString};
 use super::{CallContext, Vault, VaultError, field_audit};
 use crate::audit::AuditEvent;
 use crate::domain::{FieldName, KeyClass, Purpose, SubjectId};
-use crate::policy::{FieldAction, Policies};
+use crate::policy::{FieldAction, FieldContext, Policies};
 use crate::store::keys::subject_key;
 use crate::store::records::FieldRecord;
 use crate::store::{Batch, Cf};
@@ -22,14 +22,13 @@ impl Vault {
         ctx: &CallContext,
         policies: &Policies,
         action: FieldAction,
-        purpose: &Purpose,
+        context: &FieldContext,
         fields: &[&FieldName],
         event: &mut AuditEvent,
     ) -> Result<(), VaultError> {
-        let context = policies.field_context(purpose, &[]);
         let mut denied = Vec::new();
         for field in fields {
-            let decision = policies.decide_field(&ctx.principal, action, field, &context);
+            let decision = policies.decide_field(&ctx.principal, action, field, context);
             let outcome = if decision.allowed {
                 "allowed"
             } else {
@@ -107,7 +106,8 @@ impl Vault {
                 )));
             }
         }
-        self.authorize_all(ctx, policies, FieldAction::Write, purpose, &names, event)?;
+        let context = policies.field_context(purpose, &self.granted_purposes(&sid)?);
+        self.authorize_all(ctx, policies, FieldAction::Write, &context, &names, event)?;
 
         let now = self.clock.now_ms();
         let mut batch = Batch::new();
@@ -172,7 +172,8 @@ impl Vault {
         let (sid, _) = self.locate(subject, event)?;
         let names: Vec<&FieldName> = fields.iter().collect();
         self.check_call(policies, purpose, &names)?;
-        self.authorize_all(ctx, policies, FieldAction::Delete, purpose, &names, event)?;
+        let context = policies.field_context(purpose, &self.granted_purposes(&sid)?);
+        self.authorize_all(ctx, policies, FieldAction::Delete, &context, &names, event)?;
         let unique: BTreeSet<&FieldName> = names.into_iter().collect();
         let keys: Vec<Vec<u8>> = unique
             .iter()

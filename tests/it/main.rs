@@ -5,6 +5,7 @@
 mod audit;
 mod audit_log;
 mod binary;
+mod consent;
 mod durability;
 mod outcomes;
 mod policy_admin;
