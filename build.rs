@@ -15,6 +15,10 @@ const REDACTED_DEBUG: &[&str] = &[
     "privault.v1.SetConsentRequest",
     "privault.v1.GetConsentsRequest",
     "privault.v1.AuditQueryRequest",
+    "privault.v1.ExportSubjectRequest",
+    "privault.v1.ExportedField",
+    "privault.v1.BatchGetFieldsRequest",
+    "privault.v1.SubjectResult",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -50,6 +50,7 @@ fn record(r: AuditRecord) -> pb::AuditRecord {
         request_id: r.request_id,
         policy_version: r.policy_version,
         peer: r.peer.unwrap_or_default(),
+        consents: r.consents,
         prev_hash: r.prev_hash,
         hash: r.hash,
     }

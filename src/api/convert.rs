@@ -6,7 +6,7 @@ use tonic::Status;
 
 use super::pb;
 use crate::domain::{FieldName, InvalidInput, Purpose, SubjectId};
-use crate::vault::{FieldRead, ReadOutcome};
+use crate::vault::{ConsentState, FieldRead, ReadOutcome};
 
 fn invalid(e: InvalidInput) -> Status {
     Status::invalid_argument(e.0)
@@ -91,6 +91,46 @@ impl TryFrom<pb::DeleteFieldsRequest> for FieldsCall {
             purpose: Purpose::new(purpose).map_err(invalid)?,
             fields: field_names(fields)?,
         })
+    }
+}
+
+/// A validated `BatchGetFields` call; `subject_ids` are echoed back in the response.
+pub struct BatchCall {
+    pub subject_ids: Vec<String>,
+    pub subjects: Vec<SubjectId>,
+    pub purpose: Purpose,
+    pub fields: Vec<FieldName>,
+}
+
+impl TryFrom<pb::BatchGetFieldsRequest> for BatchCall {
+    type Error = Status;
+
+    fn try_from(req: pb::BatchGetFieldsRequest) -> Result<Self, Status> {
+        let pb::BatchGetFieldsRequest {
+            subject_ids,
+            purpose,
+            fields,
+        } = req;
+        let subjects = subject_ids
+            .iter()
+            .map(|s| SubjectId::new(s.clone()).map_err(invalid))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            subject_ids,
+            subjects,
+            purpose: Purpose::new(purpose).map_err(invalid)?,
+            fields: field_names(fields)?,
+        })
+    }
+}
+
+/// The wire form of a recorded consent.
+pub fn consent_message(c: ConsentState) -> pb::Consent {
+    pb::Consent {
+        purpose: c.purpose.to_string(),
+        granted: c.granted,
+        time: c.time,
+        recorded_by: c.recorded_by,
     }
 }
 

@@ -95,6 +95,45 @@ impl fmt::Debug for pb::AuditQueryRequest {
     }
 }
 
+impl fmt::Debug for pb::ExportSubjectRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExportSubjectRequest")
+            .field("subject_id", &REDACTED)
+            .finish()
+    }
+}
+
+impl fmt::Debug for pb::ExportedField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExportedField")
+            .field("field", &self.field)
+            .field("value", &REDACTED)
+            .field("written", &self.written)
+            .field("expires", &self.expires)
+            .finish()
+    }
+}
+
+impl fmt::Debug for pb::BatchGetFieldsRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BatchGetFieldsRequest")
+            .field("subject_ids", &self.subject_ids.len())
+            .field("purpose", &self.purpose)
+            .field("fields", &self.fields)
+            .finish()
+    }
+}
+
+impl fmt::Debug for pb::SubjectResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubjectResult")
+            .field("subject_id", &REDACTED)
+            .field("results", &self.results)
+            .field("error", &self.error)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,12 +4,13 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::convert::{FieldsCall, PutFields, Shred};
+use super::convert::{BatchCall, FieldsCall, PutFields, Shred, consent_message};
 use super::edge::Edge;
 use super::identity::Identity;
 use super::pb;
+use super::status::to_status;
 use crate::domain::{Purpose, SubjectId};
-use crate::vault::Vault;
+use crate::vault::{SubjectExport, Vault};
 
 /// The `privault.v1.Vault` service.
 #[derive(Debug, Clone)]
@@ -131,17 +132,94 @@ impl pb::vault_server::Vault for VaultService {
                 ctx,
                 move |vault, ctx| vault.get_consents(ctx, &subject),
                 |consents| pb::GetConsentsResponse {
-                    consents: consents
+                    consents: consents.into_iter().map(consent_message).collect(),
+                },
+            )
+            .await
+    }
+
+    async fn export_subject(
+        &self,
+        request: Request<pb::ExportSubjectRequest>,
+    ) -> Result<Response<pb::ExportSubjectResponse>, Status> {
+        let ctx = self.edge.context(&request, "export").await?;
+        let pb::ExportSubjectRequest { subject_id } = request.into_inner();
+        let subject = SubjectId::new(subject_id).map_err(|e| Status::invalid_argument(e.0))?;
+        self.edge
+            .run(
+                ctx,
+                move |vault, ctx| vault.export(ctx, &subject),
+                export_message,
+            )
+            .await
+    }
+
+    async fn batch_get_fields(
+        &self,
+        request: Request<pb::BatchGetFieldsRequest>,
+    ) -> Result<Response<pb::BatchGetFieldsResponse>, Status> {
+        let ctx = self.edge.context(&request, "read").await?;
+        let call = BatchCall::try_from(request.into_inner())?;
+        let BatchCall {
+            subject_ids,
+            subjects,
+            purpose,
+            fields,
+        } = call;
+        let request_id = ctx.request_id.clone();
+        self.edge
+            .run(
+                ctx,
+                move |vault, ctx| vault.batch_get(ctx, &subjects, &purpose, &fields),
+                move |per_subject| pb::BatchGetFieldsResponse {
+                    subjects: subject_ids
                         .into_iter()
-                        .map(|c| pb::Consent {
-                            purpose: c.purpose.to_string(),
-                            granted: c.granted,
-                            time: c.time,
-                            recorded_by: c.recorded_by,
+                        .zip(per_subject)
+                        .map(|(subject_id, result)| match result {
+                            Ok(reads) => pb::SubjectResult {
+                                subject_id,
+                                results: reads.into_iter().map(pb::FieldResult::from).collect(),
+                                error: String::new(),
+                            },
+                            Err(e) => pb::SubjectResult {
+                                subject_id,
+                                results: Vec::new(),
+                                error: to_status(e, &request_id).message().to_owned(),
+                            },
                         })
                         .collect(),
                 },
             )
             .await
+    }
+}
+
+fn export_message(export: SubjectExport) -> pb::ExportSubjectResponse {
+    pb::ExportSubjectResponse {
+        fields: export
+            .fields
+            .into_iter()
+            .map(|f| pb::ExportedField {
+                field: f.field.to_string(),
+                value: f.value.as_str().to_owned(),
+                written: f.written,
+                expires: f.expires.unwrap_or_default(),
+            })
+            .collect(),
+        consents: export.consents.into_iter().map(consent_message).collect(),
+        history: export
+            .history
+            .into_iter()
+            .map(|h| pb::AccessEvent {
+                seq: h.seq,
+                time: h.time,
+                principal: h.principal,
+                action: h.action,
+                purpose: h.purpose.unwrap_or_default(),
+                fields: h.fields,
+                outcome: h.outcome,
+            })
+            .collect(),
+        exported_at: export.exported_at,
     }
 }

@@ -36,6 +36,8 @@ pub struct AuditEvent {
     pub policy_version: String,
     /// The caller's network address, when known.
     pub peer: Option<String>,
+    /// The purposes the subject had consented to when the call was decided.
+    pub consents: Vec<String>,
 }
 
 /// One stored audit record.
@@ -65,6 +67,10 @@ pub struct AuditRecord {
     /// The caller's network address, when known (absent in records written before it was kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer: Option<String>,
+    /// The consents that were part of the decision (omitted when none, so that records written
+    /// before consents existed keep their hash).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consents: Vec<String>,
     /// Hex hash of the previous record (64 zeros for the first).
     pub prev_hash: String,
     /// Hex `SHA-256(prev_hash ‖ canonical bytes)`.
@@ -85,6 +91,7 @@ impl AuditRecord {
             request_id: event.request_id,
             policy_version: event.policy_version,
             peer: event.peer,
+            consents: event.consents,
             prev_hash: hex::encode(prev_hash),
             hash: String::new(),
         };

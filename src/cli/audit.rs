@@ -220,7 +220,7 @@ fn remote_query(
             });
             request.metadata_mut().insert(
                 "x-privault-principal",
-                remote.principal.parse().context("--as must be ASCII")?,
+                remote.caller.parse().context("--as must be ASCII")?,
             );
             let mut stream = client.query(request).await?.into_inner();
             let mut next = 0;
@@ -256,6 +256,6 @@ fn record_json(r: pb::AuditRecord) -> serde_json::Value {
         "seq": r.seq, "time": r.time, "principal": r.principal, "action": r.action,
         "subject": opt(r.subject), "purpose": opt(r.purpose), "fields": fields,
         "outcome": r.outcome, "request_id": r.request_id, "policy_version": r.policy_version,
-        "peer": opt(r.peer), "prev_hash": r.prev_hash, "hash": r.hash,
+        "peer": opt(r.peer), "consents": r.consents, "prev_hash": r.prev_hash, "hash": r.hash,
     })
 }

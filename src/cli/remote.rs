@@ -25,7 +25,7 @@ pub struct Remote {
     pub server: String,
     /// Who you are, in development mode: a Cedar uid such as `Operator::"alice"`.
     #[arg(long = "as", env = "PRIVAULT_PRINCIPAL")]
-    pub principal: String,
+    pub caller: String,
 }
 
 #[derive(Subcommand)]
@@ -89,7 +89,7 @@ impl Admin {
             .with_context(|| format!("cannot reach the vault at {}", remote.server))?;
         Ok(Self {
             client: PolicyAdminClient::new(channel),
-            principal: remote.principal.parse().context("--as must be ASCII")?,
+            principal: remote.caller.parse().context("--as must be ASCII")?,
         })
     }
 

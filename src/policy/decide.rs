@@ -52,6 +52,7 @@ pub(super) struct Uids {
     audit_log: EntityUid,
     consent_write: EntityUid,
     consent_read: EntityUid,
+    export: EntityUid,
 }
 
 impl Uids {
@@ -69,6 +70,7 @@ impl Uids {
             audit_log: uid("AuditLog", "main")?,
             consent_write: uid("Action", "consent_write")?,
             consent_read: uid("Action", "consent_read")?,
+            export: uid("Action", "export")?,
         })
     }
 
@@ -359,13 +361,17 @@ impl Policies {
 
     /// Decides reading a subject's consents.
     pub fn decide_consent_read(&self, principal: &Principal) -> Decision {
+        self.decide_on_subject(principal, &self.uids.consent_read)
+    }
+
+    /// Decides exporting everything stored about a subject.
+    pub fn decide_export(&self, principal: &Principal) -> Decision {
+        self.decide_on_subject(principal, &self.uids.export)
+    }
+
+    fn decide_on_subject(&self, principal: &Principal, action: &EntityUid) -> Decision {
         match Context::from_pairs(Vec::<(String, RestrictedExpression)>::new()) {
-            Ok(context) => self.decide(
-                principal,
-                &self.uids.consent_read,
-                self.subject_uid.clone(),
-                context,
-            ),
+            Ok(context) => self.decide(principal, action, self.subject_uid.clone(), context),
             Err(e) => Decision::error(e.to_string()),
         }
     }

@@ -36,6 +36,11 @@ pub enum AccessRequest {
         /// The purpose consented to, for a write; `None` for a read.
         write: Option<Purpose>,
     },
+    /// `Action::"export"` on the subject.
+    Export {
+        /// The caller.
+        principal: Principal,
+    },
     /// `Action::"shred"` on the subject.
     Shred {
         /// The caller.
@@ -89,6 +94,7 @@ impl AccessRequest {
             }
         };
         match action {
+            "export" => return Ok(Self::Export { principal }),
             "consent_read" => {
                 return Ok(Self::Consent {
                     principal,
@@ -113,7 +119,7 @@ impl AccessRequest {
         let action = FieldAction::parse(action).ok_or_else(|| {
             format!(
                 "unknown action `{action}`: expected read, read_masked, write, delete, shred, \
-                 policy_read, policy_write, audit_read, consent_read or consent_write"
+                 policy_read, policy_write, audit_read, consent_read, consent_write or export"
             )
         })?;
         let field =
@@ -153,6 +159,7 @@ impl fmt::Display for AccessRequest {
                 )
             }
             Self::Admin { principal, action } => write!(f, "{principal} {}", action.name()),
+            Self::Export { principal } => write!(f, "{principal} export"),
             Self::Consent {
                 principal,
                 write: Some(p),
@@ -185,6 +192,7 @@ impl Policies {
                 &self.field_context(purpose, consents),
             ),
             AccessRequest::Admin { principal, action } => self.decide_admin(principal, *action),
+            AccessRequest::Export { principal } => self.decide_export(principal),
             AccessRequest::Consent { principal, write } => match write {
                 Some(purpose) => self.decide_consent_write(principal, purpose),
                 None => self.decide_consent_read(principal),

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{CallContext, Vault, VaultError};
+use super::{CallContext, Vault, VaultError, require};
 use crate::audit::{AuditFilter, AuditRecord, VerifyError, query, verify_range};
 use crate::clock::rfc3339;
 use crate::domain::SubjectId;
@@ -56,14 +56,9 @@ impl Vault {
         let mut event = self.event(ctx, name, None, &policies);
         event.subject = subject;
         let decision = policies.decide_admin(&ctx.principal, AdminAction::AuditRead);
-        let result = if decision.allowed {
-            op().map(|v| (Batch::new(), v))
-        } else {
-            Err(VaultError::PermissionDenied {
-                action: AdminAction::AuditRead.name(),
-                denied: vec![(String::new(), decision.policy_ids)],
-            })
-        };
+        let result = require(decision, AdminAction::AuditRead.name())
+            .and_then(|()| op())
+            .map(|v| (Batch::new(), v));
         self.finish(event, result).map(|(v, _)| v)
     }
 

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::{CallContext, Vault, VaultError};
+use super::{CallContext, Vault, VaultError, require};
 use crate::audit::FieldAudit;
 use crate::clock::rfc3339;
 use crate::domain::{Purpose, Sid, SubjectId};
@@ -26,7 +26,8 @@ pub struct ConsentState {
 }
 
 impl Vault {
-    fn consents_of(&self, sid: &Sid) -> Result<Vec<ConsentState>, VaultError> {
+    /// Every consent recorded for `sid`.
+    pub(super) fn consents_of(&self, sid: &Sid) -> Result<Vec<ConsentState>, VaultError> {
         self.store
             .scan_prefix(Cf::Consent, &sid.0)?
             .into_iter()
@@ -75,12 +76,8 @@ impl Vault {
                 )));
             }
             let decision = policies.decide_consent_write(&ctx.principal, purpose);
-            if !decision.allowed {
-                return Err(VaultError::PermissionDenied {
-                    action: "consent_write",
-                    denied: vec![(String::new(), decision.policy_ids)],
-                });
-            }
+            let policy_ids = decision.policy_ids.clone();
+            require(decision, "consent_write")?;
             let mut batch = Batch::new();
             let now = self.clock.now_ms();
             let keys = self.keys_for_write(&sid, &Default::default(), &mut batch, now)?;
@@ -99,7 +96,7 @@ impl Vault {
             event.fields.push(FieldAudit {
                 field: "consent".into(),
                 outcome: outcome.into(),
-                policy_ids: decision.policy_ids,
+                policy_ids,
             });
             Ok((batch, (sid, keys, rfc3339(now))))
         })();
@@ -118,13 +115,7 @@ impl Vault {
         let mut event = self.event(ctx, "consent_read", None, &policies);
         let result = (|| {
             let (sid, _) = self.locate(subject, &mut event)?;
-            let decision = policies.decide_consent_read(&ctx.principal);
-            if !decision.allowed {
-                return Err(VaultError::PermissionDenied {
-                    action: "consent_read",
-                    denied: vec![(String::new(), decision.policy_ids)],
-                });
-            }
+            require(policies.decide_consent_read(&ctx.principal), "consent_read")?;
             Ok((Batch::new(), self.consents_of(&sid)?))
         })();
         self.finish(event, result).map(|(c, _)| c)

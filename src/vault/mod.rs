@@ -4,6 +4,7 @@
 mod audit_admin;
 mod consent;
 mod error;
+mod export;
 mod keys;
 pub mod offline;
 mod open;
@@ -18,10 +19,11 @@ use std::sync::{Arc, Mutex, RwLock};
 pub use audit_admin::{HeadMismatch, SignedHead, check_signed_head};
 pub use consent::ConsentState;
 pub use error::{OpenError, VaultError};
+pub use export::{AccessEvent, ExportedField, SubjectExport};
 pub use open::VaultConfig;
 pub use policy_admin::{DecisionChange, DryRun, Validation};
 pub use policy_versions::{DIR_AUTHOR, PolicyRecord, PolicyVersionInfo, ReloadError};
-pub use read::{FieldRead, ReadOutcome};
+pub use read::{FieldRead, MAX_BATCH_SUBJECTS, ReadOutcome};
 pub use shred::ShredOutcome;
 
 use crate::audit::{AuditEvent, AuditLog, FieldAudit};
@@ -211,6 +213,19 @@ impl Vault {
                 })
             })
             .collect()
+    }
+}
+
+/// Turns a subject- or admin-level decision into the call's permission: a deny is
+/// PERMISSION_DENIED naming `action` and the deciding policies.
+fn require(decision: crate::policy::Decision, action: &'static str) -> Result<(), VaultError> {
+    if decision.allowed {
+        Ok(())
+    } else {
+        Err(VaultError::PermissionDenied {
+            action,
+            denied: vec![(String::new(), decision.policy_ids)],
+        })
     }
 }
 

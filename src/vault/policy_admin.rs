@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::policy_versions::PolicyVersionInfo;
-use super::{CallContext, Vault, VaultError};
+use super::{CallContext, Vault, VaultError, require};
 use crate::audit::{AuditEvent, AuditRecord};
 use crate::diagnostic::{SourceError, SourcePos};
 use crate::domain::{FieldName, Principal, Purpose};
@@ -93,15 +93,7 @@ impl Vault {
         policies: &Policies,
         action: AdminAction,
     ) -> Result<(), VaultError> {
-        let decision = policies.decide_admin(&ctx.principal, action);
-        if decision.allowed {
-            Ok(())
-        } else {
-            Err(VaultError::PermissionDenied {
-                action: action.name(),
-                denied: vec![(String::new(), decision.policy_ids)],
-            })
-        }
+        require(policies.decide_admin(&ctx.principal, action), action.name())
     }
 
     /// Runs a read-only admin call: authorize, run, audit.
@@ -250,8 +242,14 @@ impl Vault {
                     if candidate.catalog().field(&name).is_some()
                         && candidate.catalog().has_purpose(&p) =>
                 {
-                    // Consents are not recorded yet, so replays decide with none.
-                    let ctx = candidate.field_context(&p, &[]);
+                    // The consents recorded with the decision; one no longer declared is dropped.
+                    let consents: Vec<Purpose> = record
+                        .consents
+                        .iter()
+                        .filter_map(|c| Purpose::new(c.clone()).ok())
+                        .filter(|c| candidate.catalog().has_purpose(c))
+                        .collect();
+                    let ctx = candidate.field_context(&p, &consents);
                     match candidate.decide_read(&principal, &name, &ctx) {
                         ReadDecision::Allowed(permit) if permit.masked() => "masked",
                         ReadDecision::Allowed(_) => "allowed",

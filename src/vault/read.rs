@@ -50,7 +50,35 @@ impl ReadOutcome {
     }
 }
 
+/// Most subjects one batch read may name.
+pub const MAX_BATCH_SUBJECTS: usize = 100;
+
 impl Vault {
+    /// Reads `fields` of many subjects for `purpose`: each subject decided and audited on its own,
+    /// with its own result or error.
+    pub fn batch_get(
+        &self,
+        ctx: &CallContext,
+        subjects: &[SubjectId],
+        purpose: &Purpose,
+        fields: &[FieldName],
+    ) -> Result<Vec<Result<Vec<FieldRead>, VaultError>>, VaultError> {
+        if subjects.is_empty() || subjects.len() > MAX_BATCH_SUBJECTS {
+            let policies = self.policies();
+            let event = self.event(ctx, "read", Some(purpose), &policies);
+            return self.fail(
+                event,
+                VaultError::InvalidArgument(format!(
+                    "a batch names 1 to {MAX_BATCH_SUBJECTS} subjects"
+                )),
+            );
+        }
+        Ok(subjects
+            .iter()
+            .map(|s| self.get(ctx, s, purpose, fields))
+            .collect())
+    }
+
     /// Reads `fields` of `subject` for `purpose`, each decided on its own.
     pub fn get(
         &self,
@@ -78,6 +106,7 @@ impl Vault {
         let (sid, keys) = self.locate(subject, event)?;
         let specs = self.check_call(policies, purpose, &fields.iter().collect::<Vec<_>>())?;
         let consents = self.granted_purposes(&sid)?;
+        event.consents = consents.iter().map(ToString::to_string).collect();
         let context = policies.field_context(purpose, &consents);
         let decisions: Vec<ReadDecision> = fields
             .iter()

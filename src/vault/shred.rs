@@ -2,7 +2,7 @@
 //! consents and writes a shred receipt and the audit record; then the cached keys are evicted and
 //! the bytes are purged from the live store (flush, forced bottommost compaction, no WAL left).
 
-use super::{CallContext, Vault, VaultError};
+use super::{CallContext, Vault, VaultError, require};
 use crate::audit::AuditEvent;
 use crate::domain::{Sid, SubjectId};
 use crate::policy::Policies;
@@ -76,14 +76,7 @@ impl Vault {
                 self.limits.max_reason_bytes
             )));
         }
-        let decision = policies.decide_shred(&ctx.principal, reason);
-        event.fields.clear();
-        if !decision.allowed {
-            return Err(VaultError::PermissionDenied {
-                action: "shred",
-                denied: vec![(String::new(), decision.policy_ids)],
-            });
-        }
+        require(policies.decide_shred(&ctx.principal, reason), "shred")?;
         let mut batch = Batch::new();
         let mut existed = false;
         for cf in SUBJECT_CFS {

@@ -308,6 +308,25 @@ async fn auditors_query_by_subject_until_the_subject_is_shredded() {
         .into_inner();
     assert!(verified.ok, "{verified:?}");
 
+    let cli = Command::new(BIN)
+        .args([
+            "audit", "query", "--as", AUDITOR, "--action", "read", "--server",
+        ])
+        .arg(format!("http://{}", server.addr))
+        .output()
+        .unwrap();
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&cli.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "the two checkout reads");
+    assert!(lines.iter().all(|l| l["principal"] == CHECKOUT));
+
     let mut checkout_as_auditor = server.auditor(CHECKOUT).await;
     let err = checkout_as_auditor
         .head(pb::AuditHeadRequest {})

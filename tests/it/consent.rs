@@ -132,3 +132,29 @@ async fn consents_are_listed_authorized_and_shredded() {
     assert!(list(&mut dpo).await.is_empty());
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_runs_replay_reads_with_the_consents_they_were_decided_with() {
+    let vault = TestVault::new();
+    let server = vault.start().await;
+    put_profile(&server, "cust-1").await;
+    set(&server, ACCOUNT, "cust-1", "marketing", true)
+        .await
+        .unwrap();
+    assert_eq!(
+        mailer_reads(&server, "cust-1", "email_marketing").await,
+        Outcome::Value
+    );
+    let mut auditor = server.admin(AUDITOR).await;
+    let run = auditor
+        .dry_run_policies(pb::DryRunPoliciesRequest {
+            files: Some(shipped_files()),
+            last: 10,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(run.examined, 1);
+    assert!(run.changes.is_empty(), "{:?}", run.changes);
+    server.stop().await;
+}

@@ -12,6 +12,7 @@ mod policy_admin;
 mod policy_cli;
 mod retention;
 mod shred;
+mod subject_rights;
 mod support;
 mod tamper;
 mod writes;

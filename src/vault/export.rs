@@ -1,0 +1,169 @@
+//! Data-subject access and portability (GDPR Art. 15, 20): every stored field decrypted, the
+//! consents, and the subject's access history from the audit log, authorized by Cedar
+//! (`Action::"export"`) and audited before anything leaves.
+
+use zeroize::Zeroizing;
+
+use super::consent::ConsentState;
+use super::{CallContext, Vault, VaultError, require};
+use crate::audit::{AuditFilter, MAX_PAGE, query};
+use crate::clock::rfc3339;
+use crate::crypto::Sealed;
+use crate::domain::{FieldName, KeyClass, Sid};
+use crate::store::keys::name_of;
+use crate::store::records::FieldRecord;
+use crate::store::{Batch, Cf};
+
+/// Most access-history entries one export carries.
+const MAX_HISTORY: usize = 100_000;
+
+/// One stored field, decrypted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportedField {
+    /// The field.
+    pub field: FieldName,
+    /// Its value.
+    pub value: Zeroizing<String>,
+    /// When it was last written.
+    pub written: String,
+    /// When it expires, if the catalog bounds it.
+    pub expires: Option<String>,
+}
+
+/// One entry of the subject's access history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessEvent {
+    /// The audit seq.
+    pub seq: u64,
+    /// When.
+    pub time: String,
+    /// Who.
+    pub principal: String,
+    /// What.
+    pub action: String,
+    /// For what purpose.
+    pub purpose: Option<String>,
+    /// `field:outcome` per field.
+    pub fields: Vec<String>,
+    /// The call's outcome.
+    pub outcome: String,
+}
+
+/// Everything stored about one subject.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SubjectExport {
+    /// Every stored, unexpired field.
+    pub fields: Vec<ExportedField>,
+    /// Every recorded consent.
+    pub consents: Vec<ConsentState>,
+    /// Every audited call about the subject, oldest first.
+    pub history: Vec<AccessEvent>,
+    /// When the export was made.
+    pub exported_at: String,
+}
+
+impl Vault {
+    /// Exports everything stored about `subject`.
+    pub fn export(
+        &self,
+        ctx: &CallContext,
+        subject: &crate::domain::SubjectId,
+    ) -> Result<SubjectExport, VaultError> {
+        let policies = self.policies();
+        let mut event = self.event(ctx, "export", None, &policies);
+        let result = (|| {
+            let (sid, keys) = self.locate(subject, &mut event)?;
+            require(policies.decide_export(&ctx.principal), "export")?;
+            let mut export = SubjectExport {
+                exported_at: rfc3339(self.clock.now_ms()),
+                ..SubjectExport::default()
+            };
+            if let Some(keys) = keys {
+                export.fields = self.decrypt_all(&sid, &keys, &policies)?;
+                export.consents = self.consents_of(&sid)?;
+                export.history = self.history_of(&keys.pseudonym.to_string())?;
+            }
+            Ok((Batch::new(), export))
+        })();
+        self.finish(event, result).map(|(e, _)| e)
+    }
+
+    fn decrypt_all(
+        &self,
+        sid: &Sid,
+        keys: &super::keys::SubjectKeys,
+        policies: &crate::policy::Policies,
+    ) -> Result<Vec<ExportedField>, VaultError> {
+        let now = self.clock.now_ms();
+        let mut out = Vec::new();
+        for (key, value) in self.store.scan_prefix(Cf::Fields, &sid.0)? {
+            let field = name_of(&key)
+                .and_then(|n| FieldName::new(n).ok())
+                .ok_or_else(|| VaultError::DataLoss("malformed field entry".into()))?;
+            let record =
+                FieldRecord::decode(&value).map_err(|e| VaultError::DataLoss(e.to_string()))?;
+            if record.expires_ms.is_some_and(|e| e <= now) {
+                continue;
+            }
+            // A field dropped from the catalog since it was written is still the subject's data.
+            let class = policies
+                .catalog()
+                .field(&field)
+                .map_or_else(KeyClass::default_class, |s| s.key_class.clone());
+            let sealed = Sealed {
+                dek_version: record.dek_version,
+                nonce: record.nonce,
+                ciphertext: record.ciphertext,
+            };
+            let plain = keys
+                .cipher(&class)?
+                .open(sid, &field, &sealed)
+                .map_err(|_| {
+                    VaultError::DataLoss(format!("field `{field}` failed its integrity check"))
+                })?;
+            let value = Zeroizing::new(
+                String::from_utf8(plain.to_vec())
+                    .map_err(|_| VaultError::DataLoss(format!("field `{field}` is not UTF-8")))?,
+            );
+            out.push(ExportedField {
+                field,
+                value,
+                written: rfc3339(record.written_ms),
+                expires: record.expires_ms.map(rfc3339),
+            });
+        }
+        Ok(out)
+    }
+
+    fn history_of(&self, pseudonym: &str) -> Result<Vec<AccessEvent>, VaultError> {
+        let mut filter = AuditFilter {
+            subject: Some(pseudonym.to_owned()),
+            limit: MAX_PAGE,
+            ..AuditFilter::default()
+        };
+        let mut history = Vec::new();
+        loop {
+            let (records, next) =
+                query(&self.store, &filter).map_err(|e| VaultError::DataLoss(e.to_string()))?;
+            history.extend(records.into_iter().map(|r| {
+                AccessEvent {
+                    seq: r.seq,
+                    time: r.time,
+                    principal: r.principal,
+                    action: r.action,
+                    purpose: r.purpose,
+                    fields: r
+                        .fields
+                        .iter()
+                        .map(|f| format!("{}:{}", f.field, f.outcome))
+                        .collect(),
+                    outcome: r.outcome,
+                }
+            }));
+            match next {
+                Some(n) if history.len() < MAX_HISTORY => filter.from_seq = n,
+                _ => return Ok(history),
+            }
+        }
+    }
+}
