@@ -106,6 +106,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             "DEVELOPMENT MODE: callers are whoever the x-privault-principal header says; loopback only"
         );
         tokio::spawn(reload_on_sighup(Arc::clone(&vault)));
+        tokio::spawn(sweep_retention(Arc::clone(&vault)));
         tracing::info!("listening on {addr}");
         api::serve(vault, Identity::Development, listener, shutdown_signal()).await?;
         tracing::info!("stopped");
@@ -130,6 +131,32 @@ async fn reload_on_sighup(vault: Arc<Vault>) {
             Ok(Ok(None)) => tracing::info!("SIGHUP: policy directory unchanged"),
             Ok(Err(e)) => tracing::error!("SIGHUP: {e}"),
             Err(e) => tracing::error!("SIGHUP: reload task failed: {e}"),
+        }
+    }
+}
+
+/// Deletes expired fields in the background: a bounded slice every second, so that a large store
+/// is swept over time without ever holding the writer for long.
+async fn sweep_retention(vault: Arc<Vault>) {
+    const SLICE: usize = 1000;
+    let mut cursor = privault::vault::SweepCursor::default();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let v = Arc::clone(&vault);
+        let from = cursor.clone();
+        match tokio::task::spawn_blocking(move || v.sweep_expired(&from, SLICE)).await {
+            Ok(Ok(report)) => {
+                if report.deleted > 0 {
+                    tracing::info!(
+                        deleted = report.deleted,
+                        "retention: expired fields deleted"
+                    );
+                }
+                cursor = report.next;
+            }
+            Ok(Err(e)) => tracing::error!("retention sweep failed: {e}"),
+            Err(e) => tracing::error!("retention sweep task failed: {e}"),
         }
     }
 }

@@ -11,6 +11,7 @@ mod open;
 mod policy_admin;
 mod policy_versions;
 mod read;
+mod retention;
 mod shred;
 mod write;
 
@@ -24,6 +25,7 @@ pub use open::VaultConfig;
 pub use policy_admin::{DecisionChange, DryRun, Validation};
 pub use policy_versions::{DIR_AUTHOR, PolicyRecord, PolicyVersionInfo, ReloadError};
 pub use read::{FieldRead, MAX_BATCH_SUBJECTS, ReadOutcome};
+pub use retention::{SweepCursor, SweepReport};
 pub use shred::ShredOutcome;
 
 use crate::audit::{AuditEvent, AuditLog, FieldAudit};

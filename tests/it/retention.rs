@@ -50,3 +50,64 @@ fn a_value_past_its_retention_reads_as_absent() {
         "the catalog keeps last_ip 30 days"
     );
 }
+
+#[test]
+fn the_sweeper_deletes_expired_fields_in_bounded_slices_and_audits_it() {
+    let vault = TestVault::new();
+    let clock = Arc::new(ManualClock::new(1_800_000_000_000));
+    let v = Vault::open(&vault.config, clock.clone()).unwrap();
+    let account = ctx(PrincipalKind::Service, "account");
+    let purpose = Purpose::new("account").unwrap();
+    for i in 0..5 {
+        let subject = SubjectId::new(format!("cust-{i}")).unwrap();
+        let fields = vec![
+            (
+                FieldName::new("last_ip").unwrap(),
+                SecretString::from("203.0.113.7"),
+            ),
+            (
+                FieldName::new("email").unwrap(),
+                SecretString::from("a@example.com"),
+            ),
+        ];
+        v.put(&account, &subject, &purpose, fields).unwrap();
+    }
+    clock.advance(31 * DAY_MS);
+    let mut cursor = privault::vault::SweepCursor::default();
+    let mut deleted = 0;
+    for _ in 0..10 {
+        let report = v.sweep_expired(&cursor, 3).unwrap();
+        assert!(report.examined <= 3);
+        deleted += report.deleted;
+        cursor = report.next;
+        if cursor == privault::vault::SweepCursor::default() {
+            break;
+        }
+    }
+    assert_eq!(
+        deleted, 5,
+        "every last_ip (30 days) and no email (no limit)"
+    );
+    let stored: Vec<Vec<u8>> = v
+        .store()
+        .scan_prefix(privault::store::Cf::Fields, &[])
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k[32..].to_vec())
+        .collect();
+    assert_eq!(stored, vec![b"email".to_vec(); 5]);
+    let records = v
+        .store()
+        .scan_prefix(privault::store::Cf::Audit, &[])
+        .unwrap();
+    let sweeps = records
+        .iter()
+        .filter(|(_, r)| {
+            serde_json::from_slice::<privault::audit::AuditRecord>(r)
+                .unwrap()
+                .action
+                == "retention_delete"
+        })
+        .count();
+    assert_eq!(sweeps, 5, "one audit record per subject swept");
+}
