@@ -34,6 +34,8 @@ enum Command {
     /// Work with a policy directory.
     #[command(subcommand)]
     Policy(cli::policy::PolicyCommand),
+    /// Export everything stored about one customer from a running vault, as JSON.
+    Export(cli::export::ExportArgs),
     /// The auditors' tools: verify, export, signed head, query.
     #[command(subcommand)]
     Audit(cli::audit::AuditCommand),
@@ -69,6 +71,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Policy(command) => cli::policy::run(command),
         Command::Audit(command) => cli::audit::run(command),
+        Command::Export(args) => cli::export::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,5 +1,6 @@
 //! The binary's subcommands other than `serve`.
 
 pub mod audit;
+pub mod export;
 pub mod policy;
 pub mod remote;

@@ -84,6 +84,29 @@ async fn export_holds_every_field_consent_and_access() {
     );
     assert_eq!(data.history[3].fields, vec!["email:denied".to_owned()]);
 
+    let out = vault.dir.path().join("cust-1.json");
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_privault"))
+        .args(["export", "--subject-id", "cust-1", "--as", DPO, "--server"])
+        .arg(format!("http://{}", server.addr))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(json["fields"].as_array().unwrap().len(), 7);
+    assert_eq!(json["consents"][0]["purpose"], "marketing");
+    assert!(json["access_history"].as_array().unwrap().len() >= 4);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&out).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
     let err = export(&mut account, "cust-1").await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
 
