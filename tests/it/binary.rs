@@ -75,10 +75,7 @@ fn spawn_served(mut command: Command) -> Served {
 }
 
 fn terminate(child: &mut Child) -> std::process::ExitStatus {
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    signal(child, "-TERM");
     child.wait().unwrap()
 }
 
@@ -207,8 +204,10 @@ fn policy_validate_accepts_the_shipped_policies_and_points_at_errors() {
 
 fn signal(child: &Child, name: &str) {
     assert!(
-        Command::new("kill")
-            .args([name, &child.id().to_string()])
+        // bash's builtin `kill`: the procps binary need not be installed.
+        Command::new("bash")
+            .arg("-c")
+            .arg(format!("kill {name} {}", child.id()))
             .status()
             .unwrap()
             .success()
