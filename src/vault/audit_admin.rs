@@ -29,20 +29,32 @@ pub struct SignedHead {
     pub signature: String,
 }
 
+impl SignedHead {
+    /// Signs the head `(seq, hash)` with `keyring`'s audit key, at `now`.
+    pub fn sign(
+        keyring: &crate::keyring::Keyring,
+        seq: u64,
+        hash: &[u8; 32],
+        now: crate::clock::Millis,
+    ) -> Self {
+        let id = keyring.id();
+        let signer = keyring.audit_signer();
+        Self {
+            seq,
+            hash: hex::encode(hash),
+            time: rfc3339(now),
+            keyring_id: hex::encode(id),
+            public_key: hex::encode(signer.public_key()),
+            signature: hex::encode(signer.sign_head(&id, seq, hash)),
+        }
+    }
+}
+
 impl Vault {
     /// The current head, signed.
     pub fn signed_head(&self) -> SignedHead {
         let (seq, hash) = self.audit.head();
-        let id = self.keyring.id();
-        let signer = self.keyring.audit_signer();
-        SignedHead {
-            seq,
-            hash: hex::encode(hash),
-            time: rfc3339(self.clock.now_ms()),
-            keyring_id: hex::encode(id),
-            public_key: hex::encode(signer.public_key()),
-            signature: hex::encode(signer.sign_head(&id, seq, &hash)),
-        }
+        SignedHead::sign(&self.keyring, seq, &hash, self.clock.now_ms())
     }
 
     fn audit_call<T>(

@@ -8,10 +8,8 @@ use super::consent::ConsentState;
 use super::{CallContext, Vault, VaultError, require};
 use crate::audit::{AuditFilter, MAX_PAGE, query};
 use crate::clock::rfc3339;
-use crate::crypto::Sealed;
 use crate::domain::{FieldName, KeyClass, Sid};
 use crate::store::keys::name_of;
-use crate::store::records::FieldRecord;
 use crate::store::{Batch, Cf};
 
 /// Most access-history entries one export carries.
@@ -100,36 +98,19 @@ impl Vault {
             let field = name_of(&key)
                 .and_then(|n| FieldName::new(n).ok())
                 .ok_or_else(|| VaultError::DataLoss("malformed field entry".into()))?;
-            let record =
-                FieldRecord::decode(&value).map_err(|e| VaultError::DataLoss(e.to_string()))?;
-            if record.expires_ms.is_some_and(|e| e <= now) {
-                continue;
-            }
             // A field dropped from the catalog since it was written is still the subject's data.
             let class = policies
                 .catalog()
                 .field(&field)
                 .map_or_else(KeyClass::default_class, |s| s.key_class.clone());
-            let sealed = Sealed {
-                dek_version: record.dek_version,
-                nonce: record.nonce,
-                ciphertext: record.ciphertext,
+            let Some(opened) = keys.open_field(sid, &field, &class, &value, now)? else {
+                continue;
             };
-            let plain = keys
-                .cipher(&class)?
-                .open(sid, &field, &sealed)
-                .map_err(|_| {
-                    VaultError::DataLoss(format!("field `{field}` failed its integrity check"))
-                })?;
-            let value = Zeroizing::new(
-                String::from_utf8(plain.to_vec())
-                    .map_err(|_| VaultError::DataLoss(format!("field `{field}` is not UTF-8")))?,
-            );
             out.push(ExportedField {
                 field,
-                value,
-                written: rfc3339(record.written_ms),
-                expires: record.expires_ms.map(rfc3339),
+                value: opened.value,
+                written: rfc3339(opened.written_ms),
+                expires: opened.expires_ms.map(rfc3339),
             });
         }
         Ok(out)

@@ -10,10 +10,12 @@ use lru::LruCache;
 use super::{Vault, VaultError};
 use crate::audit::AuditEvent;
 use crate::clock::Millis;
-use crate::crypto::{DekCipher, Key256, WrappedDek, random_bytes};
-use crate::domain::{KeyClass, Pseudonym, Sid, SubjectId};
+use zeroize::Zeroizing;
+
+use crate::crypto::{DekCipher, Key256, Sealed, WrappedDek, random_bytes};
+use crate::domain::{FieldName, KeyClass, Pseudonym, Sid, SubjectId};
 use crate::store::keys::{name_of, pseudonym_key, subject_key};
-use crate::store::records::KeyRecord;
+use crate::store::records::{FieldRecord, KeyRecord};
 use crate::store::{Batch, Cf};
 
 /// Everything needed to open a subject's fields, and to name it in the audit log.
@@ -29,6 +31,46 @@ impl SubjectKeys {
             .get(class)
             .map(AsRef::as_ref)
             .ok_or_else(|| VaultError::DataLoss("a stored field has no key in its class".into()))
+    }
+}
+
+/// A stored field, opened.
+pub(super) struct OpenedField {
+    pub value: Zeroizing<String>,
+    pub written_ms: Millis,
+    pub expires_ms: Option<Millis>,
+}
+
+impl SubjectKeys {
+    /// Decodes and opens the stored record `bytes` of `field` (sealed under `class`); `None` when it
+    /// has expired by `now`. Any failure to decode, authenticate or read as UTF-8 is DATA_LOSS.
+    pub fn open_field(
+        &self,
+        sid: &Sid,
+        field: &FieldName,
+        class: &KeyClass,
+        bytes: &[u8],
+        now: Millis,
+    ) -> Result<Option<OpenedField>, VaultError> {
+        let record = FieldRecord::decode(bytes).map_err(|e| VaultError::DataLoss(e.to_string()))?;
+        if record.expires_ms.is_some_and(|e| e <= now) {
+            return Ok(None);
+        }
+        let sealed = Sealed {
+            dek_version: record.dek_version,
+            nonce: record.nonce,
+            ciphertext: record.ciphertext,
+        };
+        let plain = self.cipher(class)?.open(sid, field, &sealed).map_err(|_| {
+            VaultError::DataLoss(format!("field `{field}` failed its integrity check"))
+        })?;
+        let value = String::from_utf8(plain.to_vec())
+            .map_err(|_| VaultError::DataLoss(format!("field `{field}` is not UTF-8")))?;
+        Ok(Some(OpenedField {
+            value: Zeroizing::new(value),
+            written_ms: record.written_ms,
+            expires_ms: record.expires_ms,
+        }))
     }
 }
 

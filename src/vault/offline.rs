@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 
 use super::OpenError;
 use super::audit_admin::SignedHead;
-use crate::clock::{Clock, rfc3339};
+use crate::audit::AuditLog;
+use crate::clock::Clock;
 use crate::keyring::{Keyring, keyfile};
-use crate::store::keys::audit_seq;
-use crate::store::{Cf, Store};
+use crate::store::Store;
 
 /// Opens `data_dir/db` read-only.
 pub fn open_store_read_only(data_dir: &Path) -> Result<Store, OpenError> {
@@ -22,35 +22,12 @@ pub fn open_keyring(data_dir: &Path, key_file: Option<&Path>) -> Result<Keyring,
     Ok(Keyring::open(&data_dir.join("keyring"), &root)?)
 }
 
-/// Signs the last record of `store` with the keyring's audit key.
+/// Signs the head of `store`'s audit log (checked against its last record, as at start-up).
 pub fn sign_head(
     store: &Store,
     keyring: &Keyring,
     clock: &dyn Clock,
 ) -> Result<SignedHead, OpenError> {
-    let (seq, hash) = match store.last(Cf::Audit)? {
-        None => (0, [0u8; 32]),
-        Some((key, value)) => {
-            let record: crate::audit::AuditRecord =
-                serde_json::from_slice(&value).map_err(|_| OpenError::DataDir {
-                    path: store.path().to_owned(),
-                    reason: "the last audit record is unreadable".into(),
-                })?;
-            let hash = hex::decode(&record.hash)
-                .ok()
-                .and_then(|h| h.try_into().ok())
-                .unwrap_or([0u8; 32]);
-            (audit_seq(&key).unwrap_or(0), hash)
-        }
-    };
-    let id = keyring.id();
-    let signer = keyring.audit_signer();
-    Ok(SignedHead {
-        seq,
-        hash: hex::encode(hash),
-        time: rfc3339(clock.now_ms()),
-        keyring_id: hex::encode(id),
-        public_key: hex::encode(signer.public_key()),
-        signature: hex::encode(signer.sign_head(&id, seq, &hash)),
-    })
+    let (seq, hash) = AuditLog::open(store)?.head();
+    Ok(SignedHead::sign(keyring, seq, &hash, clock.now_ms()))
 }

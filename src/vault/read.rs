@@ -12,7 +12,6 @@ use crate::catalog::FieldSpec;
 use crate::domain::{FieldName, Purpose, Sid, SubjectId};
 use crate::policy::{Permit, Policies, ReadDecision};
 use crate::store::keys::subject_key;
-use crate::store::records::FieldRecord;
 use crate::store::{Batch, Cf};
 
 /// What a read returns for one field.
@@ -172,31 +171,12 @@ impl Vault {
         let mut out = BTreeMap::new();
         for ((permit, spec), value) in permits.iter().zip(values) {
             let Some(bytes) = value else { continue };
-            let record =
-                FieldRecord::decode(&bytes).map_err(|e| VaultError::DataLoss(e.to_string()))?;
-            if record.expires_ms.is_some_and(|e| e <= now) {
+            let Some(opened) =
+                keys.open_field(sid, permit.field(), &spec.key_class, &bytes, now)?
+            else {
                 continue;
-            }
-            let plain = keys
-                .cipher(&spec.key_class)?
-                .open(
-                    sid,
-                    permit.field(),
-                    &crate::crypto::Sealed {
-                        dek_version: record.dek_version,
-                        nonce: record.nonce,
-                        ciphertext: record.ciphertext,
-                    },
-                )
-                .map_err(|_| {
-                    VaultError::DataLoss(format!(
-                        "field `{}` failed its integrity check",
-                        permit.field()
-                    ))
-                })?;
-            let text = Zeroizing::new(String::from_utf8(plain.to_vec()).map_err(|_| {
-                VaultError::DataLoss(format!("field `{}` is not UTF-8", permit.field()))
-            })?);
+            };
+            let text = opened.value;
             let outcome = if permit.masked() {
                 ReadOutcome::Masked(spec.mask.apply(&text))
             } else {
