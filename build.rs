@@ -19,6 +19,8 @@ const REDACTED_DEBUG: &[&str] = &[
     "privault.v1.ExportedField",
     "privault.v1.BatchGetFieldsRequest",
     "privault.v1.SubjectResult",
+    "privault.v1.FindSubjectRequest",
+    "privault.v1.FindSubjectResponse",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -134,6 +134,24 @@ impl fmt::Debug for pb::SubjectResult {
     }
 }
 
+impl fmt::Debug for pb::FindSubjectRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FindSubjectRequest")
+            .field("field", &self.field)
+            .field("value", &REDACTED)
+            .field("purpose", &self.purpose)
+            .finish()
+    }
+}
+
+impl fmt::Debug for pb::FindSubjectResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FindSubjectResponse")
+            .field("subject_ids", &self.subject_ids.len())
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,5 +173,15 @@ mod tests {
             reason: String::new(),
         };
         assert!(!format!("{result:?}").contains("alice"));
+        let find = pb::FindSubjectRequest {
+            field: "email".into(),
+            value: "alice@example.com".into(),
+            purpose: "support".into(),
+        };
+        assert!(!format!("{find:?}").contains("alice"));
+        let found = pb::FindSubjectResponse {
+            subject_ids: vec!["alice-123".into()],
+        };
+        assert!(!format!("{found:?}").contains("alice"));
     }
 }

@@ -9,7 +9,9 @@ use super::edge::Edge;
 use super::identity::Identity;
 use super::pb;
 use super::status::to_status;
-use crate::domain::{Purpose, SubjectId};
+use secrecy::SecretString;
+
+use crate::domain::{FieldName, Purpose, SubjectId};
 use crate::vault::{SubjectExport, Vault};
 
 /// The `privault.v1.Vault` service.
@@ -187,6 +189,33 @@ impl pb::vault_server::Vault for VaultService {
                                 error: to_status(e, &request_id).message().to_owned(),
                             },
                         })
+                        .collect(),
+                },
+            )
+            .await
+    }
+
+    async fn find_subject(
+        &self,
+        request: Request<pb::FindSubjectRequest>,
+    ) -> Result<Response<pb::FindSubjectResponse>, Status> {
+        let ctx = self.edge.context(&request, "find").await?;
+        let pb::FindSubjectRequest {
+            field,
+            value,
+            purpose,
+        } = request.into_inner();
+        let field = FieldName::new(field).map_err(|e| Status::invalid_argument(e.0))?;
+        let purpose = Purpose::new(purpose).map_err(|e| Status::invalid_argument(e.0))?;
+        let value = SecretString::from(value);
+        self.edge
+            .run(
+                ctx,
+                move |vault, ctx| vault.find(ctx, &field, &value, &purpose),
+                |subjects| pb::FindSubjectResponse {
+                    subject_ids: subjects
+                        .into_iter()
+                        .map(|s| s.expose().to_owned())
                         .collect(),
                 },
             )

@@ -1,7 +1,9 @@
 //! The field catalog (`policies/catalog.toml`): the purposes callers may state (with their
-//! hierarchy) and the fields the vault stores, with category, mask rule, retention and key class.
-//! Whatever is not declared here is refused at the edge.
+//! hierarchy), the fields the vault stores (category, mask rule, retention, key class, lookup),
+//! the services with the purposes they are registered for, and the subject lifecycle. Whatever is
+//! not declared here is refused at the edge.
 
+mod lookup;
 pub mod mask;
 mod retention;
 
@@ -30,6 +32,8 @@ pub struct FieldSpec {
     pub retention_ms: Option<Millis>,
     /// The DEK class it is sealed under.
     pub key_class: KeyClass,
+    /// Whether subjects can be found by this field's value (blind index).
+    pub lookup: bool,
 }
 
 /// The parsed, checked catalog.
@@ -37,6 +41,8 @@ pub struct FieldSpec {
 pub struct Catalog {
     purposes: BTreeMap<Purpose, Option<Purpose>>,
     fields: BTreeMap<FieldName, FieldSpec>,
+    services: BTreeMap<String, BTreeSet<Purpose>>,
+    shred_when_empty: bool,
 }
 
 #[derive(Deserialize)]
@@ -46,6 +52,26 @@ struct RawCatalog {
     purposes: BTreeMap<Spanned<String>, RawPurpose>,
     #[serde(default)]
     fields: BTreeMap<Spanned<String>, RawField>,
+    #[serde(default)]
+    services: BTreeMap<Spanned<String>, RawService>,
+    #[serde(default)]
+    subjects: RawSubjects,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    purposes: Vec<Spanned<String>>,
+    #[serde(default)]
+    #[expect(dead_code, reason = "documentation for humans, accepted and ignored")]
+    description: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSubjects {
+    #[serde(default)]
+    shred_when_empty: bool,
 }
 
 #[derive(Deserialize)]
@@ -64,6 +90,8 @@ struct RawField {
     mask: Option<Spanned<String>>,
     retention: Option<Spanned<String>>,
     key_class: Option<Spanned<String>>,
+    #[serde(default)]
+    lookup: bool,
 }
 
 impl Catalog {
@@ -127,8 +155,43 @@ impl Catalog {
                 Err((span, msg)) => errors.push(at(span, msg)),
             }
         }
+        let mut services = BTreeMap::new();
+        for (name, spec) in &raw.services {
+            if FieldName::new(name.get_ref().clone()).is_err() {
+                errors.push(at(
+                    name.span(),
+                    format!(
+                        "service `{}` is not a valid name ([a-z][a-z0-9_]*)",
+                        name.get_ref()
+                    ),
+                ));
+                continue;
+            }
+            let mut registered = BTreeSet::new();
+            for purpose in &spec.purposes {
+                match Purpose::new(purpose.get_ref().clone()) {
+                    Ok(p) if purposes.contains_key(&p) => {
+                        registered.insert(p);
+                    }
+                    Ok(p) => errors.push(at(
+                        purpose.span(),
+                        format!(
+                            "service `{}` names purpose `{p}`, which is not declared",
+                            name.get_ref()
+                        ),
+                    )),
+                    Err(e) => errors.push(at(purpose.span(), e.0)),
+                }
+            }
+            services.insert(name.get_ref().clone(), registered);
+        }
         if errors.is_empty() {
-            Ok(Self { purposes, fields })
+            Ok(Self {
+                purposes,
+                fields,
+                services,
+                shred_when_empty: raw.subjects.shred_when_empty,
+            })
         } else {
             Err(SourceErrors(errors))
         }
@@ -152,6 +215,40 @@ impl Catalog {
     /// Every declared field with its spec.
     pub fn fields(&self) -> impl Iterator<Item = (&FieldName, &FieldSpec)> {
         self.fields.iter()
+    }
+
+    /// The key class `field` is sealed under: its catalog class, or `default` for a field dropped
+    /// from the catalog since it was written (still the subject's data).
+    pub fn key_class_of(&self, field: &FieldName) -> KeyClass {
+        self.field(field)
+            .map_or_else(KeyClass::default_class, |s| s.key_class.clone())
+    }
+
+    /// Every declared service with the purposes it is registered for (GDPR Art. 30).
+    pub fn services(&self) -> impl Iterator<Item = (&str, &BTreeSet<Purpose>)> {
+        self.services.iter().map(|(s, p)| (s.as_str(), p))
+    }
+
+    /// Whether a subject left with no stored field is shredded automatically.
+    pub fn shred_when_empty(&self) -> bool {
+        self.shred_when_empty
+    }
+
+    /// The purpose and every purpose below it in the hierarchy.
+    pub fn purpose_and_descendants(&self, purpose: &Purpose) -> BTreeSet<Purpose> {
+        let mut out = BTreeSet::from([purpose.clone()]);
+        // The hierarchy is acyclic (checked by `parse`), so this terminates.
+        loop {
+            let before = out.len();
+            for (p, parent) in &self.purposes {
+                if parent.as_ref().is_some_and(|parent| out.contains(parent)) {
+                    out.insert(p.clone());
+                }
+            }
+            if out.len() == before {
+                return out;
+            }
+        }
     }
 
     /// Every category some field belongs to.
@@ -200,6 +297,7 @@ fn parse_field(spec: &RawField) -> Result<FieldSpec, FieldError> {
         mask,
         retention_ms,
         key_class,
+        lookup: spec.lookup,
     })
 }
 
@@ -258,6 +356,30 @@ mod tests {
                 .to_string()
                 .contains("own ancestor")
         );
+    }
+
+    #[test]
+    fn services_register_declared_purposes_only() {
+        let text = "[purposes.fraud]\n[services.fraud_engine]\npurposes = [\"fraud\"]\n";
+        let catalog = Catalog::parse("c", text).unwrap();
+        let (name, purposes) = catalog.services().next().unwrap();
+        assert_eq!(name, "fraud_engine");
+        assert!(purposes.contains(&Purpose::new("fraud").unwrap()));
+        let text = "[purposes.fraud]\n[services.x]\npurposes = [\"ads\"]\n";
+        let err = Catalog::parse("c", text).unwrap_err().to_string();
+        assert!(
+            err.contains("purpose `ads`, which is not declared"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn descendants_follow_the_hierarchy() {
+        let text = include_str!("../../policies/catalog.toml");
+        let catalog = Catalog::parse("catalog.toml", text).unwrap();
+        let below = catalog.purpose_and_descendants(&Purpose::new("marketing").unwrap());
+        assert!(below.contains(&Purpose::new("email_marketing").unwrap()));
+        assert!(!below.contains(&Purpose::new("fraud").unwrap()));
     }
 
     #[test]

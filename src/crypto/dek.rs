@@ -9,6 +9,7 @@ use super::{CryptoError, Key256};
 use crate::domain::{KeyClass, Sid};
 
 const DEK_LABEL: &str = "privault/dek/v1";
+const SUBJECT_ID_LABEL: &str = "privault/subject-id/v1";
 
 /// A key-encryption key of one epoch.
 pub struct Kek {
@@ -82,6 +83,41 @@ impl Kek {
     }
 }
 
+impl Kek {
+    fn subject_id_aad(&self, sid: &Sid) -> Vec<u8> {
+        aad(SUBJECT_ID_LABEL, &[&self.epoch.to_be_bytes(), &sid.0])
+    }
+
+    /// Wraps the raw subject id of `sid`, kept so that a lookup can answer with it. Wrapped like a
+    /// DEK, it is destroyed by the shred and its stale copies die with the epoch.
+    pub fn wrap_subject_id(&self, sid: &Sid, id: &[u8]) -> Result<WrappedDek, CryptoError> {
+        let (nonce, ciphertext) = self.cipher.seal(&self.subject_id_aad(sid), id)?;
+        Ok(WrappedDek {
+            epoch: self.epoch,
+            nonce,
+            ciphertext,
+        })
+    }
+
+    /// Unwraps the subject id of `sid`.
+    pub fn unwrap_subject_id(
+        &self,
+        wrapped: &WrappedDek,
+        sid: &Sid,
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        if wrapped.epoch != self.epoch {
+            return Err(CryptoError::Open);
+        }
+        self.cipher
+            .open(
+                &self.subject_id_aad(sid),
+                &wrapped.nonce,
+                &wrapped.ciphertext,
+            )
+            .map(Zeroizing::new)
+    }
+}
+
 /// An unwrapped DEK, ready to seal and open fields; its key schedule is wiped on drop.
 pub struct DekCipher {
     pub(super) version: u32,
@@ -129,5 +165,21 @@ mod tests {
         let mut other_epoch = wrapped.clone();
         other_epoch.epoch = 2;
         assert!(kek.unwrap(&other_epoch, &sid(1), &class).is_err());
+    }
+
+    #[test]
+    fn subject_id_is_bound_to_its_sid() {
+        let kek = Kek::new(1, &Key256::random().unwrap());
+        let wrapped = kek.wrap_subject_id(&sid(1), b"cust-1").unwrap();
+        assert_eq!(
+            &*kek.unwrap_subject_id(&wrapped, &sid(1)).unwrap(),
+            b"cust-1"
+        );
+        assert!(kek.unwrap_subject_id(&wrapped, &sid(2)).is_err());
+        // A DEK wrap and a subject-id wrap never open as each other.
+        assert!(
+            kek.unwrap(&wrapped, &sid(1), &KeyClass::default_class())
+                .is_err()
+        );
     }
 }

@@ -7,6 +7,7 @@ pub mod audit_sign;
 pub mod dek;
 pub mod field;
 pub mod index;
+pub mod lookup;
 pub mod root;
 pub mod secret;
 
@@ -14,6 +15,7 @@ pub use audit_sign::{AuditSigner, verify_head};
 pub use dek::{DekCipher, Kek, WrappedDek};
 pub use field::Sealed;
 pub use index::IndexKey;
+pub use lookup::{LookupKey, TAG_LEN};
 pub use root::RootKey;
 pub use secret::Key256;
 

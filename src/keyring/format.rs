@@ -19,6 +19,8 @@ struct RawKeyring {
     index_key: RawWrapped,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     audit_key: Option<RawWrapped>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lookup_key: Option<RawWrapped>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -47,6 +49,8 @@ pub(super) struct KeyringFile {
     pub index_key: WrappedEntry,
     /// The Ed25519 audit signing seed; absent in keyrings written before audit signing.
     pub audit_key: Option<WrappedEntry>,
+    /// The blind-index key for lookups; absent in keyrings written before lookups.
+    pub lookup_key: Option<WrappedEntry>,
 }
 
 pub(super) struct EpochEntry {
@@ -131,6 +135,11 @@ impl KeyringFile {
                 .as_ref()
                 .map(|k| WrappedEntry::parse(&k.nonce, &k.wrapped))
                 .transpose()?,
+            lookup_key: raw
+                .lookup_key
+                .as_ref()
+                .map(|k| WrappedEntry::parse(&k.nonce, &k.wrapped))
+                .transpose()?,
         })
     }
 
@@ -155,6 +164,7 @@ impl KeyringFile {
                 .collect(),
             index_key: self.index_key.raw(),
             audit_key: self.audit_key.as_ref().map(WrappedEntry::raw),
+            lookup_key: self.lookup_key.as_ref().map(WrappedEntry::raw),
         };
         // Serializing plain strings and integers cannot fail.
         serde_json::to_string_pretty(&raw).unwrap_or_default() + "\n"

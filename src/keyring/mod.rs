@@ -11,7 +11,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::clock::Millis;
-use crate::crypto::{AuditSigner, CryptoError, IndexKey, Kek, Key256, RootKey, random_bytes};
+use crate::crypto::{
+    AuditSigner, CryptoError, IndexKey, Kek, Key256, LookupKey, RootKey, random_bytes,
+};
 
 pub use format::FORMAT_VERSION;
 use format::{EpochEntry, KeyringFile, WrappedEntry};
@@ -60,6 +62,7 @@ pub struct Keyring {
     current: u32,
     keks: BTreeMap<u32, Kek>,
     index: IndexKey,
+    lookup: LookupKey,
     audit: AuditSigner,
 }
 
@@ -82,6 +85,27 @@ fn index_context(id: &[u8; 16]) -> [Vec<u8>; 2] {
 
 fn audit_context(id: &[u8; 16]) -> [Vec<u8>; 2] {
     [b"audit".to_vec(), id.to_vec()]
+}
+
+fn lookup_context(id: &[u8; 16]) -> [Vec<u8>; 2] {
+    [b"lookup".to_vec(), id.to_vec()]
+}
+
+/// Unwraps an optional keyring key, or creates it when a keyring from an older version lacks it.
+/// Returns the key and whether the file changed.
+fn unwrap_or_add(
+    root: &RootKey,
+    slot: &mut Option<WrappedEntry>,
+    context: &[Vec<u8>],
+) -> Result<(Key256, bool), CryptoError> {
+    match slot {
+        Some(wrapped) => Ok((root.unwrap(&wrapped.to_wrapped(), &refs(context))?, false)),
+        None => {
+            let key = Key256::random()?;
+            *slot = Some(WrappedEntry::from(root.wrap(&key, &refs(context))?));
+            Ok((key, true))
+        }
+    }
 }
 
 fn refs(parts: &[Vec<u8>]) -> Vec<&[u8]> {
@@ -141,24 +165,22 @@ impl Keyring {
                 &refs(&index_context(&file.id)),
             )
             .map_err(unwrap_err)?;
-        let audit_seed = match &file.audit_key {
-            Some(wrapped) => root
-                .unwrap(&wrapped.to_wrapped(), &refs(&audit_context(&file.id)))
-                .map_err(unwrap_err)?,
-            None => {
-                // A keyring from before audit signing: add the key, keeping everything else.
-                let seed = Key256::random()?;
-                let wrapped = root.wrap(&seed, &refs(&audit_context(&file.id)))?;
-                file.audit_key = Some(WrappedEntry::from(wrapped));
-                write_private_atomically(path, file.render().as_bytes()).map_err(io)?;
-                seed
-            }
-        };
+        // Keys added by later versions are created in place, keeping everything else.
+        let (audit_seed, added_audit) =
+            unwrap_or_add(root, &mut file.audit_key, &audit_context(&file.id))
+                .map_err(unwrap_err)?;
+        let (lookup_key, added_lookup) =
+            unwrap_or_add(root, &mut file.lookup_key, &lookup_context(&file.id))
+                .map_err(unwrap_err)?;
+        if added_audit || added_lookup {
+            write_private_atomically(path, file.render().as_bytes()).map_err(io)?;
+        }
         Ok(Self {
             id: file.id,
             current: file.current_epoch,
             keks,
             index: IndexKey::new(&index_key),
+            lookup: LookupKey::new(&lookup_key),
             audit: AuditSigner::new(&audit_seed),
         })
     }
@@ -170,6 +192,7 @@ impl Keyring {
         let kek = Key256::random()?;
         let index_key = Key256::random()?;
         let audit_seed = Key256::random()?;
+        let lookup_key = Key256::random()?;
         let file = KeyringFile {
             format: FORMAT_VERSION,
             id,
@@ -183,6 +206,9 @@ impl Keyring {
             index_key: WrappedEntry::from(root.wrap(&index_key, &refs(&index_context(&id)))?),
             audit_key: Some(WrappedEntry::from(
                 root.wrap(&audit_seed, &refs(&audit_context(&id)))?,
+            )),
+            lookup_key: Some(WrappedEntry::from(
+                root.wrap(&lookup_key, &refs(&lookup_context(&id)))?,
             )),
         };
         write_private_atomically(path, file.render().as_bytes()).map_err(|source| {
@@ -198,6 +224,7 @@ impl Keyring {
             current: 1,
             keks,
             index: IndexKey::new(&index_key),
+            lookup: LookupKey::new(&lookup_key),
             audit: AuditSigner::new(&audit_seed),
         })
     }
@@ -224,6 +251,11 @@ impl Keyring {
     /// The subject index key.
     pub fn index(&self) -> &IndexKey {
         &self.index
+    }
+
+    /// The blind-index key for lookups by value.
+    pub fn lookup(&self) -> &LookupKey {
+        &self.lookup
     }
 
     /// The audit head signing key.

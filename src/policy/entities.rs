@@ -1,10 +1,13 @@
 //! The entities the policies see, built once per load from the catalog: purposes with their
-//! parents, categories, and fields inside their category.
+//! parents, categories, fields inside their category, and the declared services with the purposes
+//! they are registered for.
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 
-use cedar_policy::{Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicySet, Schema};
+use cedar_policy::{
+    Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicySet, RestrictedExpression, Schema,
+};
 
 use crate::catalog::Catalog;
 use crate::diagnostic::SourceError;
@@ -42,6 +45,20 @@ pub(super) fn build(catalog: &Catalog, schema: &Schema) -> Result<Entities, Stri
         let parents = HashSet::from([uid("Category", &spec.category)?]);
         entities.push(
             Entity::new(uid("Field", field.as_str())?, HashMap::new(), parents)
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    for (service, purposes) in catalog.services() {
+        let registered = purposes
+            .iter()
+            .map(|p| uid("Purpose", p.as_str()).map(RestrictedExpression::new_entity_uid))
+            .collect::<Result<Vec<_>, String>>()?;
+        let attrs = HashMap::from([(
+            "purposes".to_owned(),
+            RestrictedExpression::new_set(registered),
+        )]);
+        entities.push(
+            Entity::new(uid("Service", service)?, attrs, HashSet::new())
                 .map_err(|e| e.to_string())?,
         );
     }

@@ -6,6 +6,14 @@ use crate::domain::Sid;
 /// The suffix of the pseudonym entry in the keys CF; `#` cannot start a key-class name.
 const PSEUDONYM_SUFFIX: &[u8] = b"#pseudonym";
 
+/// The suffix of the wrapped subject id in the keys CF.
+const SUBJECT_ID_SUFFIX: &[u8] = b"#id";
+
+/// First byte of a lookup CF key: forward entries `tag ‖ sid` (find subjects by value).
+const LOOKUP_FORWARD: u8 = 1;
+/// First byte of a lookup CF key: reverse entries `sid ‖ field` → tag (remove a subject's entries).
+const LOOKUP_REVERSE: u8 = 2;
+
 /// `sid ‖ name`: a subject's entry for a field, key class or purpose.
 pub fn subject_key(sid: &Sid, name: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(32 + name.len());
@@ -18,6 +26,53 @@ pub fn subject_key(sid: &Sid, name: &str) -> Vec<u8> {
 pub fn pseudonym_key(sid: &Sid) -> Vec<u8> {
     let mut key = sid.0.to_vec();
     key.extend_from_slice(PSEUDONYM_SUFFIX);
+    key
+}
+
+/// The keys-CF entry holding the subject's wrapped raw id.
+pub fn subject_id_key(sid: &Sid) -> Vec<u8> {
+    let mut key = sid.0.to_vec();
+    key.extend_from_slice(SUBJECT_ID_SUFFIX);
+    key
+}
+
+/// Whether a keys-CF key is one of the subject-level entries (pseudonym, id) rather than a DEK.
+pub fn is_subject_entry(key: &[u8]) -> bool {
+    key.get(32) == Some(&b'#')
+}
+
+/// The lookup-CF prefix of every subject whose `field` has the value behind `tag`.
+pub fn lookup_prefix(tag: &[u8; 32]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(65);
+    key.push(LOOKUP_FORWARD);
+    key.extend_from_slice(tag);
+    key
+}
+
+/// The forward lookup entry: `1 ‖ tag ‖ sid`.
+pub fn lookup_key(tag: &[u8; 32], sid: &Sid) -> Vec<u8> {
+    let mut key = lookup_prefix(tag);
+    key.extend_from_slice(&sid.0);
+    key
+}
+
+/// The sid at the end of a forward lookup entry.
+pub fn lookup_sid(key: &[u8]) -> Option<Sid> {
+    key.get(33..65).and_then(|s| s.try_into().ok()).map(Sid)
+}
+
+/// The lookup-CF prefix of a subject's reverse entries.
+pub fn lookup_reverse_prefix(sid: &Sid) -> Vec<u8> {
+    let mut key = Vec::with_capacity(33);
+    key.push(LOOKUP_REVERSE);
+    key.extend_from_slice(&sid.0);
+    key
+}
+
+/// The reverse lookup entry of `field`: `2 ‖ sid ‖ field` → tag.
+pub fn lookup_reverse_key(sid: &Sid, field: &str) -> Vec<u8> {
+    let mut key = lookup_reverse_prefix(sid);
+    key.extend_from_slice(field.as_bytes());
     key
 }
 
@@ -79,6 +134,14 @@ mod tests {
                 prop_assert!(key < end);
             }
             prop_assert_eq!(name_of(&key), Some(name.as_str()));
+        }
+
+        #[test]
+        fn lookup_entries_name_their_subject(tag in any::<[u8; 32]>(), s in any::<[u8; 32]>()) {
+            let key = lookup_key(&tag, &Sid(s));
+            prop_assert!(key.starts_with(&lookup_prefix(&tag)));
+            prop_assert_eq!(lookup_sid(&key), Some(Sid(s)));
+            prop_assert!(!lookup_reverse_key(&Sid(s), "email").starts_with(&lookup_prefix(&tag)));
         }
     }
 }

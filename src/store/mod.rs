@@ -16,7 +16,8 @@ use rocksdb::{
 /// The column families of the design's on-disk layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cf {
-    /// `sid ‖ key class` → wrapped DEK; `sid ‖ "#pseudonym"` → audit pseudonym.
+    /// `sid ‖ key class` → wrapped DEK; `sid ‖ "#pseudonym"` → audit pseudonym; `sid ‖ "#id"` →
+    /// wrapped subject id (only for subjects with a lookup field).
     Keys,
     /// `sid ‖ field` → sealed value.
     Fields,
@@ -30,11 +31,13 @@ pub enum Cf {
     Policies,
     /// `name` → format version, keyring id, audit head.
     Meta,
+    /// The blind index: `1 ‖ tag ‖ sid` → nothing, `2 ‖ sid ‖ field` → tag.
+    Lookup,
 }
 
 impl Cf {
     /// Every column family, in a fixed order.
-    pub const ALL: [Cf; 7] = [
+    pub const ALL: [Cf; 8] = [
         Cf::Keys,
         Cf::Fields,
         Cf::Consent,
@@ -42,6 +45,7 @@ impl Cf {
         Cf::Shredded,
         Cf::Policies,
         Cf::Meta,
+        Cf::Lookup,
     ];
 
     /// The RocksDB name.
@@ -54,6 +58,7 @@ impl Cf {
             Cf::Shredded => "shredded",
             Cf::Policies => "policies",
             Cf::Meta => "meta",
+            Cf::Lookup => "lookup",
         }
     }
 }
@@ -288,14 +293,14 @@ impl Store {
         self.db.write_opt(wb, &opts).map_err(|e| self.err(e))
     }
 
-    /// Makes deleted entries under `prefix` physically leave the live store: flushes every column
-    /// family (so the WAL files that held them become obsolete and are deleted, not archived),
-    /// then forces a bottommost compaction of the prefix range in `cfs`, which rewrites every SST
-    /// that held them and deletes the old files.
+    /// Makes deleted entries physically leave the live store: flushes every column family (so the
+    /// WAL files that held them become obsolete and are deleted, not archived), then forces a
+    /// bottommost compaction of each `(cf, prefix)` range, which rewrites every SST that held them
+    /// and deletes the old files.
     ///
     /// INVARIANT: the store holds no long-lived snapshot, iterator or checkpoint that could pin the
     /// old files; iterators here live only inside one call.
-    pub fn purge_prefix(&self, prefix: &[u8], cfs: &[Cf]) -> Result<(), StoreError> {
+    pub fn purge(&self, ranges: &[(Cf, Vec<u8>)]) -> Result<(), StoreError> {
         let handles = Cf::ALL
             .iter()
             .map(|cf| self.cf(*cf))
@@ -305,11 +310,11 @@ impl Store {
         self.db
             .flush_cfs_opt(&handles, &flush)
             .map_err(|e| self.err(e))?;
-        let end = keys::prefix_end(prefix);
         let mut compact = CompactOptions::default();
         compact.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
         compact.set_exclusive_manual_compaction(false);
-        for cf in cfs {
+        for (cf, prefix) in ranges {
+            let end = keys::prefix_end(prefix);
             self.db
                 .compact_range_cf_opt(self.cf(*cf)?, Some(prefix), end.as_deref(), &compact);
         }

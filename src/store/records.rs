@@ -32,6 +32,18 @@ pub struct KeyRecord {
     pub seals: u64,
 }
 
+/// The raw subject id, wrapped under a KEK epoch, as stored in the keys CF under `sid ‖ "#id"` for
+/// subjects with a lookup field: the only copy of the id, so lookups can answer with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectIdRecord {
+    /// The KEK epoch that wraps it.
+    pub epoch: u32,
+    /// Nonce of the wrap.
+    pub nonce: [u8; 12],
+    /// The wrapped id and tag.
+    pub wrapped: Vec<u8>,
+}
+
 /// A sealed field value as stored in the fields CF.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldRecord {
@@ -182,7 +194,33 @@ impl KeyRecord {
     }
 }
 
+impl SubjectIdRecord {
+    /// The stored bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u32(self.epoch).raw(&self.nonce).bytes(&self.wrapped);
+        w.0
+    }
+
+    /// Parses stored bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(bytes, "subject id")?;
+        let record = Self {
+            epoch: r.u32()?,
+            nonce: r.array()?,
+            wrapped: r.bytes()?.to_vec(),
+        };
+        r.finish()?;
+        Ok(record)
+    }
+}
+
 impl FieldRecord {
+    /// Whether the catalog's retention has run out by `now`.
+    pub fn is_expired(&self, now: Millis) -> bool {
+        self.expires_ms.is_some_and(|e| e <= now)
+    }
+
     /// The stored bytes.
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
@@ -297,6 +335,12 @@ mod tests {
             principal: "Service::\"account\"".into(),
         };
         assert_eq!(ConsentRecord::decode(&consent.encode()).unwrap(), consent);
+        let id = SubjectIdRecord {
+            epoch: 2,
+            nonce: [3; 12],
+            wrapped: vec![4; 30],
+        };
+        assert_eq!(SubjectIdRecord::decode(&id.encode()).unwrap(), id);
     }
 
     #[test]
@@ -321,6 +365,7 @@ mod tests {
             let _ = FieldRecord::decode(&bytes);
             let _ = ShredReceipt::decode(&bytes);
             let _ = ConsentRecord::decode(&bytes);
+            let _ = SubjectIdRecord::decode(&bytes);
         }
     }
 }

@@ -64,10 +64,7 @@ impl Vault {
     ) -> Result<String, VaultError> {
         let policies = self.policies();
         let mut event = self.event(ctx, "consent_write", Some(purpose), &policies);
-        let _writer = self
-            .writer
-            .lock()
-            .map_err(|_| VaultError::Internal("writer poisoned".into()))?;
+        let _writer = self.lock_writer()?;
         let staged = (|| {
             let (sid, _) = self.locate(subject, &mut event)?;
             if !policies.catalog().has_purpose(purpose) {

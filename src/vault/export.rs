@@ -2,13 +2,16 @@
 //! consents, and the subject's access history from the audit log, authorized by Cedar
 //! (`Action::"export"`) and audited before anything leaves.
 
+use std::sync::Arc;
+
 use zeroize::Zeroizing;
 
 use super::consent::ConsentState;
+use super::keys::{StaleKeys, SubjectKeys, decode_field};
 use super::{CallContext, Vault, VaultError, require};
 use crate::audit::{AuditFilter, MAX_PAGE, query};
 use crate::clock::rfc3339;
-use crate::domain::{FieldName, KeyClass, Sid};
+use crate::domain::{FieldName, Sid};
 use crate::store::keys::name_of;
 use crate::store::{Batch, Cf};
 
@@ -77,7 +80,7 @@ impl Vault {
                 ..SubjectExport::default()
             };
             if let Some(keys) = keys {
-                export.fields = self.decrypt_all(&sid, &keys, &policies)?;
+                export.fields = self.decrypt_all(&sid, Arc::clone(&keys), &policies)?;
                 export.consents = self.consents_of(&sid)?;
                 export.history = self.history_of(&keys.pseudonym.to_string())?;
             }
@@ -89,31 +92,36 @@ impl Vault {
     fn decrypt_all(
         &self,
         sid: &Sid,
-        keys: &super::keys::SubjectKeys,
+        keys: Arc<SubjectKeys>,
         policies: &crate::policy::Policies,
     ) -> Result<Vec<ExportedField>, VaultError> {
         let now = self.clock.now_ms();
-        let mut out = Vec::new();
-        for (key, value) in self.store.scan_prefix(Cf::Fields, &sid.0)? {
-            let field = name_of(&key)
-                .and_then(|n| FieldName::new(n).ok())
-                .ok_or_else(|| VaultError::DataLoss("malformed field entry".into()))?;
-            // A field dropped from the catalog since it was written is still the subject's data.
-            let class = policies
-                .catalog()
-                .field(&field)
-                .map_or_else(KeyClass::default_class, |s| s.key_class.clone());
-            let Some(opened) = keys.open_field(sid, &field, &class, &value, now)? else {
-                continue;
+        self.with_current_keys(sid, Some(keys), |keys| {
+            let Some(keys) = keys else {
+                return Ok(Ok(Vec::new()));
             };
-            out.push(ExportedField {
-                field,
-                value: opened.value,
-                written: rfc3339(opened.written_ms),
-                expires: opened.expires_ms.map(rfc3339),
-            });
-        }
-        Ok(out)
+            let mut out = Vec::new();
+            for (key, bytes) in self.store.scan_prefix(Cf::Fields, &sid.0)? {
+                let field = name_of(&key)
+                    .and_then(|n| FieldName::new(n).ok())
+                    .ok_or_else(|| VaultError::DataLoss("malformed field entry".into()))?;
+                let class = policies.catalog().key_class_of(&field);
+                let record = decode_field(&bytes)?;
+                if record.is_expired(now) {
+                    continue;
+                }
+                let Some(value) = keys.open_record(sid, &field, &class, &record)? else {
+                    return Ok(Err(StaleKeys));
+                };
+                out.push(ExportedField {
+                    field,
+                    value,
+                    written: rfc3339(record.written_ms),
+                    expires: record.expires_ms.map(rfc3339),
+                });
+            }
+            Ok(Ok(out))
+        })
     }
 
     fn history_of(&self, pseudonym: &str) -> Result<Vec<AccessEvent>, VaultError> {

@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 
 use crate::crypto::{DekCipher, Key256, Sealed, WrappedDek, random_bytes};
 use crate::domain::{FieldName, KeyClass, Pseudonym, Sid, SubjectId};
-use crate::store::keys::{name_of, pseudonym_key, subject_key};
+use crate::store::keys::{is_subject_entry, name_of, pseudonym_key, subject_key};
 use crate::store::records::{FieldRecord, KeyRecord};
 use crate::store::{Batch, Cf};
 
@@ -34,44 +34,46 @@ impl SubjectKeys {
     }
 }
 
-/// A stored field, opened.
-pub(super) struct OpenedField {
-    pub value: Zeroizing<String>,
-    pub written_ms: Millis,
-    pub expires_ms: Option<Millis>,
-}
-
 impl SubjectKeys {
-    /// Decodes and opens the stored record `bytes` of `field` (sealed under `class`); `None` when it
-    /// has expired by `now`. Any failure to decode, authenticate or read as UTF-8 is DATA_LOSS.
-    pub fn open_field(
+    /// The DEK version currently held for `class`.
+    pub fn version(&self, class: &KeyClass) -> Option<u32> {
+        self.records.get(class).map(|r| r.dek_version)
+    }
+
+    /// Opens `record` of `field`, sealed under `class`. `None` when it was sealed under another DEK
+    /// version than these keys hold: the keys changed under a concurrent rotation, so the caller
+    /// reloads them ([`Vault::with_current_keys`]). A record that fails to authenticate or is not
+    /// UTF-8 is DATA_LOSS.
+    pub fn open_record(
         &self,
         sid: &Sid,
         field: &FieldName,
         class: &KeyClass,
-        bytes: &[u8],
-        now: Millis,
-    ) -> Result<Option<OpenedField>, VaultError> {
-        let record = FieldRecord::decode(bytes).map_err(|e| VaultError::DataLoss(e.to_string()))?;
-        if record.expires_ms.is_some_and(|e| e <= now) {
+        record: &FieldRecord,
+    ) -> Result<Option<Zeroizing<String>>, VaultError> {
+        if self.version(class) != Some(record.dek_version) {
             return Ok(None);
         }
         let sealed = Sealed {
             dek_version: record.dek_version,
             nonce: record.nonce,
-            ciphertext: record.ciphertext,
+            ciphertext: record.ciphertext.clone(),
         };
         let plain = self.cipher(class)?.open(sid, field, &sealed).map_err(|_| {
             VaultError::DataLoss(format!("field `{field}` failed its integrity check"))
         })?;
         let value = String::from_utf8(plain.to_vec())
             .map_err(|_| VaultError::DataLoss(format!("field `{field}` is not UTF-8")))?;
-        Ok(Some(OpenedField {
-            value: Zeroizing::new(value),
-            written_ms: record.written_ms,
-            expires_ms: record.expires_ms,
-        }))
+        Ok(Some(Zeroizing::new(value)))
     }
+}
+
+/// A read that found a record sealed under a DEK version its keys do not hold.
+pub(super) struct StaleKeys;
+
+/// Decodes a stored field record; a malformed one is DATA_LOSS.
+pub(super) fn decode_field(bytes: &[u8]) -> Result<FieldRecord, VaultError> {
+    FieldRecord::decode(bytes).map_err(|e| VaultError::DataLoss(e.to_string()))
 }
 
 /// Unwrapped subject keys, least recently used evicted first. Dropping the last `Arc` of a
@@ -134,9 +136,44 @@ impl Vault {
 
     /// The subject's keys, from the cache or the store; `None` when the subject has none.
     pub(super) fn subject_keys(&self, sid: &Sid) -> Result<Option<Arc<SubjectKeys>>, VaultError> {
-        if let Some(keys) = self.keys.get(sid) {
-            return Ok(Some(keys));
+        match self.keys.get(sid) {
+            Some(keys) => Ok(Some(keys)),
+            None => self.reload_keys(sid),
         }
+    }
+
+    /// The subject's keys read from the store, refreshing the cache.
+    pub(super) fn reload_keys(&self, sid: &Sid) -> Result<Option<Arc<SubjectKeys>>, VaultError> {
+        let keys = self.load_keys(sid)?.map(Arc::new);
+        match &keys {
+            Some(k) => self.keys.insert(*sid, Arc::clone(k)),
+            None => self.keys.evict(sid),
+        }
+        Ok(keys)
+    }
+
+    /// Runs `read` with the subject's keys; when it meets a record sealed under a DEK version the
+    /// keys lack (a rotation committed in between), reloads the keys and reads again.
+    pub(super) fn with_current_keys<T>(
+        &self,
+        sid: &Sid,
+        keys: Option<Arc<SubjectKeys>>,
+        mut read: impl FnMut(Option<&SubjectKeys>) -> Result<Result<T, StaleKeys>, VaultError>,
+    ) -> Result<T, VaultError> {
+        let mut keys = keys;
+        for _ in 0..4 {
+            match read(keys.as_deref())? {
+                Ok(value) => return Ok(value),
+                Err(StaleKeys) => keys = self.reload_keys(sid)?,
+            }
+        }
+        Err(VaultError::Unavailable(
+            "the subject's keys kept changing during the read; retry".into(),
+        ))
+    }
+
+    /// The subject's keys as stored, unwrapped; `None` when the subject has none.
+    pub(super) fn load_keys(&self, sid: &Sid) -> Result<Option<SubjectKeys>, VaultError> {
         let mut pseudonym = None;
         let mut records = BTreeMap::new();
         let mut ciphers = BTreeMap::new();
@@ -146,6 +183,9 @@ impl Vault {
                     .try_into()
                     .map_err(|_| VaultError::DataLoss("malformed audit pseudonym".into()))?;
                 pseudonym = Some(Pseudonym(bytes));
+                continue;
+            }
+            if is_subject_entry(&key) {
                 continue;
             }
             let class = name_of(&key)
@@ -159,16 +199,11 @@ impl Vault {
             );
             records.insert(class, record);
         }
-        let Some(pseudonym) = pseudonym else {
-            return Ok(None);
-        };
-        let keys = Arc::new(SubjectKeys {
+        Ok(pseudonym.map(|pseudonym| SubjectKeys {
             pseudonym,
             records,
             ciphers,
-        });
-        self.keys.insert(*sid, Arc::clone(&keys));
-        Ok(Some(keys))
+        }))
     }
 
     /// The subject's sid and keys, naming its pseudonym in `event` so that even a refused call is
@@ -185,8 +220,9 @@ impl Vault {
     }
 
     /// For a write under the writer lock: the subject's keys with a DEK in every class of
-    /// `classes`, creating the pseudonym and missing DEKs into `batch`. The cache is updated by the
-    /// caller once the batch is durable.
+    /// `classes`, creating the pseudonym and missing DEKs into `batch`. Read from the store, not
+    /// the cache, which a reader may have refilled with keys a rotation has since replaced. The
+    /// cache is updated by the caller once the batch is durable.
     pub(super) fn keys_for_write(
         &self,
         sid: &Sid,
@@ -194,13 +230,8 @@ impl Vault {
         batch: &mut Batch,
         now: Millis,
     ) -> Result<SubjectKeys, VaultError> {
-        let existing = self.subject_keys(sid)?;
-        let mut keys = match existing {
-            Some(k) => SubjectKeys {
-                pseudonym: k.pseudonym,
-                records: k.records.clone(),
-                ciphers: k.ciphers.clone(),
-            },
+        let mut keys = match self.load_keys(sid)? {
+            Some(k) => k,
             None => {
                 let mut bytes = [0u8; 16];
                 random_bytes(&mut bytes).map_err(|e| VaultError::Internal(e.to_string()))?;
@@ -213,27 +244,43 @@ impl Vault {
             }
         };
         for class in classes {
-            if keys.records.contains_key(class) {
-                continue;
+            if !keys.records.contains_key(class) {
+                self.new_dek(sid, &mut keys, class, 1, batch, now)?;
             }
-            let dek = Key256::random().map_err(|e| VaultError::Internal(e.to_string()))?;
-            let kek = self.keyring.current_kek();
-            let wrapped = kek
-                .wrap(&dek, sid, class)
-                .map_err(|e| VaultError::Internal(e.to_string()))?;
-            let record = KeyRecord {
-                dek_version: 1,
-                epoch: wrapped.epoch,
-                nonce: wrapped.nonce,
-                wrapped: wrapped.ciphertext,
-                created_ms: now,
-                seals: 0,
-            };
-            keys.ciphers
-                .insert(class.clone(), Arc::new(DekCipher::new(&dek, 1)));
-            keys.records.insert(class.clone(), record);
         }
         Ok(keys)
+    }
+
+    /// Generates version `version` of the subject's DEK in `class`, wrapped under the current
+    /// epoch, replacing any older one in `keys` and staging its record into `batch`.
+    pub(super) fn new_dek(
+        &self,
+        sid: &Sid,
+        keys: &mut SubjectKeys,
+        class: &KeyClass,
+        version: u32,
+        batch: &mut Batch,
+        now: Millis,
+    ) -> Result<(), VaultError> {
+        let dek = Key256::random().map_err(|e| VaultError::Internal(e.to_string()))?;
+        let wrapped = self
+            .keyring
+            .current_kek()
+            .wrap(&dek, sid, class)
+            .map_err(|e| VaultError::Internal(e.to_string()))?;
+        let record = KeyRecord {
+            dek_version: version,
+            epoch: wrapped.epoch,
+            nonce: wrapped.nonce,
+            wrapped: wrapped.ciphertext,
+            created_ms: now,
+            seals: 0,
+        };
+        batch.put(Cf::Keys, subject_key(sid, class.as_str()), record.encode());
+        keys.ciphers
+            .insert(class.clone(), Arc::new(DekCipher::new(&dek, version)));
+        keys.records.insert(class.clone(), record);
+        Ok(())
     }
 
     /// Counts `seals` new encryptions under `class` and stages the updated key record.
@@ -247,10 +294,11 @@ impl Vault {
     ) {
         if let Some(record) = keys.records.get_mut(class) {
             record.seals = record.seals.saturating_add(seals);
-            if record.seals > (1 << 31) {
-                tracing::warn!(?sid, "a subject key has sealed over 2^31 values; rotate it");
-            }
             batch.put(Cf::Keys, subject_key(sid, class.as_str()), record.encode());
         }
     }
 }
+
+/// Seals one DEK may make before it is rotated: far below the 2^32 random-nonce bound of
+/// NIST SP 800-38D §8.3.
+pub(super) const MAX_SEALS_PER_DEK: u64 = 1 << 31;

@@ -6,11 +6,13 @@ mod consent;
 mod error;
 mod export;
 mod keys;
+mod lookup;
 pub mod offline;
 mod open;
 mod policy_admin;
 mod policy_versions;
 mod read;
+mod rekey;
 mod retention;
 mod shred;
 mod write;
@@ -125,6 +127,13 @@ impl Vault {
             peer: ctx.peer.clone(),
             ..AuditEvent::default()
         }
+    }
+
+    /// Takes the lock that serializes every change.
+    fn lock_writer(&self) -> Result<std::sync::MutexGuard<'_, ()>, VaultError> {
+        self.writer
+            .lock()
+            .map_err(|_| VaultError::Internal("writer poisoned".into()))
     }
 
     /// Writes `batch` with the record of `event` durably; a failed audit write fails the call.

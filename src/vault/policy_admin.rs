@@ -307,10 +307,7 @@ impl Vault {
         name: &str,
         stage: impl FnOnce(&Policies) -> Result<(Policies, Sources, String, &'static str), VaultError>,
     ) -> Result<PolicyVersionInfo, VaultError> {
-        let _writer = self
-            .writer
-            .lock()
-            .map_err(|_| VaultError::Internal("writer poisoned".into()))?;
+        let _writer = self.lock_writer()?;
         let policies = self.policies();
         let event: AuditEvent = self.event(ctx, name, None, &policies);
         match stage(&policies) {

@@ -202,10 +202,7 @@ impl Vault {
             return Ok(());
         }
         let set = Policies::from_sources(&dir_files)?;
-        let _writer = self
-            .writer
-            .lock()
-            .map_err(|_| to_open(VaultError::Internal("writer poisoned".into())))?;
+        let _writer = self.lock_writer().map_err(to_open)?;
         self.activate(
             set,
             dir_files,
@@ -226,10 +223,7 @@ impl Vault {
         if set.hash() == self.policies().hash() {
             return Ok(None);
         }
-        let _writer = self
-            .writer
-            .lock()
-            .map_err(|_| ReloadError::Vault(VaultError::Internal("writer poisoned".into())))?;
+        let _writer = self.lock_writer().map_err(ReloadError::Vault)?;
         let mut event = self.system_event("policy_reload");
         event.request_id = "sighup".into();
         let record = self

@@ -2,10 +2,11 @@
 //! the permitted ones, decrypt, mask, and make the audit record durable before any value leaves.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
-use super::keys::SubjectKeys;
+use super::keys::{StaleKeys, SubjectKeys, decode_field};
 use super::{CallContext, Vault, VaultError, field_audit};
 use crate::audit::AuditEvent;
 use crate::catalog::FieldSpec;
@@ -121,7 +122,7 @@ impl Vault {
             })
             .collect();
         let stored = match &keys {
-            Some(keys) => self.read_permitted(&sid, keys, &permits)?,
+            Some(keys) => self.read_permitted(&sid, Arc::clone(keys), &permits)?,
             None => BTreeMap::new(),
         };
 
@@ -155,7 +156,7 @@ impl Vault {
     fn read_permitted(
         &self,
         sid: &Sid,
-        keys: &SubjectKeys,
+        keys: Arc<SubjectKeys>,
         permits: &[(&Permit, &FieldSpec)],
     ) -> Result<BTreeMap<FieldName, ReadOutcome>, VaultError> {
         let storage_keys: Vec<Vec<u8>> = permits
@@ -166,24 +167,31 @@ impl Vault {
             .iter()
             .map(|k| (Cf::Fields, k.as_slice()))
             .collect();
-        let values = self.store.multi_get(&request)?;
         let now = self.clock.now_ms();
-        let mut out = BTreeMap::new();
-        for ((permit, spec), value) in permits.iter().zip(values) {
-            let Some(bytes) = value else { continue };
-            let Some(opened) =
-                keys.open_field(sid, permit.field(), &spec.key_class, &bytes, now)?
-            else {
-                continue;
+        self.with_current_keys(sid, Some(keys), |keys| {
+            let mut out = BTreeMap::new();
+            let Some(keys) = keys else {
+                return Ok(Ok(out));
             };
-            let text = opened.value;
-            let outcome = if permit.masked() {
-                ReadOutcome::Masked(spec.mask.apply(&text))
-            } else {
-                ReadOutcome::Value(text)
-            };
-            out.insert(permit.field().clone(), outcome);
-        }
-        Ok(out)
+            let values = self.store.multi_get(&request)?;
+            for ((permit, spec), value) in permits.iter().zip(values) {
+                let Some(bytes) = value else { continue };
+                let record = decode_field(&bytes)?;
+                if record.is_expired(now) {
+                    continue;
+                }
+                let Some(text) = keys.open_record(sid, permit.field(), &spec.key_class, &record)?
+                else {
+                    return Ok(Err(StaleKeys));
+                };
+                let outcome = if permit.masked() {
+                    ReadOutcome::Masked(spec.mask.apply(&text))
+                } else {
+                    ReadOutcome::Value(text)
+                };
+                out.insert(permit.field().clone(), outcome);
+            }
+            Ok(Ok(out))
+        })
     }
 }

@@ -1,14 +1,24 @@
 //! Retention: the sweeper that deletes fields past the catalog's `retention`, a bounded slice at
 //! a time so it never stalls the service. Reads already treat expired values as absent; the sweep
-//! removes them from storage. Each subject swept leaves one audit record, made by the system.
+//! removes them from storage (rotating the DEK, so the expired ciphertexts keep no live key). Each
+//! subject swept leaves one audit record, made by the system; a subject left with no field is
+//! shredded when the catalog says `shred_when_empty`.
 
 use std::collections::BTreeMap;
 
-use super::{Vault, VaultError};
-use crate::audit::{AuditEvent, FieldAudit};
+use super::write::Staged;
+use super::{Vault, VaultError, field_audit};
+use crate::audit::AuditEvent;
+use crate::domain::{FieldName, Sid};
 use crate::store::keys::name_of;
 use crate::store::records::FieldRecord;
 use crate::store::{Batch, Cf};
+
+/// The principal of the sweeper's records.
+const SYSTEM: &str = "privault";
+
+/// The shred reason when a subject's last field expired and the catalog says `shred_when_empty`.
+const EMPTY_REASON: &str = "retention: no field left";
 
 /// Where the next sweep continues: a key in the fields CF, or the start.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -55,7 +65,7 @@ impl Vault {
         }
         let mut deleted = 0;
         for (sid, keys) in expired {
-            deleted += self.delete_expired(crate::domain::Sid(sid), keys)?;
+            deleted += self.delete_expired(Sid(sid), keys)?;
         }
         Ok(SweepReport {
             examined: entries.len(),
@@ -64,49 +74,66 @@ impl Vault {
         })
     }
 
-    fn delete_expired(
-        &self,
-        sid: crate::domain::Sid,
-        keys: Vec<Vec<u8>>,
-    ) -> Result<usize, VaultError> {
-        let _writer = self
-            .writer
-            .lock()
-            .map_err(|_| VaultError::Internal("writer poisoned".into()))?;
+    fn delete_expired(&self, sid: Sid, keys: Vec<Vec<u8>>) -> Result<usize, VaultError> {
+        let _writer = self.lock_writer()?;
+        let policies = self.policies();
         let now = self.clock.now_ms();
         let mut batch = Batch::new();
         let mut fields = Vec::new();
+        let mut removed = Vec::new();
         // Re-read under the lock: a write since the scan may have renewed the value.
         for key in keys {
             let still_expired = self
                 .store
                 .get(Cf::Fields, &key)?
                 .and_then(|v| FieldRecord::decode(&v).ok())
-                .is_some_and(|r| r.expires_ms.is_some_and(|e| e <= now));
+                .is_some_and(|r| r.is_expired(now));
+            let Some(field) = name_of(&key).and_then(|n| FieldName::new(n).ok()) else {
+                continue;
+            };
             if still_expired {
-                fields.push(FieldAudit {
-                    field: name_of(&key).unwrap_or_default().to_owned(),
-                    outcome: "expired".into(),
-                    policy_ids: Vec::new(),
-                });
+                fields.push(field_audit(&field, "expired", &[]));
+                self.stage_unindex(&sid, &field, &mut batch)?;
                 batch.delete(Cf::Fields, key);
+                removed.push(field);
             }
         }
-        if batch.is_empty() {
+        if removed.is_empty() {
             return Ok(0);
         }
-        let event = AuditEvent {
-            principal: "privault".into(),
+        let mut event = AuditEvent {
+            principal: SYSTEM.into(),
             action: "retention_delete".into(),
             subject: self.subject_keys(&sid)?.map(|k| k.pseudonym.to_string()),
             fields,
             outcome: "ok".into(),
             request_id: "sweeper".into(),
-            policy_version: self.policies().version(),
+            policy_version: policies.version(),
             ..AuditEvent::default()
         };
-        let count = event.fields.len();
-        self.commit(batch, event)?;
+        let count = removed.len();
+        let remaining = self.store.scan_prefix(Cf::Fields, &sid.0)?.len();
+        if remaining == count && policies.catalog().shred_when_empty() {
+            // Nothing of the subject is left: the catalog asks for the whole subject to go.
+            let mut batch = Batch::new();
+            let (_, ranges) = self.stage_erase(&sid, SYSTEM, EMPTY_REASON, &mut batch)?;
+            event.action = "retention_shred".into();
+            self.commit(batch, event)?;
+            self.keys.evict(&sid);
+            if let Err(e) = self.store.purge(&ranges) {
+                tracing::error!(error = %e, "retention shred committed but the physical purge failed");
+            }
+            return Ok(count);
+        }
+        let keys = self.rotate_away(&sid, &removed, &policies, &mut batch)?;
+        self.finish_staged(
+            event,
+            Ok(Staged {
+                batch,
+                value: (),
+                keys,
+            }),
+        )?;
         Ok(count)
     }
 }

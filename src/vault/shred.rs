@@ -1,5 +1,5 @@
-//! Crypto-shredding: one atomic batch deletes the subject's wrapped DEKs, pseudonym, fields and
-//! consents and writes a shred receipt and the audit record; then the cached keys are evicted and
+//! Crypto-shredding: one atomic batch deletes the subject's wrapped DEKs, pseudonym, wrapped id,
+//! fields, consents and lookup entries and writes a shred receipt and the audit record; then the cached keys are evicted and
 //! the bytes are purged from the live store (flush, forced bottommost compaction, no WAL left).
 
 use super::{CallContext, Vault, VaultError, require};
@@ -11,6 +11,9 @@ use crate::store::{Batch, Cf};
 
 /// Column families that hold per-subject entries under the sid prefix.
 const SUBJECT_CFS: [Cf; 3] = [Cf::Keys, Cf::Fields, Cf::Consent];
+
+/// What an erase staged: whether anything existed, and the `(cf, prefix)` ranges to purge.
+pub(super) type Erased = (bool, Vec<(Cf, Vec<u8>)>);
 
 /// What a shred did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,17 +38,14 @@ impl Vault {
         let mut event = self.event(ctx, "shred", None, &policies);
         let sid = self.keyring.index().sid(subject);
         let committed = {
-            let _writer = self
-                .writer
-                .lock()
-                .map_err(|_| VaultError::Internal("writer poisoned".into()))?;
+            let _writer = self.lock_writer()?;
             let staged = self.stage_shred(ctx, &policies, &sid, reason, &mut event);
-            let (existed, audit_seq) = self.finish(event, staged)?;
+            let ((existed, ranges), audit_seq) = self.finish(event, staged)?;
             // The key is gone from disk; drop the unwrapped copy too, before anyone can use it.
             self.keys.evict(&sid);
-            (existed, audit_seq)
+            (existed, audit_seq, ranges)
         };
-        let purged = match self.store.purge_prefix(&sid.0, &SUBJECT_CFS) {
+        let purged = match self.store.purge(&committed.2) {
             Ok(()) => true,
             Err(e) => {
                 tracing::error!(error = %e, "shred committed but the physical purge failed");
@@ -66,7 +66,7 @@ impl Vault {
         sid: &Sid,
         reason: &str,
         event: &mut AuditEvent,
-    ) -> Result<(Batch, bool), VaultError> {
+    ) -> Result<(Batch, Erased), VaultError> {
         if let Some(keys) = self.subject_keys(sid)? {
             event.subject = Some(keys.pseudonym.to_string());
         }
@@ -78,19 +78,37 @@ impl Vault {
         }
         require(policies.decide_shred(&ctx.principal, reason), "shred")?;
         let mut batch = Batch::new();
+        let erased = self.stage_erase(sid, &ctx.principal.to_string(), reason, &mut batch)?;
+        Ok((batch, erased))
+    }
+
+    /// Stages the deletion of everything stored under `sid` and its shred receipt; returns whether
+    /// anything existed and the ranges to purge physically once committed.
+    pub(super) fn stage_erase(
+        &self,
+        sid: &Sid,
+        principal: &str,
+        reason: &str,
+        batch: &mut Batch,
+    ) -> Result<Erased, VaultError> {
         let mut existed = false;
+        let mut ranges = Vec::new();
         for cf in SUBJECT_CFS {
             for (key, _) in self.store.scan_prefix(cf, &sid.0)? {
                 batch.delete(cf, key);
                 existed = true;
             }
+            ranges.push((cf, sid.0.to_vec()));
+        }
+        for prefix in self.stage_unindex_all(sid, batch)? {
+            ranges.push((Cf::Lookup, prefix));
         }
         let receipt = ShredReceipt {
             shredded_ms: self.clock.now_ms(),
-            principal: ctx.principal.to_string(),
+            principal: principal.to_owned(),
             reason: reason.to_owned(),
         };
         batch.put(Cf::Shredded, sid.0.to_vec(), receipt.encode());
-        Ok((batch, existed))
+        Ok((existed, ranges))
     }
 }

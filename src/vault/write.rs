@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use secrecy::{ExposeSecret, SecretString};
 
+use super::keys::{MAX_SEALS_PER_DEK, SubjectKeys};
 use super::{CallContext, Vault, VaultError, field_audit};
 use crate::audit::AuditEvent;
-use crate::domain::{FieldName, KeyClass, Purpose, SubjectId};
+use crate::domain::{FieldName, KeyClass, Purpose, Sid, SubjectId};
 use crate::policy::{FieldAction, FieldContext, Policies};
 use crate::store::keys::subject_key;
 use crate::store::records::FieldRecord;
@@ -62,20 +63,9 @@ impl Vault {
     ) -> Result<Vec<FieldName>, VaultError> {
         let policies = self.policies();
         let mut event = self.event(ctx, "write", Some(purpose), &policies);
-        let _writer = self
-            .writer
-            .lock()
-            .map_err(|_| VaultError::Internal("writer poisoned".into()))?;
-        let result = self.put_inner(ctx, &policies, subject, purpose, &fields, &mut event);
-        match result {
-            Ok((batch, names, sid, keys)) => {
-                let (written, _) = self.finish(event, Ok((batch, names)))?;
-                // Only now is the new key durable, so only now may readers see it.
-                self.keys.insert(sid, Arc::new(keys));
-                Ok(written)
-            }
-            Err(e) => self.finish(event, Err(e)).map(|(v, _)| v),
-        }
+        let _writer = self.lock_writer()?;
+        let staged = self.put_inner(ctx, &policies, subject, purpose, &fields, &mut event);
+        self.finish_staged(event, staged)
     }
 
     fn put_inner(
@@ -86,15 +76,7 @@ impl Vault {
         purpose: &Purpose,
         fields: &[(FieldName, SecretString)],
         event: &mut AuditEvent,
-    ) -> Result<
-        (
-            Batch,
-            Vec<FieldName>,
-            crate::domain::Sid,
-            super::keys::SubjectKeys,
-        ),
-        VaultError,
-    > {
+    ) -> Result<Staged<Vec<FieldName>>, VaultError> {
         let (sid, _) = self.locate(subject, event)?;
         let names: Vec<&FieldName> = fields.iter().map(|(f, _)| f).collect();
         let specs = self.check_call(policies, purpose, &names)?;
@@ -114,6 +96,36 @@ impl Vault {
         let classes: BTreeSet<KeyClass> = specs.iter().map(|s| s.key_class.clone()).collect();
         let mut keys = self.keys_for_write(&sid, &classes, &mut batch, now)?;
         event.subject = Some(keys.pseudonym.to_string());
+
+        // An overwrite rotates the class's DEK, so the superseded ciphertext keeps no live key;
+        // so does a DEK that has sealed its share of random nonces.
+        let existing = self.stored(&sid, &names)?;
+        let mut rotate: BTreeSet<KeyClass> = specs
+            .iter()
+            .zip(&existing)
+            .filter(|(_, present)| **present)
+            .map(|(spec, _)| spec.key_class.clone())
+            .collect();
+        for class in &classes {
+            let count = specs.iter().filter(|s| &s.key_class == class).count() as u64;
+            if keys
+                .records
+                .get(class)
+                .is_some_and(|r| r.seals.saturating_add(count) > MAX_SEALS_PER_DEK)
+            {
+                rotate.insert(class.clone());
+            }
+        }
+        let dropped: BTreeSet<&FieldName> = names.iter().copied().collect();
+        self.rotate_deks(
+            &sid,
+            &mut keys,
+            &rotate,
+            &dropped,
+            policies.catalog(),
+            &mut batch,
+            now,
+        )?;
         for class in &classes {
             let count = specs.iter().filter(|s| &s.key_class == class).count() as u64;
             self.count_seals(&sid, &mut keys, class, count, &mut batch);
@@ -135,11 +147,40 @@ impl Vault {
                 subject_key(&sid, field.as_str()),
                 record.encode(),
             );
+            if spec.lookup {
+                self.stage_index(
+                    &sid,
+                    subject,
+                    field,
+                    spec,
+                    value.expose_secret(),
+                    &mut batch,
+                )?;
+            }
             event.fields.push(field_audit(field, "written", &[]));
         }
         let mut written: Vec<FieldName> = names.into_iter().cloned().collect();
         written.sort();
-        Ok((batch, written, sid, keys))
+        Ok(Staged {
+            batch,
+            value: written,
+            keys: Some((sid, keys)),
+        })
+    }
+
+    /// Whether each of `fields` has a stored record (expired or not), with one multi-get.
+    fn stored(&self, sid: &Sid, fields: &[&FieldName]) -> Result<Vec<bool>, VaultError> {
+        let keys: Vec<Vec<u8>> = fields
+            .iter()
+            .map(|f| subject_key(sid, f.as_str()))
+            .collect();
+        let request: Vec<(Cf, &[u8])> = keys.iter().map(|k| (Cf::Fields, k.as_slice())).collect();
+        Ok(self
+            .store
+            .multi_get(&request)?
+            .into_iter()
+            .map(|v| v.is_some())
+            .collect())
     }
 
     /// Deletes `fields` of `subject`. Returns the fields that were stored.
@@ -152,12 +193,9 @@ impl Vault {
     ) -> Result<Vec<FieldName>, VaultError> {
         let policies = self.policies();
         let mut event = self.event(ctx, "delete", Some(purpose), &policies);
-        let _writer = self
-            .writer
-            .lock()
-            .map_err(|_| VaultError::Internal("writer poisoned".into()))?;
-        let result = self.delete_inner(ctx, &policies, subject, purpose, fields, &mut event);
-        self.finish(event, result).map(|(deleted, _)| deleted)
+        let _writer = self.lock_writer()?;
+        let staged = self.delete_inner(ctx, &policies, subject, purpose, fields, &mut event);
+        self.finish_staged(event, staged)
     }
 
     fn delete_inner(
@@ -168,24 +206,24 @@ impl Vault {
         purpose: &Purpose,
         fields: &[FieldName],
         event: &mut AuditEvent,
-    ) -> Result<(Batch, Vec<FieldName>), VaultError> {
+    ) -> Result<Staged<Vec<FieldName>>, VaultError> {
         let (sid, _) = self.locate(subject, event)?;
         let names: Vec<&FieldName> = fields.iter().collect();
         self.check_call(policies, purpose, &names)?;
         let context = policies.field_context(purpose, &self.granted_purposes(&sid)?);
         self.authorize_all(ctx, policies, FieldAction::Delete, &context, &names, event)?;
-        let unique: BTreeSet<&FieldName> = names.into_iter().collect();
-        let keys: Vec<Vec<u8>> = unique
-            .iter()
-            .map(|f| subject_key(&sid, f.as_str()))
+        let unique: Vec<&FieldName> = names
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
             .collect();
-        let request: Vec<(Cf, &[u8])> = keys.iter().map(|k| (Cf::Fields, k.as_slice())).collect();
-        let existing = self.store.multi_get(&request)?;
+        let existing = self.stored(&sid, &unique)?;
         let mut batch = Batch::new();
         let mut deleted = Vec::new();
-        for ((field, key), value) in unique.iter().zip(keys).zip(existing) {
-            let outcome = if value.is_some() {
-                batch.delete(Cf::Fields, key);
+        for (field, present) in unique.iter().zip(existing) {
+            let outcome = if present {
+                batch.delete(Cf::Fields, subject_key(&sid, field.as_str()));
+                self.stage_unindex(&sid, field, &mut batch)?;
                 deleted.push((*field).clone());
                 "deleted"
             } else {
@@ -193,6 +231,60 @@ impl Vault {
             };
             event.fields.push(field_audit(field, outcome, &[]));
         }
-        Ok((batch, deleted))
+        let keys = self.rotate_away(&sid, &deleted, policies, &mut batch)?;
+        Ok(Staged {
+            batch,
+            value: deleted,
+            keys,
+        })
     }
+
+    /// For fields being removed from storage: rotates the DEKs of their classes, so that the
+    /// removed ciphertexts keep no live key. Returns the new keys to publish after the commit.
+    pub(super) fn rotate_away(
+        &self,
+        sid: &Sid,
+        removed: &[FieldName],
+        policies: &Policies,
+        batch: &mut Batch,
+    ) -> Result<Option<(Sid, SubjectKeys)>, VaultError> {
+        if removed.is_empty() {
+            return Ok(None);
+        }
+        let Some(mut keys) = self.load_keys(sid)? else {
+            return Ok(None);
+        };
+        let catalog = policies.catalog();
+        let classes: BTreeSet<KeyClass> = removed.iter().map(|f| catalog.key_class_of(f)).collect();
+        let dropped: BTreeSet<&FieldName> = removed.iter().collect();
+        let now = self.clock.now_ms();
+        self.rotate_deks(sid, &mut keys, &classes, &dropped, catalog, batch, now)?;
+        Ok(Some((*sid, keys)))
+    }
+
+    /// Commits a staged change with its audit record, then publishes the keys it changed: only
+    /// once they are durable may readers see them.
+    pub(super) fn finish_staged<T>(
+        &self,
+        event: AuditEvent,
+        staged: Result<Staged<T>, VaultError>,
+    ) -> Result<T, VaultError> {
+        match staged {
+            Ok(Staged { batch, value, keys }) => {
+                let (value, _) = self.finish(event, Ok((batch, value)))?;
+                if let Some((sid, keys)) = keys {
+                    self.keys.insert(sid, Arc::new(keys));
+                }
+                Ok(value)
+            }
+            Err(e) => self.fail(event, e),
+        }
+    }
+}
+
+/// A change ready to commit: the batch, what the call returns, and the subject keys it changed.
+pub(super) struct Staged<T> {
+    pub batch: Batch,
+    pub value: T,
+    pub keys: Option<(Sid, SubjectKeys)>,
 }

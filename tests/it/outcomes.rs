@@ -42,9 +42,20 @@ async fn same_field_other_purpose_is_decided_differently() {
     let server = vault.start().await;
     put_profile(&server, "cust-1").await;
     let mut checkout = server.client(CHECKOUT).await;
+    // Checkout is registered for fulfillment only: another purpose is refused by the guard.
     let results = get(&mut checkout, "cust-1", "personalization", &["email"]).await;
     assert_eq!(results[0].outcome(), Outcome::Denied);
     assert!(results[0].value.is_empty());
+    assert_eq!(results[0].policy_ids, vec!["registered-purposes-only"]);
+    // For its own purpose, a field no policy grants it is a default deny, naming no policy.
+    let results = get(
+        &mut checkout,
+        "cust-1",
+        "fulfillment",
+        &["favorite_categories"],
+    )
+    .await;
+    assert_eq!(results[0].outcome(), Outcome::Denied);
     assert!(
         results[0].policy_ids.is_empty(),
         "default deny names no policy"

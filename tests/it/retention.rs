@@ -111,3 +111,90 @@ fn the_sweeper_deletes_expired_fields_in_bounded_slices_and_audits_it() {
         .count();
     assert_eq!(sweeps, 5, "one audit record per subject swept");
 }
+
+#[test]
+fn a_subject_whose_last_field_expires_is_shredded_when_the_catalog_says_so() {
+    let vault = TestVault::new();
+    let clock = Arc::new(ManualClock::new(1_800_000_000_000));
+    let v = Vault::open(&vault.config, clock.clone()).unwrap();
+    let account = ctx(PrincipalKind::Service, "account");
+    let purpose = Purpose::new("account").unwrap();
+    let only_ip = SubjectId::new("cust-ip".into()).unwrap();
+    let with_email = SubjectId::new("cust-email".into()).unwrap();
+    let ip = || {
+        (
+            FieldName::new("last_ip").unwrap(),
+            SecretString::from("203.0.113.7"),
+        )
+    };
+    v.put(&account, &only_ip, &purpose, vec![ip()]).unwrap();
+    v.put(
+        &account,
+        &with_email,
+        &purpose,
+        vec![
+            ip(),
+            (
+                FieldName::new("email").unwrap(),
+                SecretString::from("b@example.com"),
+            ),
+        ],
+    )
+    .unwrap();
+    v.set_consent(
+        &account,
+        &only_ip,
+        &Purpose::new("marketing").unwrap(),
+        true,
+    )
+    .unwrap();
+    clock.advance(31 * DAY_MS);
+    let report = v
+        .sweep_expired(&privault::vault::SweepCursor::default(), 100)
+        .unwrap();
+    assert_eq!(report.deleted, 2);
+
+    let store = v.store();
+    let actions: Vec<String> = store
+        .scan_prefix(privault::store::Cf::Audit, &[])
+        .unwrap()
+        .iter()
+        .map(|(_, r)| {
+            serde_json::from_slice::<privault::audit::AuditRecord>(r)
+                .unwrap()
+                .action
+        })
+        .collect();
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| *a == "retention_shred" || *a == "retention_delete")
+            .count(),
+        2
+    );
+    assert!(actions.contains(&"retention_shred".to_owned()));
+    // The emptied subject is gone entirely (keys, consents, receipt kept); the other keeps email.
+    assert_eq!(
+        store
+            .scan_prefix(privault::store::Cf::Shredded, &[])
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        store
+            .scan_prefix(privault::store::Cf::Consent, &[])
+            .unwrap()
+            .is_empty()
+    );
+    assert!(v.get_consents(&account, &only_ip).unwrap().is_empty());
+    let read = v
+        .get(
+            &account,
+            &with_email,
+            &purpose,
+            &[FieldName::new("email").unwrap()],
+        )
+        .unwrap();
+    assert!(matches!(&read[0].outcome, ReadOutcome::Value(v) if v.as_str() == "b@example.com"));
+}
