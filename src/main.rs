@@ -39,6 +39,8 @@ enum Command {
     /// The auditors' tools: verify, export, signed head, query.
     #[command(subcommand)]
     Audit(cli::audit::AuditCommand),
+    /// Print the record of processing (GDPR Art. 30) derived from catalog and policies.
+    Ropa(cli::ropa::RopaArgs),
 }
 
 #[derive(Args)]
@@ -72,6 +74,7 @@ fn main() -> ExitCode {
         Command::Policy(command) => cli::policy::run(command),
         Command::Audit(command) => cli::audit::run(command),
         Command::Export(args) => cli::export::run(args),
+        Command::Ropa(args) => cli::ropa::run(args),
     };
     match result {
         Ok(code) => code,

@@ -16,7 +16,7 @@ use crate::clock::Millis;
 use crate::diagnostic::{SourceError, SourceErrors};
 use crate::domain::{FieldName, KeyClass, Purpose};
 pub use mask::MaskRule;
-pub use retention::parse_retention;
+pub use retention::{format_retention, parse_retention};
 
 /// The catalog's file name inside the policy directory.
 pub const CATALOG_FILE: &str = "catalog.toml";

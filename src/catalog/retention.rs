@@ -25,9 +25,32 @@ pub fn parse_retention(text: &str) -> Result<Millis, String> {
     }
 }
 
+/// The catalog spelling of a retention: the largest unit that divides it (`1095d`, `90m`).
+pub fn format_retention(ms: Millis) -> String {
+    [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ]
+    .iter()
+    .find(|(_, unit)| ms % unit == 0)
+    .map_or_else(
+        || format!("{ms}ms"),
+        |(name, unit)| format!("{}{name}", ms / unit),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formatting_round_trips() {
+        for text in ["30s", "15m", "12h", "1095d"] {
+            assert_eq!(format_retention(parse_retention(text).unwrap()), text);
+        }
+    }
 
     #[test]
     fn units_parse() {

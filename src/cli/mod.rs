@@ -4,3 +4,4 @@ pub mod audit;
 pub mod export;
 pub mod policy;
 pub mod remote;
+pub mod ropa;

@@ -102,7 +102,7 @@ fn print_errors(dir: &Path, errors: &privault::diagnostic::SourceErrors) {
 }
 
 /// Loads `dir`, printing its errors; `None` when it is invalid.
-fn load(dir: &Path) -> anyhow::Result<Option<Policies>> {
+pub fn load(dir: &Path) -> anyhow::Result<Option<Policies>> {
     match Policies::load(dir) {
         Ok(p) => Ok(Some(p)),
         Err(PolicyError::Invalid(errors)) => {

@@ -8,6 +8,7 @@ mod decide;
 mod entities;
 mod load;
 mod request;
+pub mod ropa;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

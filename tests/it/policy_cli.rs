@@ -140,3 +140,58 @@ fn explain_names_the_policies_and_the_read_outcome() {
     assert!(stdout.contains("support-masked  shop.cedar:"), "{stdout}");
     assert!(stdout.contains("outcome of a read: MASKED"), "{stdout}");
 }
+
+#[test]
+fn ropa_prints_the_record_of_processing_as_markdown_and_json() {
+    let run = |format: &str, policies: &Path| {
+        Command::new(BIN)
+            .args(["ropa", "--format", format, "--policies"])
+            .arg(policies)
+            .output()
+            .unwrap()
+    };
+    let out = run("markdown", &shipped_policies());
+    assert!(out.status.success());
+    let markdown = String::from_utf8(out.stdout).unwrap();
+    assert!(markdown.contains("## Service `recommender`"), "{markdown}");
+    assert!(markdown.contains(
+        "| personalization | preferences | favorite_categories | full | no | unlimited |"
+    ));
+    assert!(markdown.contains("| email_marketing | contact | email | full | yes | unlimited |"));
+
+    let out = run("json", &shipped_policies());
+    assert!(out.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let services = json["services"].as_array().unwrap();
+    assert_eq!(services.len(), 6);
+    let checkout = services
+        .iter()
+        .find(|s| s["service"] == "checkout")
+        .unwrap();
+    let fields: Vec<&str> = checkout["reads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["field"].as_str().unwrap())
+        .collect();
+    assert!(fields.contains(&"shipping_address"));
+    assert!(!fields.contains(&"birth_date"), "data minimization");
+
+    // A service registered for a purpose the catalog does not declare is refused with its place.
+    let dir = copy_of_shipped();
+    let catalog = dir.path().join("catalog.toml");
+    let text = std::fs::read_to_string(&catalog).unwrap();
+    std::fs::write(
+        &catalog,
+        text.replace("purposes = [\"fraud\"]", "purposes = [\"astrology\"]"),
+    )
+    .unwrap();
+    let out = run("json", dir.path());
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap() + &String::from_utf8(out.stdout).unwrap();
+    assert!(stderr.contains("catalog.toml:"), "{stderr}");
+    assert!(
+        stderr.contains("purpose `astrology`, which is not declared"),
+        "{stderr}"
+    );
+}
