@@ -34,7 +34,7 @@ pub fn format_retention(ms: Millis) -> String {
         ("s", 1_000),
     ]
     .iter()
-    .find(|(_, unit)| ms % unit == 0)
+    .find(|(_, unit)| ms.is_multiple_of(*unit))
     .map_or_else(
         || format!("{ms}ms"),
         |(name, unit)| format!("{}{name}", ms / unit),
