@@ -25,15 +25,6 @@ async fn find(client: &mut Client, field: &str, value: &str, purpose: &str) -> V
         .subject_ids
 }
 
-async fn put(server: &TestServer, subject: &str, fields: &[(&str, &str)]) {
-    server
-        .client(ACCOUNT)
-        .await
-        .put_fields(put_request(subject, "account", fields))
-        .await
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_subject_is_found_by_email_under_any_spelling_and_only_by_who_may_read_it() {
     let vault = TestVault::new();
@@ -44,7 +35,7 @@ async fn a_subject_is_found_by_email_under_any_spelling_and_only_by_who_may_read
         &[("email", "Ada@Example.com"), ("phone", "+1 555 0100")],
     )
     .await;
-    put(&server, "cust-2", &[("email", "bob@example.com")]).await;
+    put_account(&server, "cust-2", &[("email", "bob@example.com")]).await;
 
     let mut account = server.client(ACCOUNT).await;
     assert_eq!(
@@ -145,7 +136,7 @@ async fn rectification_deletion_and_shred_take_the_index_entry_with_them() {
     );
 
     // Rectification: the old value finds nobody, the new one finds the subject.
-    put(&server, "cust-1", &[("email", "new@example.com")]).await;
+    put_account(&server, "cust-1", &[("email", "new@example.com")]).await;
     assert!(
         find(&mut account, "email", "old@example.com", "account")
             .await
@@ -208,7 +199,7 @@ async fn rectification_deletion_and_shred_take_the_index_entry_with_them() {
 async fn a_lookup_is_in_the_found_subjects_access_history() {
     let vault = TestVault::new();
     let server = vault.start().await;
-    put(&server, "cust-1", &[("email", "ada@example.com")]).await;
+    put_account(&server, "cust-1", &[("email", "ada@example.com")]).await;
     let mut fraud = server.client(FRAUD).await;
     find(&mut fraud, "email", "ada@example.com", "fraud").await;
     let export = server

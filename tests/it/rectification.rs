@@ -45,15 +45,7 @@ async fn an_overwrite_and_a_delete_each_rotate_the_key_of_the_old_value() {
     assert_eq!(dek_before.dek_version, 1);
 
     let server = vault.start().await;
-    let mut account = server.client(ACCOUNT).await;
-    account
-        .put_fields(put_request(
-            "cust-1",
-            "account",
-            &[("email", "alice@new.example")],
-        ))
-        .await
-        .unwrap();
+    put_account(&server, "cust-1", &[("email", "alice@new.example")]).await;
     server.stop().await;
     let (keys_after, fields_after) = stored(&vault);
     let dek_after = &keys_after["default"];

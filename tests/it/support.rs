@@ -206,6 +206,16 @@ pub async fn put_profile(server: &TestServer, subject: &str) {
         .unwrap();
 }
 
+/// Stores `fields` of `subject` as the account service.
+pub async fn put_account(server: &TestServer, subject: &str, fields: &[(&str, &str)]) {
+    server
+        .client(ACCOUNT)
+        .await
+        .put_fields(put_request(subject, "account", fields))
+        .await
+        .unwrap();
+}
+
 /// Reads `fields` and returns the results.
 pub async fn get(
     client: &mut Client,
