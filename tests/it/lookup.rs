@@ -29,7 +29,7 @@ async fn find(client: &mut Client, field: &str, value: &str, purpose: &str) -> V
 async fn a_subject_is_found_by_email_under_any_spelling_and_only_by_who_may_read_it() {
     let vault = TestVault::new();
     let server = vault.start().await;
-    put(
+    put_account(
         &server,
         "cust-1",
         &[("email", "Ada@Example.com"), ("phone", "+1 555 0100")],
@@ -124,7 +124,7 @@ async fn rectification_deletion_and_shred_take_the_index_entry_with_them() {
     let vault = TestVault::new();
     let server = vault.start().await;
     let mut account = server.client(ACCOUNT).await;
-    put(
+    put_account(
         &server,
         "cust-1",
         &[("email", "old@example.com"), ("phone", "+15550001")],
