@@ -1,18 +1,16 @@
 //! `privault.v1.Audit`: queries, the signed head and chain verification, for auditors.
 
 use std::pin::Pin;
-use std::sync::Arc;
 
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::edge::Edge;
-use super::identity::Identity;
 use super::pb;
 use crate::audit::{AuditFilter, AuditRecord, MAX_PAGE};
 use crate::clock::parse_rfc3339;
 use crate::domain::SubjectId;
-use crate::vault::{SignedHead, Vault};
+use crate::vault::SignedHead;
 
 /// The `privault.v1.Audit` service.
 #[derive(Debug, Clone)]
@@ -21,11 +19,9 @@ pub struct AuditService {
 }
 
 impl AuditService {
-    /// A service over `vault` authenticating callers with `identity`.
-    pub fn new(vault: Arc<Vault>, identity: Identity) -> Self {
-        Self {
-            edge: Edge::new(vault, identity),
-        }
+    /// The service behind `edge`.
+    pub fn new(edge: Edge) -> Self {
+        Self { edge }
     }
 }
 

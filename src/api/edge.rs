@@ -1,5 +1,6 @@
-//! What every service method does around the vault call: authenticate, assign a request id, run
-//! the vault on the blocking pool, map errors, and return the request id in `x-request-id`.
+//! What every service method does around the vault call: authenticate, admit the call under the
+//! peer's concurrency limit, assign a request id, run the vault on the blocking pool, map errors,
+//! and return the request id in `x-request-id`.
 
 use std::sync::Arc;
 
@@ -7,6 +8,7 @@ use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
 use super::identity::Identity;
+use super::peers::{PeerLimiter, PeerPermit};
 use super::status::to_status;
 use crate::crypto::random_bytes;
 use crate::vault::{CallContext, Vault, VaultError};
@@ -14,17 +16,43 @@ use crate::vault::{CallContext, Vault, VaultError};
 /// The response header that carries the request id (also in the audit record).
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
-/// The vault and how callers are authenticated, shared by every service.
+/// The vault, how callers are authenticated and how many calls a peer may have in flight; shared
+/// by every service.
 #[derive(Debug, Clone)]
 pub struct Edge {
     vault: Arc<Vault>,
     identity: Identity,
+    peers: Arc<PeerLimiter>,
+}
+
+/// An authenticated, admitted call: its context, and its slot under the peer's limit.
+#[derive(Debug)]
+pub struct Authorized {
+    call: CallContext,
+    _permit: Option<PeerPermit>,
+}
+
+impl std::ops::Deref for Authorized {
+    type Target = CallContext;
+    fn deref(&self) -> &CallContext {
+        &self.call
+    }
 }
 
 impl Edge {
-    /// Calls into `vault`, authenticating callers with `identity`.
-    pub fn new(vault: Arc<Vault>, identity: Identity) -> Self {
-        Self { vault, identity }
+    /// Calls into `vault`, authenticating callers with `identity`, admitting at most
+    /// `max_per_peer` concurrent calls per peer address.
+    pub fn new(vault: Arc<Vault>, identity: Identity, max_per_peer: usize) -> Self {
+        Self {
+            vault,
+            identity,
+            peers: PeerLimiter::new(max_per_peer),
+        }
+    }
+
+    /// The identity mode.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
     }
 
     /// The call context of `request`: its authenticated principal and a fresh request id. A caller
@@ -33,16 +61,25 @@ impl Edge {
         &self,
         request: &Request<T>,
         action: &'static str,
-    ) -> Result<CallContext, Status> {
+    ) -> Result<Authorized, Status> {
+        let permit = match request.remote_addr() {
+            Some(addr) => Some(self.peers.admit(addr.ip()).ok_or_else(|| {
+                Status::resource_exhausted("too many concurrent calls from this address")
+            })?),
+            None => None,
+        };
         let mut id = [0u8; 8];
         random_bytes(&mut id).map_err(|_| Status::unavailable("random number generator failed"))?;
         let request_id = hex::encode(id);
         let peer = request.remote_addr().map(|a| a.to_string());
-        match self.identity.principal(request) {
-            Ok(principal) => Ok(CallContext {
-                principal,
-                request_id,
-                peer,
+        match self.identity.principal(request).await {
+            Ok(principal) => Ok(Authorized {
+                call: CallContext {
+                    principal,
+                    request_id,
+                    peer,
+                },
+                _permit: permit,
             }),
             Err(status) => {
                 let vault = Arc::clone(&self.vault);
@@ -61,7 +98,7 @@ impl Edge {
     /// Runs `op` on the blocking pool (RocksDB and fsync must not stall the runtime).
     pub async fn run<T, M>(
         &self,
-        ctx: CallContext,
+        ctx: Authorized,
         op: impl FnOnce(&Vault, &CallContext) -> Result<T, VaultError> + Send + 'static,
         to_message: impl FnOnce(T) -> M,
     ) -> Result<Response<M>, Status>
@@ -69,8 +106,9 @@ impl Edge {
         T: Send + 'static,
     {
         let vault = Arc::clone(&self.vault);
-        let request_id = ctx.request_id.clone();
-        let result = tokio::task::spawn_blocking(move || op(&vault, &ctx))
+        let Authorized { call, _permit } = ctx;
+        let request_id = call.request_id.clone();
+        let result = tokio::task::spawn_blocking(move || op(&vault, &call))
             .await
             .map_err(|e| {
                 tracing::error!(request_id, error = %e, "vault task failed");

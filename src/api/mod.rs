@@ -6,19 +6,24 @@ mod convert;
 mod debug;
 mod edge;
 mod identity;
+mod peers;
 mod policy_service;
 mod service;
 mod status;
+pub mod tls;
+pub mod tokens;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tonic::transport::{Server, ServerTlsConfig};
 
 pub use audit_service::AuditService;
-pub use identity::Identity;
+pub use edge::Edge;
+pub use identity::{AUTHORIZATION_HEADER, Identity, PRINCIPAL_HEADER};
 pub use policy_service::PolicyAdminService;
 pub use service::VaultService;
 
@@ -45,11 +50,53 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
 }
 
-/// Serves the vault, health and reflection on `listener` until `shutdown` resolves, then drains
-/// in-flight calls and returns.
+/// How the server meets its callers.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// How callers are authenticated.
+    pub identity: Identity,
+    /// TLS (with client certificates for [`Identity::Certificate`]); `None` serves plaintext.
+    pub tls: Option<ServerTlsConfig>,
+    /// Largest request message accepted, in bytes; a larger one is RESOURCE_EXHAUSTED.
+    pub max_message_bytes: usize,
+    /// Calls one peer address may have in flight; more are RESOURCE_EXHAUSTED.
+    pub max_concurrent_per_peer: usize,
+    /// Longest a call may run; a client's shorter `grpc-timeout` wins.
+    pub request_timeout: Duration,
+}
+
+impl ServeOptions {
+    /// Development mode with the default limits.
+    pub fn development() -> Self {
+        Self {
+            identity: Identity::Development,
+            tls: None,
+            max_message_bytes: 4 * 1024 * 1024,
+            max_concurrent_per_peer: 256,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Serves the vault in development mode with the default limits; see [`serve_with`].
 pub async fn serve(
     vault: Arc<Vault>,
     identity: Identity,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let options = ServeOptions {
+        identity,
+        ..ServeOptions::development()
+    };
+    serve_with(vault, options, listener, shutdown).await
+}
+
+/// Serves the vault, health and reflection on `listener` until `shutdown` resolves, then drains
+/// in-flight calls and returns.
+pub async fn serve_with(
+    vault: Arc<Vault>,
+    options: ServeOptions,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
@@ -68,14 +115,20 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let policy_service = pb::policy_admin_server::PolicyAdminServer::new(PolicyAdminService::new(
-        Arc::clone(&vault),
-        identity,
-    ));
-    let audit_service =
-        pb::audit_server::AuditServer::new(AuditService::new(Arc::clone(&vault), identity));
-    let vault_service = pb::vault_server::VaultServer::new(VaultService::new(vault, identity));
-    Server::builder()
+    let edge = Edge::new(vault, options.identity, options.max_concurrent_per_peer);
+    let max = options.max_message_bytes;
+    let policy_service =
+        pb::policy_admin_server::PolicyAdminServer::new(PolicyAdminService::new(edge.clone()))
+            .max_decoding_message_size(max);
+    let audit_service = pb::audit_server::AuditServer::new(AuditService::new(edge.clone()))
+        .max_decoding_message_size(max);
+    let vault_service =
+        pb::vault_server::VaultServer::new(VaultService::new(edge)).max_decoding_message_size(max);
+    let mut builder = Server::builder().timeout(options.request_timeout);
+    if let Some(tls) = options.tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

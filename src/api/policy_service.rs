@@ -1,15 +1,12 @@
 //! `privault.v1.PolicyAdmin`: the security team's policy workflow over gRPC.
 
-use std::sync::Arc;
-
 use tonic::{Request, Response, Status};
 
 use super::edge::Edge;
-use super::identity::Identity;
 use super::pb;
 use crate::diagnostic::{SourceError, SourcePos};
 use crate::policy::{AccessRequest, Sources};
-use crate::vault::{PolicyVersionInfo, Vault};
+use crate::vault::PolicyVersionInfo;
 
 /// Replayed read decisions when a dry run names no count.
 const DEFAULT_DRY_RUN: usize = 1000;
@@ -21,11 +18,9 @@ pub struct PolicyAdminService {
 }
 
 impl PolicyAdminService {
-    /// A service over `vault` authenticating callers with `identity`.
-    pub fn new(vault: Arc<Vault>, identity: Identity) -> Self {
-        Self {
-            edge: Edge::new(vault, identity),
-        }
+    /// The service behind `edge`.
+    pub fn new(edge: Edge) -> Self {
+        Self { edge }
     }
 }
 

@@ -1,18 +1,15 @@
 //! `privault.v1.Vault`: each method authenticates, converts, runs the vault, and converts back.
 
-use std::sync::Arc;
-
 use tonic::{Request, Response, Status};
 
 use super::convert::{BatchCall, FieldsCall, PutFields, Shred, consent_message};
 use super::edge::Edge;
-use super::identity::Identity;
 use super::pb;
 use super::status::to_status;
 use secrecy::SecretString;
 
 use crate::domain::{FieldName, Purpose, SubjectId};
-use crate::vault::{SubjectExport, Vault};
+use crate::vault::SubjectExport;
 
 /// The `privault.v1.Vault` service.
 #[derive(Debug, Clone)]
@@ -21,11 +18,9 @@ pub struct VaultService {
 }
 
 impl VaultService {
-    /// A service over `vault` authenticating callers with `identity`.
-    pub fn new(vault: Arc<Vault>, identity: Identity) -> Self {
-        Self {
-            edge: Edge::new(vault, identity),
-        }
+    /// The service behind `edge`.
+    pub fn new(edge: Edge) -> Self {
+        Self { edge }
     }
 }
 

@@ -5,3 +5,5 @@ pub mod export;
 pub mod policy;
 pub mod remote;
 pub mod ropa;
+pub mod serve;
+pub mod token;

@@ -213,6 +213,12 @@ impl Vault {
         subject: &SubjectId,
         event: &mut AuditEvent,
     ) -> Result<(Sid, Option<Arc<SubjectKeys>>), VaultError> {
+        if subject.expose().len() > self.limits.max_subject_id_bytes {
+            return Err(VaultError::InvalidArgument(format!(
+                "subject_id is longer than {} bytes",
+                self.limits.max_subject_id_bytes
+            )));
+        }
         let sid = self.keyring.index().sid(subject);
         let keys = self.subject_keys(&sid)?;
         event.subject = keys.as_ref().map(|k| k.pseudonym.to_string());

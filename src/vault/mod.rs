@@ -49,6 +49,10 @@ pub struct Limits {
     pub max_reason_bytes: usize,
     /// Subjects whose unwrapped keys stay cached.
     pub key_cache_subjects: usize,
+    /// Bytes in a subject id (at most the domain's hard limit of 256).
+    pub max_subject_id_bytes: usize,
+    /// Bytes in a purpose name (at most the domain's hard limit of 64).
+    pub max_purpose_bytes: usize,
 }
 
 impl Default for Limits {
@@ -58,6 +62,8 @@ impl Default for Limits {
             max_value_bytes: 64 * 1024,
             max_reason_bytes: 256,
             key_cache_subjects: 10_000,
+            max_subject_id_bytes: crate::domain::MAX_SUBJECT_ID_BYTES,
+            max_purpose_bytes: crate::domain::MAX_NAME_BYTES,
         }
     }
 }
@@ -200,6 +206,12 @@ impl Vault {
         fields: &[&FieldName],
     ) -> Result<Vec<&'a FieldSpec>, VaultError> {
         let catalog = policies.catalog();
+        if purpose.as_str().len() > self.limits.max_purpose_bytes {
+            return Err(VaultError::InvalidArgument(format!(
+                "purpose is longer than {} bytes",
+                self.limits.max_purpose_bytes
+            )));
+        }
         if !catalog.has_purpose(purpose) {
             return Err(VaultError::InvalidArgument(format!(
                 "unknown purpose `{purpose}`: not declared in the catalog"

@@ -10,7 +10,7 @@ use privault::api::pb::audit_client::AuditClient;
 use privault::api::pb::policy_admin_client::PolicyAdminClient;
 use privault::api::pb::vault_client::VaultClient;
 use privault::api::pb::{self, FieldResult, Outcome};
-use privault::api::{Identity, serve};
+use privault::api::{ServeOptions, serve_with};
 use privault::clock::SystemClock;
 use privault::vault::{OpenError, Vault, VaultConfig};
 use tempfile::TempDir;
@@ -51,13 +51,18 @@ impl TestVault {
 
     /// Starts a server on a fresh loopback port.
     pub async fn start(&self) -> TestServer {
+        self.start_with(ServeOptions::development()).await
+    }
+
+    /// Starts a server on a fresh loopback port with `options` (identity, TLS, limits).
+    pub async fn start_with(&self, options: ServeOptions) -> TestServer {
         let vault = Arc::new(self.open().unwrap());
         let weak = Arc::downgrade(&vault);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
-            serve(vault, Identity::Development, listener, async {
+            serve_with(vault, options, listener, async {
                 let _ = rx.await;
             })
             .await
@@ -81,14 +86,38 @@ pub struct TestServer {
 }
 
 #[derive(Clone)]
-pub struct As(Option<MetadataValue<Ascii>>);
+pub struct As {
+    principal: Option<MetadataValue<Ascii>>,
+    token: Option<MetadataValue<Ascii>>,
+}
+
+impl As {
+    /// Sends `principal` (if any) as `x-privault-principal`.
+    pub fn header(principal: Option<&str>) -> Self {
+        Self {
+            principal: principal.map(|p| p.parse().unwrap()),
+            token: None,
+        }
+    }
+
+    /// Sends `principal` and `authorization: Bearer <token>`.
+    pub fn with_token(principal: &str, token: &str) -> Self {
+        Self {
+            principal: Some(principal.parse().unwrap()),
+            token: Some(format!("Bearer {token}").parse().unwrap()),
+        }
+    }
+}
 
 impl Interceptor for As {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(v) = &self.0 {
+        if let Some(v) = &self.principal {
             request
                 .metadata_mut()
                 .insert("x-privault-principal", v.clone());
+        }
+        if let Some(v) = &self.token {
+            request.metadata_mut().insert("authorization", v.clone());
         }
         Ok(request)
     }
@@ -109,25 +138,22 @@ impl TestServer {
 
     /// A client calling as `principal` (a Cedar uid such as `Service::"checkout"`).
     pub async fn client(&self, principal: &str) -> Client {
-        VaultClient::with_interceptor(self.channel().await, As(Some(principal.parse().unwrap())))
+        VaultClient::with_interceptor(self.channel().await, As::header(Some(principal)))
     }
 
     /// A policy administration client calling as `principal`.
     pub async fn admin(&self, principal: &str) -> AdminClient {
-        PolicyAdminClient::with_interceptor(
-            self.channel().await,
-            As(Some(principal.parse().unwrap())),
-        )
+        PolicyAdminClient::with_interceptor(self.channel().await, As::header(Some(principal)))
     }
 
     /// An audit client calling as `principal`.
     pub async fn auditor(&self, principal: &str) -> AuditorClient {
-        AuditClient::with_interceptor(self.channel().await, As(Some(principal.parse().unwrap())))
+        AuditClient::with_interceptor(self.channel().await, As::header(Some(principal)))
     }
 
     /// A client that sends no principal header.
     pub async fn anonymous(&self) -> Client {
-        VaultClient::with_interceptor(self.channel().await, As(None))
+        VaultClient::with_interceptor(self.channel().await, As::header(None))
     }
 
     /// Stops the server and waits until the database is closed.

@@ -1,0 +1,350 @@
+//! `privault serve`: every setting from a flag, its `PRIVAULT_*` environment variable, or the
+//! `--config` file (flags and environment win), checked together before anything starts; then the
+//! server with its SIGHUP reload and retention sweeper.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use privault::api::tokens::TokenVerifier;
+use privault::api::{self, Identity, ServeOptions, tls};
+use privault::clock::SystemClock;
+use privault::vault::{Limits, Vault, VaultConfig};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+
+#[derive(Args, Default)]
+pub struct ServeArgs {
+    /// A TOML file with any of the settings below (keys are the flag names, e.g.
+    /// `data-dir = "/var/lib/privault"`); flags and PRIVAULT_* variables override it.
+    #[arg(long, env = "PRIVAULT_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+/// Every setting of `serve`; `None` means "not given here".
+#[derive(Args, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Settings {
+    /// Holds db/, keyring, the deletion ledger and, in development, dev.key [default: ./privault-data]
+    #[arg(long, env = "PRIVAULT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on; without TLS only loopback addresses [default: 127.0.0.1:50051]
+    #[arg(long, env = "PRIVAULT_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Policy directory: schema.cedarschema, *.cedar, catalog.toml [default: ./policies]
+    #[arg(long, env = "PRIVAULT_POLICIES")]
+    policies: Option<PathBuf>,
+    /// Root key file (64 hex digits, mode 0600) [default: <data-dir>/dev.key, generated when absent]
+    #[arg(long, env = "PRIVAULT_KEY_FILE")]
+    key_file: Option<PathBuf>,
+    /// Server certificate chain (PEM); turns TLS on, with --tls-key.
+    #[arg(long, env = "PRIVAULT_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    #[arg(long, env = "PRIVAULT_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// CA that signs client certificates (PEM): mTLS, the principal from the certificate.
+    #[arg(long, env = "PRIVAULT_CLIENT_CA")]
+    client_ca: Option<PathBuf>,
+    /// SPIFFE trust domain client certificates must name [default: any]
+    #[arg(long, env = "PRIVAULT_TRUST_DOMAIN")]
+    trust_domain: Option<String>,
+    /// Token file (TOML, principal → Argon2id hash): bearer-token authentication.
+    #[arg(long, env = "PRIVAULT_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Largest request message in bytes [default: 4194304]
+    #[arg(long, env = "PRIVAULT_MAX_MESSAGE_BYTES")]
+    max_message_bytes: Option<usize>,
+    /// Most fields in one call [default: 64]
+    #[arg(long, env = "PRIVAULT_MAX_FIELDS_PER_CALL")]
+    max_fields_per_call: Option<usize>,
+    /// Largest field value in bytes [default: 65536]
+    #[arg(long, env = "PRIVAULT_MAX_VALUE_BYTES")]
+    max_value_bytes: Option<usize>,
+    /// Longest subject id in bytes, at most 256 [default: 256]
+    #[arg(long, env = "PRIVAULT_MAX_SUBJECT_ID_BYTES")]
+    max_subject_id_bytes: Option<usize>,
+    /// Longest purpose name in bytes, at most 64 [default: 64]
+    #[arg(long, env = "PRIVAULT_MAX_PURPOSE_BYTES")]
+    max_purpose_bytes: Option<usize>,
+    /// Calls one peer address may have in flight [default: 256]
+    #[arg(long, env = "PRIVAULT_MAX_CONCURRENT_PER_PEER")]
+    max_concurrent_per_peer: Option<usize>,
+    /// Longest a call may run, in seconds; a client's shorter deadline wins [default: 30]
+    #[arg(long, env = "PRIVAULT_REQUEST_TIMEOUT_SECS")]
+    request_timeout_secs: Option<u64>,
+    /// Subjects whose unwrapped keys stay cached [default: 10000]
+    #[arg(long, env = "PRIVAULT_KEY_CACHE_SUBJECTS")]
+    key_cache_subjects: Option<usize>,
+}
+
+impl Settings {
+    /// `self`, with what it leaves unset taken from `file`.
+    fn or(self, file: Settings) -> Settings {
+        macro_rules! merge {
+            ($($f:ident),*) => { Settings { $($f: self.$f.or(file.$f)),* } };
+        }
+        merge!(
+            data_dir,
+            listen,
+            policies,
+            key_file,
+            tls_cert,
+            tls_key,
+            client_ca,
+            trust_domain,
+            token_file,
+            max_message_bytes,
+            max_fields_per_call,
+            max_value_bytes,
+            max_subject_id_bytes,
+            max_purpose_bytes,
+            max_concurrent_per_peer,
+            request_timeout_secs,
+            key_cache_subjects
+        )
+    }
+}
+
+/// The resolved configuration of one `serve`.
+struct Resolved {
+    vault: VaultConfig,
+    listen: SocketAddr,
+    options: ServeOptions,
+    tokens: Option<Arc<TokenVerifier>>,
+}
+
+fn read_config(path: &Path) -> anyhow::Result<Settings> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| {
+        let at = e
+            .span()
+            .map(|s| text[..s.start].lines().count().max(1))
+            .unwrap_or(1);
+        anyhow::anyhow!("{}:{at}: {}", path.display(), e.message())
+    })
+}
+
+fn resolve(args: ServeArgs) -> anyhow::Result<Resolved> {
+    let s = match &args.config {
+        Some(path) => args.settings.or(read_config(path)?),
+        None => args.settings,
+    };
+    let data_dir = s
+        .data_dir
+        .unwrap_or_else(|| PathBuf::from("./privault-data"));
+    let policies = s.policies.unwrap_or_else(|| PathBuf::from("./policies"));
+    let listen = s
+        .listen
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 50051)));
+    let defaults = Limits::default();
+    let limits = Limits {
+        max_fields_per_call: s
+            .max_fields_per_call
+            .unwrap_or(defaults.max_fields_per_call),
+        max_value_bytes: s.max_value_bytes.unwrap_or(defaults.max_value_bytes),
+        key_cache_subjects: s.key_cache_subjects.unwrap_or(defaults.key_cache_subjects),
+        max_subject_id_bytes: s
+            .max_subject_id_bytes
+            .unwrap_or(defaults.max_subject_id_bytes),
+        max_purpose_bytes: s.max_purpose_bytes.unwrap_or(defaults.max_purpose_bytes),
+        ..defaults
+    };
+    if limits.max_subject_id_bytes > defaults.max_subject_id_bytes
+        || limits.max_purpose_bytes > defaults.max_purpose_bytes
+    {
+        bail!(
+            "max-subject-id-bytes is at most {} and max-purpose-bytes at most {}",
+            defaults.max_subject_id_bytes,
+            defaults.max_purpose_bytes
+        );
+    }
+    let mut vault = VaultConfig::new(&data_dir, &policies);
+    vault.key_file = s.key_file;
+    vault.limits = limits;
+
+    let tls = match (&s.tls_cert, &s.tls_key) {
+        (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+        (None, None) => None,
+        _ => bail!("--tls-cert and --tls-key go together"),
+    };
+    let tokens = match &s.token_file {
+        Some(path) => Some(Arc::new(TokenVerifier::load(path)?)),
+        None => None,
+    };
+    let identity = match (&s.client_ca, &tokens) {
+        (Some(_), Some(_)) => bail!("choose one identity mode: --client-ca (mTLS) or --token-file"),
+        (Some(_), None) if tls.is_none() => bail!("--client-ca needs --tls-cert and --tls-key"),
+        (Some(_), None) => Identity::Certificate {
+            trust_domain: s.trust_domain.clone(),
+        },
+        (None, Some(verifier)) => Identity::Token(Arc::clone(verifier)),
+        (None, None) if tls.is_some() => bail!(
+            "TLS without --client-ca needs --token-file: the development header is never trusted \
+             over TLS"
+        ),
+        (None, None) => Identity::Development,
+    };
+    let secure = tls.is_some();
+    if !secure && !listen.ip().is_loopback() {
+        bail!(
+            "refusing to listen on {listen} without TLS: development mode trusts the \
+             x-privault-principal header and only listens on loopback, and tokens would cross the \
+             network in clear"
+        );
+    }
+    let tls_config = match (&tls, &s.client_ca) {
+        (Some((cert, key)), Some(ca)) => Some(tls::server_tls(cert, key, ca)?),
+        (Some((cert, key)), None) => Some(tls::server_tls_without_client_auth(cert, key)?),
+        (None, _) => None,
+    };
+    let dev = ServeOptions::development();
+    let options = ServeOptions {
+        identity,
+        tls: tls_config,
+        max_message_bytes: s.max_message_bytes.unwrap_or(dev.max_message_bytes),
+        max_concurrent_per_peer: s
+            .max_concurrent_per_peer
+            .unwrap_or(dev.max_concurrent_per_peer),
+        request_timeout: s
+            .request_timeout_secs
+            .map_or(dev.request_timeout, Duration::from_secs),
+    };
+    Ok(Resolved {
+        vault,
+        listen,
+        options,
+        tokens,
+    })
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let resolved = resolve(args)?;
+    let data_dir = resolved.vault.data_dir.clone();
+    let vault = Arc::new(
+        Vault::open(&resolved.vault, Arc::new(SystemClock))
+            .with_context(|| format!("cannot open the vault in {}", data_dir.display()))?,
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listener = TcpListener::bind(resolved.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", resolved.listen))?;
+        let addr = listener.local_addr()?;
+        match &resolved.options.identity {
+            Identity::Development => tracing::warn!(
+                "DEVELOPMENT MODE: callers are whoever the x-privault-principal header says; \
+                 loopback only"
+            ),
+            Identity::Certificate { .. } => {
+                tracing::info!("mTLS: callers named by their client certificates")
+            }
+            Identity::Token(_) => tracing::info!("bearer tokens: callers proven by their tokens"),
+        }
+        tokio::spawn(reload_on_sighup(Arc::clone(&vault), resolved.tokens));
+        tokio::spawn(sweep_retention(Arc::clone(&vault)));
+        tracing::info!("listening on {addr}");
+        api::serve_with(vault, resolved.options, listener, shutdown_signal()).await?;
+        tracing::info!("stopped");
+        anyhow::Ok(())
+    })
+}
+
+/// Re-reads the policy directory (and the token file) on every SIGHUP; an invalid one is refused
+/// and what is loaded stays.
+async fn reload_on_sighup(vault: Arc<Vault>, tokens: Option<Arc<TokenVerifier>>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload by signal is off");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        if let Some(tokens) = &tokens {
+            match tokens.reload() {
+                Ok(n) => tracing::info!(principals = n, "SIGHUP: token file reloaded"),
+                Err(e) => tracing::error!("SIGHUP: {e}; the loaded tokens stay"),
+            }
+        }
+        let vault = Arc::clone(&vault);
+        match tokio::task::spawn_blocking(move || vault.reload_policies()).await {
+            Ok(Ok(Some(version))) => {
+                tracing::info!(policy_version = version, "SIGHUP: policies reloaded")
+            }
+            Ok(Ok(None)) => tracing::info!("SIGHUP: policy directory unchanged"),
+            Ok(Err(e)) => tracing::error!("SIGHUP: {e}"),
+            Err(e) => tracing::error!("SIGHUP: reload task failed: {e}"),
+        }
+    }
+}
+
+/// Deletes expired fields in the background: a bounded slice every second, so that a large store
+/// is swept over time without ever holding the writer for long.
+async fn sweep_retention(vault: Arc<Vault>) {
+    const SLICE: usize = 1000;
+    let mut cursor = privault::vault::SweepCursor::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let v = Arc::clone(&vault);
+        let from = cursor.clone();
+        match tokio::task::spawn_blocking(move || v.sweep_expired(&from, SLICE)).await {
+            Ok(Ok(report)) => {
+                if report.deleted > 0 {
+                    tracing::info!(
+                        deleted = report.deleted,
+                        "retention: expired fields deleted"
+                    );
+                }
+                cursor = report.next;
+            }
+            Ok(Err(e)) => tracing::error!("retention sweep failed: {e}"),
+            Err(e) => tracing::error!("retention sweep task failed: {e}"),
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_config_file() {
+        let flags = Settings {
+            listen: Some("127.0.0.1:6000".parse().unwrap()),
+            ..Settings::default()
+        };
+        let file: Settings =
+            toml::from_str("listen = \"127.0.0.1:7000\"\ndata-dir = \"/srv/vault\"\n").unwrap();
+        let merged = flags.or(file);
+        assert_eq!(merged.listen, Some("127.0.0.1:6000".parse().unwrap()));
+        assert_eq!(merged.data_dir, Some(PathBuf::from("/srv/vault")));
+        assert!(toml::from_str::<Settings>("colour = 1").is_err());
+    }
+}
