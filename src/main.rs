@@ -31,6 +31,9 @@ enum Command {
     /// The auditors' tools: verify, export, signed head, query.
     #[command(subcommand)]
     Audit(cli::audit::AuditCommand),
+    /// The key lifecycle: change the root passphrase, roll the KEK epoch, rotate a subject's key.
+    #[command(subcommand)]
+    Keys(cli::keys::KeysCommand),
     /// Bearer tokens for the token identity mode.
     #[command(subcommand)]
     Token(cli::token::TokenCommand),
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         Command::Export(args) => cli::export::run(args),
         Command::Ropa(args) => cli::ropa::run(args),
         Command::Token(command) => cli::token::run(command),
+        Command::Keys(command) => cli::keys::run(command),
     };
     match result {
         Ok(code) => code,

@@ -10,12 +10,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::{PasswordHashString, SaltString};
-use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use crate::crypto::password::{hash_secret, is_argon2id_phc, verify_secret};
 use crate::crypto::random_bytes;
 use crate::domain::Principal;
 
@@ -60,7 +59,7 @@ struct RawToken {
 }
 
 struct Inner {
-    hashes: HashMap<String, PasswordHashString>,
+    hashes: HashMap<String, String>,
     verified: HashSet<[u8; 32]>,
 }
 
@@ -80,7 +79,7 @@ impl std::fmt::Debug for TokenVerifier {
     }
 }
 
-fn parse(path: &Path) -> Result<HashMap<String, PasswordHashString>, TokenFileError> {
+fn parse(path: &Path) -> Result<HashMap<String, String>, TokenFileError> {
     let fail = |reason: String| TokenFileError {
         path: path.to_owned(),
         reason,
@@ -90,15 +89,12 @@ fn parse(path: &Path) -> Result<HashMap<String, PasswordHashString>, TokenFileEr
     let mut hashes = HashMap::new();
     for token in raw.tokens {
         let principal = Principal::parse_uid(&token.principal).map_err(|e| fail(e.0))?;
-        let hash = PasswordHash::new(&token.hash)
-            .map_err(|_| fail(format!("the hash of {principal} is not a PHC string")))?;
-        if hash.algorithm.as_str() != "argon2id" {
-            return Err(fail(format!("the hash of {principal} is not Argon2id")));
+        if !is_argon2id_phc(&token.hash) {
+            return Err(fail(format!(
+                "the hash of {principal} is not an Argon2id PHC string"
+            )));
         }
-        if hashes
-            .insert(principal.to_string(), hash.serialize())
-            .is_some()
-        {
+        if hashes.insert(principal.to_string(), token.hash).is_some() {
             return Err(fail(format!("{principal} is listed twice")));
         }
     }
@@ -163,11 +159,7 @@ impl TokenVerifier {
             Ok(inner) => inner.hashes.get(&uid).cloned(),
             Err(_) => None,
         };
-        let ok = hash.is_some_and(|h| {
-            Argon2::default()
-                .verify_password(token.as_bytes(), &h.password_hash())
-                .is_ok()
-        });
+        let ok = hash.is_some_and(|h| verify_secret(token.as_bytes(), &h));
         if ok {
             if let Ok(mut inner) = self.inner.write() {
                 if inner.verified.len() >= VERIFIED_CACHE {
@@ -219,18 +211,8 @@ pub fn new_token() -> Result<(Zeroizing<String>, String), String> {
             .map(|b| format!("{b:02x}"))
             .collect::<String>(),
     );
-    Ok((token.clone(), hash_token(&token)?))
-}
-
-/// The Argon2id PHC hash of `token` (default parameters: 19 MiB, 2 passes, OWASP).
-pub fn hash_token(token: &str) -> Result<String, String> {
-    let mut salt = [0u8; 16];
-    random_bytes(&mut salt).map_err(|e| e.to_string())?;
-    let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
-    Argon2::default()
-        .hash_password(token.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| e.to_string())
+    let hash = hash_secret(token.as_bytes()).map_err(|e| e.to_string())?;
+    Ok((token, hash))
 }
 
 #[cfg(test)]

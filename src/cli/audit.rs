@@ -56,9 +56,9 @@ pub enum AuditCommand {
         /// A signed head saved earlier (`privault audit head`), to detect truncation.
         #[arg(long)]
         head: Option<PathBuf>,
-        /// Root key file, needed with --head (default <data-dir>/dev.key).
-        #[arg(long, env = "PRIVAULT_KEY_FILE")]
-        key_file: Option<PathBuf>,
+        /// The root key, needed with --head.
+        #[command(flatten)]
+        root: super::root::RootArgs,
         /// First seq to walk.
         #[arg(long, default_value_t = 1)]
         from_seq: u64,
@@ -83,9 +83,8 @@ pub enum AuditCommand {
         /// The vault's data directory.
         #[arg(long, env = "PRIVAULT_DATA_DIR", default_value = "./privault-data")]
         data_dir: PathBuf,
-        /// Root key file (default <data-dir>/dev.key).
-        #[arg(long, env = "PRIVAULT_KEY_FILE")]
-        key_file: Option<PathBuf>,
+        #[command(flatten)]
+        root: super::root::RootArgs,
     },
     /// Query a running vault (JSON Lines on stdout).
     Query {
@@ -119,12 +118,23 @@ fn filter(f: &Filters, subject: Option<String>) -> anyhow::Result<AuditFilter> {
     })
 }
 
+/// The configuration offline tools open `data_dir`'s keyring with.
+pub fn offline_config(
+    data_dir: &std::path::Path,
+    root: &super::root::RootArgs,
+) -> anyhow::Result<privault::vault::VaultConfig> {
+    // The policy directory is not read by offline tools.
+    let mut config = privault::vault::VaultConfig::new(data_dir, "");
+    root.apply(&mut config)?;
+    Ok(config)
+}
+
 pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
     match command {
         AuditCommand::Verify {
             data_dir,
             head,
-            key_file,
+            root,
             from_seq,
             to_seq,
         } => {
@@ -142,7 +152,7 @@ pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
                     .with_context(|| format!("cannot read {}", path.display()))?;
                 let signed: SignedHead =
                     serde_json::from_str(&text).context("not a signed head")?;
-                let keyring = open_keyring(&data_dir, key_file.as_deref())?;
+                let keyring = open_keyring(&offline_config(&data_dir, &root)?)?;
                 if let Err(e) = check_signed_head(&store, &keyring, &signed) {
                     eprintln!("{e}");
                     return Ok(ExitCode::FAILURE);
@@ -172,9 +182,9 @@ pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        AuditCommand::Head { data_dir, key_file } => {
+        AuditCommand::Head { data_dir, root } => {
             let store = open_store_read_only(&data_dir)?;
-            let keyring = open_keyring(&data_dir, key_file.as_deref())?;
+            let keyring = open_keyring(&offline_config(&data_dir, &root)?)?;
             println!(
                 "{}",
                 serde_json::to_string_pretty(&sign_head(&store, &keyring, &SystemClock)?)?

@@ -2,8 +2,11 @@
 
 pub mod audit;
 pub mod export;
+pub mod hardening;
+pub mod keys;
 pub mod policy;
 pub mod remote;
+pub mod root;
 pub mod ropa;
 pub mod serve;
 pub mod token;

@@ -42,6 +42,15 @@ pub struct Settings {
     /// Root key file (64 hex digits, mode 0600) [default: <data-dir>/dev.key, generated when absent]
     #[arg(long, env = "PRIVAULT_KEY_FILE")]
     key_file: Option<PathBuf>,
+    /// File holding the root passphrase (Argon2id derives the root key), mode 0600.
+    #[arg(long, env = "PRIVAULT_ROOT_PASSPHRASE_FILE")]
+    root_passphrase_file: Option<PathBuf>,
+    /// Name of an environment variable holding the root passphrase.
+    #[arg(long, env = "PRIVAULT_ROOT_PASSPHRASE_ENV")]
+    root_passphrase_env: Option<String>,
+    /// Lock the process's memory (mlockall) so keys and values never reach swap [default: true]
+    #[arg(long, env = "PRIVAULT_LOCK_MEMORY")]
+    lock_memory: Option<bool>,
     /// Server certificate chain (PEM); turns TLS on, with --tls-key.
     #[arg(long, env = "PRIVAULT_TLS_CERT")]
     tls_cert: Option<PathBuf>,
@@ -94,6 +103,9 @@ impl Settings {
             listen,
             policies,
             key_file,
+            root_passphrase_file,
+            root_passphrase_env,
+            lock_memory,
             tls_cert,
             tls_key,
             client_ca,
@@ -117,6 +129,7 @@ struct Resolved {
     listen: SocketAddr,
     options: ServeOptions,
     tokens: Option<Arc<TokenVerifier>>,
+    lock_memory: bool,
 }
 
 fn read_config(path: &Path) -> anyhow::Result<Settings> {
@@ -167,6 +180,10 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Resolved> {
     }
     let mut vault = VaultConfig::new(&data_dir, &policies);
     vault.key_file = s.key_file;
+    vault.passphrase = super::root::passphrase(
+        s.root_passphrase_file.as_deref(),
+        s.root_passphrase_env.as_deref(),
+    )?;
     vault.limits = limits;
 
     let tls = match (&s.tls_cert, &s.tls_key) {
@@ -221,11 +238,16 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Resolved> {
         listen,
         options,
         tokens,
+        lock_memory: s.lock_memory.unwrap_or(true),
     })
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    super::hardening::disable_core_dumps();
     let resolved = resolve(args)?;
+    if resolved.lock_memory {
+        super::hardening::lock_memory();
+    }
     let data_dir = resolved.vault.data_dir.clone();
     let vault = Arc::new(
         Vault::open(&resolved.vault, Arc::new(SystemClock))
@@ -250,10 +272,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
             Identity::Token(_) => tracing::info!("bearer tokens: callers proven by their tokens"),
         }
+        // Handlers are installed before `listening on`, so a SIGTERM right after it is a clean stop.
+        let shutdown = shutdown_signal()?;
         tokio::spawn(reload_on_sighup(Arc::clone(&vault), resolved.tokens));
         tokio::spawn(sweep_retention(Arc::clone(&vault)));
         tracing::info!("listening on {addr}");
-        api::serve_with(vault, resolved.options, listener, shutdown_signal()).await?;
+        api::serve_with(vault, resolved.options, listener, shutdown).await?;
         tracing::info!("stopped");
         anyhow::Ok(())
     })
@@ -312,22 +336,18 @@ async fn sweep_retention(vault: Arc<Vault>) {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// A future that resolves on SIGTERM or SIGINT, with both handlers installed now.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let term = async {
-        match signal(SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        () = term => {},
-    }
-    tracing::info!("shutting down");
+        tracing::info!("shutting down");
+    })
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod dek;
 pub mod field;
 pub mod index;
 pub mod lookup;
+pub mod password;
 pub mod root;
 pub mod secret;
 
@@ -16,6 +17,7 @@ pub use dek::{DekCipher, Kek, WrappedDek};
 pub use field::Sealed;
 pub use index::IndexKey;
 pub use lookup::{LookupKey, TAG_LEN};
+pub use password::{KdfParams, Passphrase};
 pub use root::RootKey;
 pub use secret::Key256;
 

@@ -1,4 +1,4 @@
-//! The root key: 256 bits from a key file, whose only job is to wrap the keyring's keys (KEK
+//! The root key: 256 bits from a key file or derived from a passphrase, whose only job is to wrap the keyring's keys (KEK
 //! epochs, the index key). A check value makes a wrong root key a clear error, never garbage.
 
 use hmac::{Hmac, Mac};
@@ -6,6 +6,7 @@ use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use super::aead::{Cipher, NONCE_LEN, aad};
+use super::password::{KdfParams, Passphrase};
 use super::{CryptoError, Key256};
 
 const CHECK_LABEL: &[u8] = b"privault/root-check/v1";
@@ -31,6 +32,14 @@ impl RootKey {
     pub fn generate() -> Result<Self, CryptoError> {
         Ok(Self {
             key: Key256::random()?,
+        })
+    }
+
+    /// The root key derived from `passphrase` with `kdf` (Argon2id; parameters below the floor
+    /// are refused).
+    pub fn from_passphrase(passphrase: &Passphrase, kdf: &KdfParams) -> Result<Self, CryptoError> {
+        Ok(Self {
+            key: kdf.derive(passphrase.expose().as_bytes())?,
         })
     }
 

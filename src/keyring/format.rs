@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Millis;
+use crate::crypto::KdfParams;
 use crate::crypto::root::WrappedKey;
 
 /// The keyring format this version writes and reads.
@@ -21,6 +22,19 @@ struct RawKeyring {
     audit_key: Option<RawWrapped>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     lookup_key: Option<RawWrapped>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kdf: Option<RawKdf>,
+}
+
+/// How the root key is derived from a passphrase, when it is.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKdf {
+    algorithm: String,
+    m_kib: u32,
+    t: u32,
+    p: u32,
+    salt: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -51,6 +65,8 @@ pub(super) struct KeyringFile {
     pub audit_key: Option<WrappedEntry>,
     /// The blind-index key for lookups; absent in keyrings written before lookups.
     pub lookup_key: Option<WrappedEntry>,
+    /// The Argon2id parameters and salt when the root key comes from a passphrase.
+    pub kdf: Option<KdfParams>,
 }
 
 pub(super) struct EpochEntry {
@@ -140,6 +156,21 @@ impl KeyringFile {
                 .as_ref()
                 .map(|k| WrappedEntry::parse(&k.nonce, &k.wrapped))
                 .transpose()?,
+            kdf: raw
+                .kdf
+                .as_ref()
+                .map(|k| {
+                    if k.algorithm != "argon2id" {
+                        return Err(format!("kdf `{}` is not supported", k.algorithm));
+                    }
+                    Ok(KdfParams {
+                        m_kib: k.m_kib,
+                        t: k.t,
+                        p: k.p,
+                        salt: fixed_hex(&k.salt, "kdf salt")?,
+                    })
+                })
+                .transpose()?,
         })
     }
 
@@ -165,6 +196,13 @@ impl KeyringFile {
             index_key: self.index_key.raw(),
             audit_key: self.audit_key.as_ref().map(WrappedEntry::raw),
             lookup_key: self.lookup_key.as_ref().map(WrappedEntry::raw),
+            kdf: self.kdf.as_ref().map(|k| RawKdf {
+                algorithm: "argon2id".into(),
+                m_kib: k.m_kib,
+                t: k.t,
+                p: k.p,
+                salt: hex::encode(k.salt),
+            }),
         };
         // Serializing plain strings and integers cannot fail.
         serde_json::to_string_pretty(&raw).unwrap_or_default() + "\n"

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use crate::clock::Millis;
 use crate::crypto::{
-    AuditSigner, CryptoError, IndexKey, Kek, Key256, LookupKey, RootKey, random_bytes,
+    AuditSigner, CryptoError, IndexKey, KdfParams, Kek, Key256, LookupKey, RootKey, random_bytes,
 };
 
 pub use format::FORMAT_VERSION;
@@ -38,7 +38,9 @@ pub enum KeyringError {
         reason: String,
     },
     /// The root key is not the one this keyring was created with.
-    #[error("the root key does not match keyring `{0}` (check value differs): wrong key file?")]
+    #[error(
+        "the root key does not match keyring `{0}` (check value differs): wrong key file or passphrase?"
+    )]
     WrongRootKey(PathBuf),
     /// A key file is readable by group or others.
     #[error("key file `{0}` is readable by group or others; run `chmod 600` on it")]
@@ -112,13 +114,97 @@ fn refs(parts: &[Vec<u8>]) -> Vec<&[u8]> {
     parts.iter().map(Vec::as_slice).collect()
 }
 
+/// How the root key of an existing keyring was made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootOrigin {
+    /// No keyring yet.
+    Absent,
+    /// From a key file.
+    KeyFile,
+    /// From a passphrase, with these Argon2id parameters and salt.
+    Passphrase(KdfParams),
+}
+
+fn read_file(path: &Path) -> Result<KeyringFile, KeyringError> {
+    let text = fs::read_to_string(path).map_err(|source| KeyringError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    KeyringFile::parse(&text).map_err(|reason| KeyringError::Malformed {
+        path: path.to_owned(),
+        reason,
+    })
+}
+
+/// How the root key of the keyring at `path` was made.
+pub fn root_origin(path: &Path) -> Result<RootOrigin, KeyringError> {
+    if !path.exists() {
+        return Ok(RootOrigin::Absent);
+    }
+    Ok(match read_file(path)?.kdf {
+        Some(kdf) => RootOrigin::Passphrase(kdf),
+        None => RootOrigin::KeyFile,
+    })
+}
+
+/// Re-wraps every key of the keyring at `path` from `old` to `new` (with `kdf` when `new` comes
+/// from a passphrase), atomically. Touches no data: only the keyring's wrapped keys change.
+pub fn change_root(
+    path: &Path,
+    old: &RootKey,
+    new: &RootKey,
+    kdf: Option<KdfParams>,
+) -> Result<(), KeyringError> {
+    let mut file = read_file(path)?;
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(
+        &file.root_check[..],
+        &old.check_value()[..],
+    )) {
+        return Err(KeyringError::WrongRootKey(path.to_owned()));
+    }
+    let unwrap_err = |source| KeyringError::Unwrap {
+        path: path.to_owned(),
+        source,
+    };
+    let id = file.id;
+    let rewrap =
+        |entry: &WrappedEntry, context: &[Vec<u8>]| -> Result<WrappedEntry, KeyringError> {
+            let key = old
+                .unwrap(&entry.to_wrapped(), &refs(context))
+                .map_err(unwrap_err)?;
+            Ok(WrappedEntry::from(new.wrap(&key, &refs(context))?))
+        };
+    for epoch in &mut file.epochs {
+        epoch.key = rewrap(&epoch.key, &kek_context(&id, epoch.epoch))?;
+    }
+    file.index_key = rewrap(&file.index_key, &index_context(&id))?;
+    if let Some(k) = &file.audit_key {
+        file.audit_key = Some(rewrap(k, &audit_context(&id))?);
+    }
+    if let Some(k) = &file.lookup_key {
+        file.lookup_key = Some(rewrap(k, &lookup_context(&id))?);
+    }
+    file.root_check = new.check_value();
+    file.kdf = kdf;
+    write_private_atomically(path, file.render().as_bytes()).map_err(|source| KeyringError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
 impl Keyring {
-    /// Opens the keyring at `path`, creating it with a first KEK epoch when absent.
-    pub fn open_or_create(path: &Path, root: &RootKey, now: Millis) -> Result<Self, KeyringError> {
+    /// Opens the keyring at `path`, creating it with a first KEK epoch when absent (recording
+    /// `kdf` when the root key comes from a passphrase).
+    pub fn open_or_create(
+        path: &Path,
+        root: &RootKey,
+        now: Millis,
+        kdf: Option<KdfParams>,
+    ) -> Result<Self, KeyringError> {
         if path.exists() {
             Self::open(path, root)
         } else {
-            Self::create(path, root, now)
+            Self::create(path, root, now, kdf)
         }
     }
 
@@ -186,7 +272,12 @@ impl Keyring {
     }
 
     /// Creates a keyring with fresh keys, written atomically with mode 0600.
-    pub fn create(path: &Path, root: &RootKey, now: Millis) -> Result<Self, KeyringError> {
+    pub fn create(
+        path: &Path,
+        root: &RootKey,
+        now: Millis,
+        kdf: Option<KdfParams>,
+    ) -> Result<Self, KeyringError> {
         let mut id = [0u8; 16];
         random_bytes(&mut id)?;
         let kek = Key256::random()?;
@@ -210,6 +301,7 @@ impl Keyring {
             lookup_key: Some(WrappedEntry::from(
                 root.wrap(&lookup_key, &refs(&lookup_context(&id)))?,
             )),
+            kdf,
         };
         write_private_atomically(path, file.render().as_bytes()).map_err(|source| {
             KeyringError::Io {
@@ -300,7 +392,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keyring");
         let root = RootKey::generate().unwrap();
-        let created = Keyring::create(&path, &root, 1).unwrap();
+        let created = Keyring::create(&path, &root, 1, None).unwrap();
         let opened = Keyring::open(&path, &root).unwrap();
         let id = SubjectId::new("s".into()).unwrap();
         assert_eq!(created.index().sid(&id), opened.index().sid(&id));
@@ -311,7 +403,7 @@ mod tests {
     fn wrong_root_key_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keyring");
-        Keyring::create(&path, &RootKey::generate().unwrap(), 1).unwrap();
+        Keyring::create(&path, &RootKey::generate().unwrap(), 1, None).unwrap();
         let err = Keyring::open(&path, &RootKey::generate().unwrap()).unwrap_err();
         assert!(matches!(err, KeyringError::WrongRootKey(_)), "{err}");
     }
@@ -320,7 +412,7 @@ mod tests {
     fn keyring_file_holds_no_plain_key() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keyring");
-        Keyring::create(&path, &RootKey::generate().unwrap(), 1).unwrap();
+        Keyring::create(&path, &RootKey::generate().unwrap(), 1, None).unwrap();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
             fs::metadata(&path).unwrap().permissions().mode() & 0o777,

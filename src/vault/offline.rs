@@ -1,26 +1,62 @@
-//! Offline access to a data directory for auditors' tools: read-only, beside a running vault or
-//! on a stopped one. Opening the keyring needs the root key; walking the chain does not.
+//! Offline access to a data directory: read-only for auditors' tools (beside a running vault or
+//! on a stopped one; opening the keyring needs the root key, walking the chain does not), and the
+//! key operations that need the vault stopped (changing the root passphrase).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use super::OpenError;
 use super::audit_admin::SignedHead;
-use crate::audit::AuditLog;
+use super::open::root_key;
+use super::{OpenError, VaultConfig};
+use crate::audit::{AuditEvent, AuditLog};
 use crate::clock::Clock;
-use crate::keyring::{Keyring, keyfile};
-use crate::store::Store;
+use crate::crypto::{KdfParams, Passphrase, RootKey};
+use crate::keyring::{Keyring, KeyringError, change_root};
+use crate::store::{Batch, Store};
 
 /// Opens `data_dir/db` read-only.
 pub fn open_store_read_only(data_dir: &Path) -> Result<Store, OpenError> {
     Ok(Store::open_read_only(&data_dir.join("db"))?)
 }
 
-/// Opens `data_dir/keyring` with the key file (default `data_dir/dev.key`).
-pub fn open_keyring(data_dir: &Path, key_file: Option<&Path>) -> Result<Keyring, OpenError> {
-    let key_path: PathBuf = key_file.map_or_else(|| data_dir.join("dev.key"), Path::to_owned);
-    let root = keyfile::read_key_file(&key_path)?;
-    Ok(Keyring::open(&data_dir.join("keyring"), &root)?)
+/// Opens the keyring of `config` with its root key (key file, passphrase or `dev.key`).
+pub fn open_keyring(config: &VaultConfig) -> Result<Keyring, OpenError> {
+    if !config.keyring_path().exists() {
+        return Err(OpenError::DataDir {
+            path: config.data_dir.clone(),
+            reason: "no keyring".into(),
+        });
+    }
+    let (root, _) = root_key(config)?;
+    Ok(Keyring::open(&config.keyring_path(), &root)?)
 }
+
+/// Re-wraps the keyring of `config` (opened with its current root key) under a root key derived
+/// from `new` with fresh Argon2id parameters and salt, and audits it. No data is touched. Refused
+/// while a vault runs on the directory (it holds the database lock).
+pub fn change_passphrase(
+    config: &VaultConfig,
+    new: &Passphrase,
+    clock: &dyn Clock,
+) -> Result<(), OpenError> {
+    let store = Store::open(&config.db_dir())?;
+    let audit = AuditLog::open(&store)?;
+    let (old, _) = root_key(config)?;
+    let kdf = KdfParams::recommended().map_err(KeyringError::from)?;
+    let new_root = RootKey::from_passphrase(new, &kdf).map_err(KeyringError::from)?;
+    change_root(&config.keyring_path(), &old, &new_root, Some(kdf))?;
+    let event = AuditEvent {
+        principal: OFFLINE_PRINCIPAL.into(),
+        action: "key_change_passphrase".into(),
+        outcome: "ok".into(),
+        request_id: "offline".into(),
+        ..AuditEvent::default()
+    };
+    audit.commit(&store, Batch::new(), event, clock.now_ms())?;
+    Ok(())
+}
+
+/// Who the audit log names for key operations run from the command line on a stopped vault.
+pub const OFFLINE_PRINCIPAL: &str = "privault-cli";
 
 /// Signs the head of `store`'s audit log (checked against its last record, as at start-up).
 pub fn sign_head(

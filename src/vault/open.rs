@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use super::{Limits, OpenError, Vault, keys::KeyCache};
 use crate::audit::AuditLog;
 use crate::clock::Clock;
-use crate::keyring::{Keyring, keyfile};
+use crate::crypto::{KdfParams, Passphrase, RootKey};
+use crate::keyring::{Keyring, KeyringError, RootOrigin, keyfile, root_origin};
 use crate::policy::{Policies, load_sources};
 use crate::store::{Batch, Cf, Store};
 
@@ -18,14 +19,17 @@ const FORMAT_KEY: &[u8] = b"format_version";
 pub const DATA_FORMAT_VERSION: u32 = 1;
 
 /// Where the vault keeps and finds its parts.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct VaultConfig {
     /// Holds `db/`, `keyring`, the deletion ledger and, in development, `dev.key`.
     pub data_dir: PathBuf,
     /// The policy directory (schema, catalog, policies).
     pub policies_dir: PathBuf,
-    /// The root key file; `None` means `<data_dir>/dev.key`, generated when absent.
+    /// The root key file; `None` (and no passphrase) means `<data_dir>/dev.key`, generated when
+    /// absent.
     pub key_file: Option<PathBuf>,
+    /// The passphrase the root key is derived from (Argon2id), instead of a key file.
+    pub passphrase: Option<Passphrase>,
     /// Per-call bounds.
     pub limits: Limits,
 }
@@ -37,6 +41,7 @@ impl VaultConfig {
             data_dir: data_dir.into(),
             policies_dir: policies_dir.into(),
             key_file: None,
+            passphrase: None,
             limits: Limits::default(),
         }
     }
@@ -64,8 +69,41 @@ fn data_dir_error(path: &Path, reason: impl Into<String>) -> OpenError {
     }
 }
 
+/// The root key from the configured passphrase, key file or development key, checked against how
+/// the existing keyring's root key was made; with the Argon2id parameters to record when a new
+/// keyring is created from a passphrase.
+pub(super) fn root_key(config: &VaultConfig) -> Result<(RootKey, Option<KdfParams>), OpenError> {
+    let origin = root_origin(&config.keyring_path())?;
+    match (&config.passphrase, &config.key_file, origin) {
+        (Some(_), Some(_), _) => Err(data_dir_error(
+            &config.data_dir,
+            "give the root key either as a key file or as a passphrase, not both",
+        )),
+        (Some(_), None, RootOrigin::KeyFile) => Err(data_dir_error(
+            &config.data_dir,
+            "this keyring's root key is a key file: pass --key-file (or change it to a passphrase \
+             with `privault keys change-passphrase`)",
+        )),
+        (None, _, RootOrigin::Passphrase(_)) => Err(data_dir_error(
+            &config.data_dir,
+            "this keyring's root key comes from a passphrase: pass --root-passphrase-file or \
+             --root-passphrase-env",
+        )),
+        (Some(passphrase), None, RootOrigin::Passphrase(kdf)) => {
+            let root = RootKey::from_passphrase(passphrase, &kdf).map_err(KeyringError::from)?;
+            Ok((root, None))
+        }
+        (Some(passphrase), None, RootOrigin::Absent) => {
+            let kdf = KdfParams::recommended().map_err(KeyringError::from)?;
+            let root = RootKey::from_passphrase(passphrase, &kdf).map_err(KeyringError::from)?;
+            Ok((root, Some(kdf)))
+        }
+        (None, _, _) => Ok((key_file_root(config)?, None)),
+    }
+}
+
 /// Reads the configured key file, or the development key, generating it on a first start.
-fn root_key(config: &VaultConfig) -> Result<crate::crypto::RootKey, OpenError> {
+fn key_file_root(config: &VaultConfig) -> Result<RootKey, OpenError> {
     if let Some(path) = &config.key_file {
         return Ok(keyfile::read_key_file(path)?);
     }
@@ -95,8 +133,8 @@ impl Vault {
         let dir_files = load_sources(&config.policies_dir)?;
         let policies = Policies::from_sources(&dir_files)?;
         create_private_dir(&config.data_dir)?;
-        let root = root_key(config)?;
-        let keyring = Keyring::open_or_create(&config.keyring_path(), &root, clock.now_ms())?;
+        let (root, kdf) = root_key(config)?;
+        let keyring = Keyring::open_or_create(&config.keyring_path(), &root, clock.now_ms(), kdf)?;
         drop(root);
         let store = Store::open(&config.db_dir())?;
         check_pairing(&store, &keyring, config)?;

@@ -74,6 +74,14 @@ fn spawn_served(mut command: Command) -> Served {
     }
 }
 
+/// Runs `privault serve` in `cwd` with `extra` flags, calls `check` with its pid and log once it
+/// listens, then stops it with SIGTERM and expects a clean exit.
+pub fn with_server(cwd: &Path, extra: &[&str], check: impl FnOnce(u32, &str)) {
+    let mut served = start(cwd, extra);
+    check(served.child.id(), &served.log);
+    assert!(terminate(&mut served.child).success());
+}
+
 fn terminate(child: &mut Child) -> std::process::ExitStatus {
     signal(child, "-TERM");
     child.wait().unwrap()
@@ -339,4 +347,33 @@ async fn reads_fail_closed_when_the_audit_record_cannot_be_written() {
     );
     assert!(!err.message().contains("alice"));
     let _ = terminate(&mut served.child);
+}
+
+#[test]
+fn serve_reads_a_config_file_and_flags_override_it() {
+    let cwd = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(shipped_policies(), cwd.path().join("policies")).unwrap();
+    std::fs::write(
+        cwd.path().join("privault.toml"),
+        "data-dir = \"from-config\"\nlisten = \"127.0.0.1:1\"\nmax-fields-per-call = 8\n",
+    )
+    .unwrap();
+    // `--listen 127.0.0.1:0` (from `start`) wins over the file's port 1.
+    with_server(cwd.path(), &["--config", "privault.toml"], |_, log| {
+        assert!(!log.contains("127.0.0.1:1\n"), "{log}");
+    });
+    assert!(cwd.path().join("from-config/keyring").exists());
+
+    std::fs::write(cwd.path().join("bad.toml"), "colour = \"red\"\n").unwrap();
+    let out = Command::new(BIN)
+        .current_dir(cwd.path())
+        .args(["serve", "--config", "bad.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml:1") && err.contains("colour"),
+        "{err}"
+    );
 }

@@ -15,6 +15,7 @@ mod policy_admin;
 mod policy_cli;
 mod rectification;
 mod retention;
+mod root_key;
 mod shred;
 mod subject_rights;
 mod support;
