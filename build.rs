@@ -21,6 +21,7 @@ const REDACTED_DEBUG: &[&str] = &[
     "privault.v1.SubjectResult",
     "privault.v1.FindSubjectRequest",
     "privault.v1.FindSubjectResponse",
+    "privault.v1.RotateSubjectKeyRequest",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -13,6 +13,7 @@ pub mod crypto;
 pub mod diagnostic;
 pub mod domain;
 pub mod keyring;
+pub mod ledger;
 pub mod policy;
 pub mod store;
 pub mod vault;

@@ -152,6 +152,14 @@ impl fmt::Debug for pb::FindSubjectResponse {
     }
 }
 
+impl fmt::Debug for pb::RotateSubjectKeyRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RotateSubjectKeyRequest")
+            .field("subject_id", &REDACTED)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,7 @@ mod convert;
 mod debug;
 mod edge;
 mod identity;
+mod key_service;
 mod peers;
 mod policy_service;
 mod service;
@@ -24,6 +25,7 @@ use tonic::transport::{Server, ServerTlsConfig};
 pub use audit_service::AuditService;
 pub use edge::Edge;
 pub use identity::{AUTHORIZATION_HEADER, Identity, PRINCIPAL_HEADER};
+pub use key_service::KeyService;
 pub use policy_service::PolicyAdminService;
 pub use service::VaultService;
 
@@ -122,6 +124,8 @@ pub async fn serve_with(
             .max_decoding_message_size(max);
     let audit_service = pb::audit_server::AuditServer::new(AuditService::new(edge.clone()))
         .max_decoding_message_size(max);
+    let key_service = pb::key_admin_server::KeyAdminServer::new(KeyService::new(edge.clone()))
+        .max_decoding_message_size(max);
     let vault_service =
         pb::vault_server::VaultServer::new(VaultService::new(edge)).max_decoding_message_size(max);
     let mut builder = Server::builder().timeout(options.request_timeout);
@@ -135,6 +139,7 @@ pub async fn serve_with(
         .add_service(vault_service)
         .add_service(policy_service)
         .add_service(audit_service)
+        .add_service(key_service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     Ok(())

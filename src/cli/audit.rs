@@ -13,7 +13,6 @@ use privault::audit::{AuditFilter, MAX_PAGE, query, verify_range};
 use privault::clock::{SystemClock, parse_rfc3339};
 use privault::vault::offline::{open_keyring, open_store_read_only, sign_head};
 use privault::vault::{SignedHead, check_signed_head};
-use tonic::transport::Channel;
 
 use super::remote::Remote;
 
@@ -208,15 +207,11 @@ fn remote_query(
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let channel = Channel::from_shared(remote.server.clone())?
-            .connect()
-            .await
-            .with_context(|| format!("cannot reach the vault at {}", remote.server))?;
-        let mut client = AuditClient::new(channel);
+        let mut client = AuditClient::new(remote.channel().await?);
         let mut from_seq = f.from_seq;
         let mut out = std::io::stdout().lock();
         loop {
-            let mut request = tonic::Request::new(pb::AuditQueryRequest {
+            let request = remote.request(pb::AuditQueryRequest {
                 subject_id: subject_id.clone().unwrap_or_default(),
                 principal: f.principal.clone().unwrap_or_default(),
                 purpose: f.purpose.clone().unwrap_or_default(),
@@ -227,11 +222,7 @@ fn remote_query(
                 from_seq,
                 to_seq: f.to_seq.unwrap_or(0),
                 page_size: 0,
-            });
-            request.metadata_mut().insert(
-                "x-privault-principal",
-                remote.caller.parse().context("--as must be ASCII")?,
-            );
+            })?;
             let mut stream = client.query(request).await?.into_inner();
             let mut next = 0;
             while let Some(message) = stream.message().await? {

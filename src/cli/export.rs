@@ -8,7 +8,6 @@ use anyhow::Context;
 use clap::Args;
 use privault::api::pb;
 use privault::api::pb::vault_client::VaultClient;
-use tonic::transport::Channel;
 
 use super::remote::Remote;
 
@@ -46,17 +45,10 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let response = runtime.block_on(async {
-        let channel = Channel::from_shared(args.remote.server.clone())?
-            .connect()
-            .await
-            .with_context(|| format!("cannot reach the vault at {}", args.remote.server))?;
-        let mut request = tonic::Request::new(pb::ExportSubjectRequest {
+        let channel = args.remote.channel().await?;
+        let request = args.remote.request(pb::ExportSubjectRequest {
             subject_id: args.subject_id.clone(),
-        });
-        request.metadata_mut().insert(
-            "x-privault-principal",
-            args.remote.caller.parse().context("--as must be ASCII")?,
-        );
+        })?;
         anyhow::Ok(
             VaultClient::new(channel)
                 .export_subject(request)

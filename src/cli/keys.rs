@@ -8,10 +8,42 @@ use clap::Subcommand;
 use privault::clock::SystemClock;
 use privault::vault::offline::change_passphrase;
 
+use privault::api::pb;
+use privault::api::pb::key_admin_client::KeyAdminClient;
+
+use super::remote::Remote;
 use super::root::{RootArgs, passphrase};
+
+fn remotely(
+    work: impl std::future::Future<Output = anyhow::Result<ExitCode>>,
+) -> anyhow::Result<ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(work)
+}
 
 #[derive(Subcommand)]
 pub enum KeysCommand {
+    /// Roll the KEK epoch of a running vault (or resume an unfinished roll): every live key is
+    /// re-wrapped under a new KEK, then the old KEKs are destroyed. Prints progress.
+    RollEpoch {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Replace every DEK of one subject in a running vault, re-sealing its fields.
+    RotateDek {
+        /// The subject.
+        #[arg(long)]
+        subject: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// The KEK epochs of a running vault.
+    Status {
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Re-wrap the keyring under a root key derived from a new passphrase (fresh salt, RFC 9106
     /// parameters). Also turns a key-file keyring into a passphrase one. Touches no data; the
     /// vault must be stopped.
@@ -34,6 +66,50 @@ pub enum KeysCommand {
 pub fn run(command: KeysCommand) -> anyhow::Result<ExitCode> {
     super::hardening::disable_core_dumps();
     match command {
+        KeysCommand::RollEpoch { remote } => remotely(async move {
+            let mut client = KeyAdminClient::new(remote.channel().await?);
+            let mut stream = client
+                .roll_epoch(remote.request(pb::RollEpochRequest {})?)
+                .await?
+                .into_inner();
+            while let Some(p) = stream.message().await? {
+                if p.done {
+                    println!(
+                        "epoch {} is the only epoch: {} keys re-wrapped, epochs {:?} destroyed",
+                        p.epoch, p.rewrapped, p.destroyed_epochs
+                    );
+                    return Ok(ExitCode::SUCCESS);
+                }
+                eprintln!("epoch {}: {} keys re-wrapped", p.epoch, p.rewrapped);
+            }
+            anyhow::bail!("the roll stopped before it finished; run the command again to resume")
+        }),
+        KeysCommand::RotateDek { subject, remote } => remotely(async move {
+            let mut client = KeyAdminClient::new(remote.channel().await?);
+            let done = client
+                .rotate_subject_key(remote.request(pb::RotateSubjectKeyRequest {
+                    subject_id: subject,
+                })?)
+                .await?
+                .into_inner();
+            println!(
+                "{} key classes rotated, {} fields re-sealed",
+                done.classes_rotated, done.fields_resealed
+            );
+            Ok(ExitCode::SUCCESS)
+        }),
+        KeysCommand::Status { remote } => remotely(async move {
+            let mut client = KeyAdminClient::new(remote.channel().await?);
+            let status = client
+                .key_status(remote.request(pb::KeyStatusRequest {})?)
+                .await?
+                .into_inner();
+            println!(
+                "current epoch {}; epochs held {:?}",
+                status.current_epoch, status.epochs
+            );
+            Ok(ExitCode::SUCCESS)
+        }),
         KeysCommand::ChangePassphrase {
             data_dir,
             root,

@@ -10,7 +10,6 @@ use privault::api::pb::policy_admin_client::PolicyAdminClient;
 use privault::api::pb::{self, PolicyFiles};
 use privault::policy::load_sources;
 use tonic::Request;
-use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
 /// Where the vault is and who is calling.
@@ -23,9 +22,73 @@ pub struct Remote {
         default_value = "http://127.0.0.1:50051"
     )]
     pub server: String,
-    /// Who you are, in development mode: a Cedar uid such as `Operator::"alice"`.
+    /// Who you are: a Cedar uid such as `Operator::"alice"` (sent in development and token
+    /// mode; with mTLS your certificate names you).
     #[arg(long = "as", env = "PRIVAULT_PRINCIPAL")]
     pub caller: String,
+    /// CA certificate (PEM) that signed the vault's certificate; turns TLS on (`https://` server).
+    #[arg(long, env = "PRIVAULT_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// Your client certificate (PEM), for mTLS.
+    #[arg(long, env = "PRIVAULT_CLIENT_CERT")]
+    pub client_cert: Option<PathBuf>,
+    /// Your client key (PEM), for mTLS.
+    #[arg(long, env = "PRIVAULT_CLIENT_KEY")]
+    pub client_key: Option<PathBuf>,
+    /// File holding your bearer token, for token mode.
+    #[arg(long, env = "PRIVAULT_TOKEN_FILE_CLIENT")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl Remote {
+    /// A channel to the vault, over TLS when `--ca-cert` is given.
+    pub async fn channel(&self) -> anyhow::Result<Channel> {
+        let mut endpoint = Channel::from_shared(self.server.clone())?;
+        if let Some(ca) = &self.ca_cert {
+            let read = |p: &PathBuf| {
+                std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+            };
+            let mut tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
+            match (&self.client_cert, &self.client_key) {
+                (Some(cert), Some(key)) => {
+                    tls = tls.identity(tonic::transport::Identity::from_pem(
+                        read(cert)?,
+                        read(key)?,
+                    ));
+                }
+                (None, None) => {}
+                _ => anyhow::bail!("--client-cert and --client-key go together"),
+            }
+            endpoint = endpoint.tls_config(tls)?;
+        }
+        endpoint
+            .connect()
+            .await
+            .with_context(|| format!("cannot reach the vault at {}", self.server))
+    }
+
+    /// `message` as a request naming the caller (and carrying the token, in token mode).
+    pub fn request<T>(&self, message: T) -> anyhow::Result<Request<T>> {
+        let mut request = Request::new(message);
+        request.metadata_mut().insert(
+            "x-privault-principal",
+            self.caller.parse().context("--as must be ASCII")?,
+        );
+        if let Some(path) = &self.token_file {
+            let token = zeroize::Zeroizing::new(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+            );
+            request.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {}", token.trim())
+                    .parse()
+                    .context("the token must be ASCII")?,
+            );
+        }
+        Ok(request)
+    }
 }
 
 #[derive(Subcommand)]
@@ -76,33 +139,25 @@ pub enum RemoteCommand {
     },
 }
 
-struct Admin {
+struct Admin<'a> {
     client: PolicyAdminClient<Channel>,
-    principal: MetadataValue<tonic::metadata::Ascii>,
+    remote: &'a Remote,
 }
 
-impl Admin {
-    async fn connect(remote: &Remote) -> anyhow::Result<Self> {
-        let channel = Channel::from_shared(remote.server.clone())?
-            .connect()
-            .await
-            .with_context(|| format!("cannot reach the vault at {}", remote.server))?;
+impl<'a> Admin<'a> {
+    async fn connect(remote: &'a Remote) -> anyhow::Result<Self> {
         Ok(Self {
-            client: PolicyAdminClient::new(channel),
-            principal: remote.caller.parse().context("--as must be ASCII")?,
+            client: PolicyAdminClient::new(remote.channel().await?),
+            remote,
         })
     }
 
-    fn request<T>(&self, message: T) -> Request<T> {
-        let mut request = Request::new(message);
-        request
-            .metadata_mut()
-            .insert("x-privault-principal", self.principal.clone());
-        request
+    fn request<T>(&self, message: T) -> anyhow::Result<Request<T>> {
+        self.remote.request(message)
     }
 
     async fn active(&mut self) -> anyhow::Result<pb::GetActivePoliciesResponse> {
-        let request = self.request(pb::GetActivePoliciesRequest {});
+        let request = self.request(pb::GetActivePoliciesRequest {})?;
         Ok(self.client.get_active_policies(request).await?.into_inner())
     }
 }
@@ -151,7 +206,7 @@ pub fn run(command: RemoteCommand) -> anyhow::Result<ExitCode> {
                     files: Some(files),
                     base_version: base,
                     comment,
-                });
+                })?;
                 let applied = admin.client.apply_policies(request).await?.into_inner();
                 if let Some(v) = applied.version {
                     println!("applied as version {} (based on {base})", v.version);
@@ -170,7 +225,7 @@ pub fn run(command: RemoteCommand) -> anyhow::Result<ExitCode> {
                 let request = admin.request(pb::DryRunPoliciesRequest {
                     files: Some(files),
                     last,
-                });
+                })?;
                 let run = admin.client.dry_run_policies(request).await?.into_inner();
                 println!(
                     "{} recorded read decisions replayed, {} would change",
@@ -200,7 +255,7 @@ pub fn run(command: RemoteCommand) -> anyhow::Result<ExitCode> {
                     to_version: to,
                     base_version: base,
                     comment,
-                });
+                })?;
                 let applied = admin.client.rollback_policies(request).await?.into_inner();
                 if let Some(v) = applied.version {
                     println!("version {to} is active again as version {}", v.version);
@@ -209,7 +264,7 @@ pub fn run(command: RemoteCommand) -> anyhow::Result<ExitCode> {
             }
             RemoteCommand::Versions { remote } => {
                 let mut admin = Admin::connect(&remote).await?;
-                let request = admin.request(pb::ListPolicyVersionsRequest {});
+                let request = admin.request(pb::ListPolicyVersionsRequest {})?;
                 for v in admin
                     .client
                     .list_policy_versions(request)

@@ -276,6 +276,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let shutdown = shutdown_signal()?;
         tokio::spawn(reload_on_sighup(Arc::clone(&vault), resolved.tokens));
         tokio::spawn(sweep_retention(Arc::clone(&vault)));
+        tokio::spawn(finish_epoch_roll(Arc::clone(&vault)));
         tracing::info!("listening on {addr}");
         api::serve_with(vault, resolved.options, listener, shutdown).await?;
         tracing::info!("stopped");
@@ -307,6 +308,25 @@ async fn reload_on_sighup(vault: Arc<Vault>, tokens: Option<Arc<TokenVerifier>>)
             Ok(Err(e)) => tracing::error!("SIGHUP: {e}"),
             Err(e) => tracing::error!("SIGHUP: reload task failed: {e}"),
         }
+    }
+}
+
+/// Finishes a KEK epoch roll a crash interrupted, in the background while the vault serves.
+async fn finish_epoch_roll(vault: Arc<Vault>) {
+    if !vault.epoch_roll_pending() {
+        return;
+    }
+    tracing::warn!("an epoch roll was interrupted; resuming it");
+    match tokio::task::spawn_blocking(move || vault.resume_epoch_roll()).await {
+        Ok(Ok(Some(done))) => tracing::info!(
+            epoch = done.epoch,
+            rewrapped = done.rewrapped,
+            destroyed = ?done.destroyed,
+            "epoch roll finished"
+        ),
+        Ok(Ok(None)) => {}
+        Ok(Err(e)) => tracing::error!("resuming the epoch roll failed: {e}"),
+        Err(e) => tracing::error!("epoch roll task failed: {e}"),
     }
 }
 

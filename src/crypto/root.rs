@@ -43,6 +43,14 @@ impl RootKey {
         })
     }
 
+    /// A second handle on the same key, for the keyring that must re-wrap epochs later (an epoch
+    /// roll). Deliberately not `Clone`: copies of the root key are made on purpose only.
+    pub fn duplicate(&self) -> Result<Self, CryptoError> {
+        Ok(Self {
+            key: Key256::from_slice(self.key.expose())?,
+        })
+    }
+
     /// Parses a key file: 64 hex digits, surrounding whitespace ignored.
     pub fn from_key_file(contents: &[u8]) -> Result<Self, CryptoError> {
         let text = std::str::from_utf8(contents)

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use crate::clock::Millis;
 use crate::crypto::{
@@ -58,11 +59,19 @@ pub enum KeyringError {
     Crypto(#[from] CryptoError),
 }
 
-/// The unwrapped keyring, held in memory for the life of the process.
-pub struct Keyring {
-    id: [u8; 16],
+/// The KEK epochs in memory: the current one and every one not yet destroyed.
+struct Epochs {
     current: u32,
-    keks: BTreeMap<u32, Kek>,
+    keks: BTreeMap<u32, Arc<Kek>>,
+}
+
+/// The unwrapped keyring, held in memory for the life of the process. Epochs change under a roll
+/// (a new one added, old ones destroyed), in the file first and then in memory.
+pub struct Keyring {
+    path: PathBuf,
+    root: RootKey,
+    id: [u8; 16],
+    epochs: RwLock<Epochs>,
     index: IndexKey,
     lookup: LookupKey,
     audit: AuditSigner,
@@ -72,7 +81,7 @@ impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Keyring")
             .field("id", &hex::encode(self.id))
-            .field("current_epoch", &self.current)
+            .field("current_epoch", &self.current_epoch())
             .finish_non_exhaustive()
     }
 }
@@ -237,7 +246,7 @@ impl Keyring {
                     &refs(&kek_context(&file.id, entry.epoch)),
                 )
                 .map_err(unwrap_err)?;
-            keks.insert(entry.epoch, Kek::new(entry.epoch, &key));
+            keks.insert(entry.epoch, Arc::new(Kek::new(entry.epoch, &key)));
         }
         if !keks.contains_key(&file.current_epoch) {
             return Err(KeyringError::Malformed {
@@ -262,9 +271,13 @@ impl Keyring {
             write_private_atomically(path, file.render().as_bytes()).map_err(io)?;
         }
         Ok(Self {
+            path: path.to_owned(),
+            root: root.duplicate()?,
             id: file.id,
-            current: file.current_epoch,
-            keks,
+            epochs: RwLock::new(Epochs {
+                current: file.current_epoch,
+                keks,
+            }),
             index: IndexKey::new(&index_key),
             lookup: LookupKey::new(&lookup_key),
             audit: AuditSigner::new(&audit_seed),
@@ -310,11 +323,12 @@ impl Keyring {
             }
         })?;
         let mut keks = BTreeMap::new();
-        keks.insert(1, Kek::new(1, &kek));
+        keks.insert(1, Arc::new(Kek::new(1, &kek)));
         Ok(Self {
+            path: path.to_owned(),
+            root: root.duplicate()?,
             id,
-            current: 1,
-            keks,
+            epochs: RwLock::new(Epochs { current: 1, keks }),
             index: IndexKey::new(&index_key),
             lookup: LookupKey::new(&lookup_key),
             audit: AuditSigner::new(&audit_seed),
@@ -326,18 +340,106 @@ impl Keyring {
         self.id
     }
 
+    fn epochs(&self) -> std::sync::RwLockReadGuard<'_, Epochs> {
+        self.epochs
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The epoch that wraps new DEKs.
+    pub fn current_epoch(&self) -> u32 {
+        self.epochs().current
+    }
+
+    /// Every epoch this keyring holds a KEK for, oldest first.
+    pub fn epoch_numbers(&self) -> Vec<u32> {
+        self.epochs().keks.keys().copied().collect()
+    }
+
     /// The KEK that wraps new DEKs.
-    pub fn current_kek(&self) -> &Kek {
-        // INVARIANT: `open` and `create` only build keyrings whose current epoch has a key.
-        self.keks
-            .get(&self.current)
-            .or_else(|| self.keks.values().next_back())
-            .unwrap_or_else(|| unreachable_no_kek())
+    pub fn current_kek(&self) -> Arc<Kek> {
+        let epochs = self.epochs();
+        // INVARIANT: every constructor and every change keeps a KEK for the current epoch.
+        epochs
+            .keks
+            .get(&epochs.current)
+            .or_else(|| epochs.keks.values().next_back())
+            .cloned()
+            .unwrap_or_else(unreachable_no_kek)
     }
 
     /// The KEK of `epoch`, if this keyring still has it (a destroyed epoch has none).
-    pub fn kek(&self, epoch: u32) -> Option<&Kek> {
-        self.keks.get(&epoch)
+    pub fn kek(&self, epoch: u32) -> Option<Arc<Kek>> {
+        self.epochs().keks.get(&epoch).cloned()
+    }
+
+    /// Starts an epoch roll: a fresh KEK becomes the current epoch, written to the keyring file
+    /// (synced, atomically) before anything is wrapped under it. Returns the new epoch.
+    pub fn add_epoch(&self, now: Millis) -> Result<u32, KeyringError> {
+        let mut epochs = self
+            .epochs
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut file = read_file(&self.path)?;
+        let epoch = file
+            .epochs
+            .iter()
+            .map(|e| e.epoch)
+            .max()
+            .unwrap_or(0)
+            .saturating_add(1);
+        let kek = Key256::random()?;
+        file.epochs.push(EpochEntry {
+            epoch,
+            created_ms: now,
+            key: WrappedEntry::from(self.root.wrap(&kek, &refs(&kek_context(&self.id, epoch)))?),
+        });
+        file.current_epoch = epoch;
+        self.write(&file)?;
+        epochs.keks.insert(epoch, Arc::new(Kek::new(epoch, &kek)));
+        epochs.current = epoch;
+        Ok(epoch)
+    }
+
+    /// Ends an epoch roll: destroys every KEK older than the current epoch, in the file (synced,
+    /// atomically) and in memory. Whatever is still wrapped under them can never be unwrapped.
+    /// Returns the destroyed epochs.
+    pub fn destroy_old_epochs(&self) -> Result<Vec<u32>, KeyringError> {
+        let mut epochs = self
+            .epochs
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let current = epochs.current;
+        let mut file = read_file(&self.path)?;
+        let destroyed: Vec<u32> = file
+            .epochs
+            .iter()
+            .map(|e| e.epoch)
+            .filter(|e| *e != current)
+            .collect();
+        file.epochs.retain(|e| e.epoch == current);
+        self.write(&file)?;
+        epochs.keks.retain(|e, _| *e == current);
+        Ok(destroyed)
+    }
+
+    /// When the current epoch was created.
+    pub fn current_epoch_created_ms(&self) -> Result<Millis, KeyringError> {
+        let current = self.current_epoch();
+        Ok(read_file(&self.path)?
+            .epochs
+            .iter()
+            .find(|e| e.epoch == current)
+            .map_or(0, |e| e.created_ms))
+    }
+
+    fn write(&self, file: &KeyringFile) -> Result<(), KeyringError> {
+        write_private_atomically(&self.path, file.render().as_bytes()).map_err(|source| {
+            KeyringError::Io {
+                path: self.path.clone(),
+                source,
+            }
+        })
     }
 
     /// The subject index key.
@@ -357,7 +459,7 @@ impl Keyring {
 }
 
 #[expect(clippy::panic, reason = "a keyring without a KEK is never constructed")]
-fn unreachable_no_kek() -> &'static Kek {
+fn unreachable_no_kek() -> Arc<Kek> {
     panic!("keyring has no KEK")
 }
 

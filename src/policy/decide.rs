@@ -50,6 +50,8 @@ pub(super) struct Uids {
     policy_store: EntityUid,
     audit_read: EntityUid,
     audit_log: EntityUid,
+    key_manage: EntityUid,
+    keyring: EntityUid,
     consent_write: EntityUid,
     consent_read: EntityUid,
     export: EntityUid,
@@ -68,6 +70,8 @@ impl Uids {
             policy_store: uid("PolicyStore", "active")?,
             audit_read: uid("Action", "audit_read")?,
             audit_log: uid("AuditLog", "main")?,
+            key_manage: uid("Action", "key_manage")?,
+            keyring: uid("Keyring", "main")?,
             consent_write: uid("Action", "consent_write")?,
             consent_read: uid("Action", "consent_read")?,
             export: uid("Action", "export")?,
@@ -93,6 +97,8 @@ pub enum AdminAction {
     Write,
     /// `Action::"audit_read"` on `AuditLog::"main"`: query, head, verify.
     AuditRead,
+    /// `Action::"key_manage"` on `Keyring::"main"`: roll the KEK epoch, rotate a subject's DEK.
+    KeyManage,
 }
 
 impl AdminAction {
@@ -102,6 +108,7 @@ impl AdminAction {
             Self::Read => "policy_read",
             Self::Write => "policy_write",
             Self::AuditRead => "audit_read",
+            Self::KeyManage => "key_manage",
         }
     }
 }
@@ -332,6 +339,7 @@ impl Policies {
             AdminAction::Read => (&self.uids.policy_read, &self.uids.policy_store),
             AdminAction::Write => (&self.uids.policy_write, &self.uids.policy_store),
             AdminAction::AuditRead => (&self.uids.audit_read, &self.uids.audit_log),
+            AdminAction::KeyManage => (&self.uids.key_manage, &self.uids.keyring),
         };
         match Context::from_pairs(Vec::<(String, RestrictedExpression)>::new()) {
             Ok(context) => self.decide(principal, action, resource.clone(), context),

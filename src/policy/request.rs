@@ -79,6 +79,7 @@ impl AccessRequest {
             "policy_read" => Some(AdminAction::Read),
             "policy_write" => Some(AdminAction::Write),
             "audit_read" => Some(AdminAction::AuditRead),
+            "key_manage" => Some(AdminAction::KeyManage),
             _ => None,
         };
         if let Some(action) = admin {
@@ -119,7 +120,8 @@ impl AccessRequest {
         let action = FieldAction::parse(action).ok_or_else(|| {
             format!(
                 "unknown action `{action}`: expected read, read_masked, write, delete, shred, \
-                 policy_read, policy_write, audit_read, consent_read, consent_write or export"
+                 policy_read, policy_write, audit_read, key_manage, consent_read, consent_write \
+                 or export"
             )
         })?;
         let field =

@@ -20,6 +20,12 @@ pub enum OpenError {
     /// The audit log does not verify at its head.
     #[error(transparent)]
     Audit(#[from] AuditError),
+    /// The deletion ledger cannot be read or replayed.
+    #[error(transparent)]
+    Ledger(#[from] crate::ledger::LedgerError),
+    /// Replaying the ledger (re-shredding a restored subject) failed.
+    #[error("replaying the deletion ledger: {0}")]
+    Replay(String),
     /// The data directory is inconsistent (e.g. a keyring from another database).
     #[error("data directory `{path}`: {reason}")]
     DataDir {

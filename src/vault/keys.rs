@@ -117,6 +117,19 @@ impl Vault {
         class: &KeyClass,
         record: &KeyRecord,
     ) -> Result<DekCipher, VaultError> {
+        Ok(DekCipher::new(
+            &self.unwrap_dek_key(sid, class, record)?,
+            record.dek_version,
+        ))
+    }
+
+    /// The DEK in `record`, unwrapped under its epoch.
+    pub(super) fn unwrap_dek_key(
+        &self,
+        sid: &Sid,
+        class: &KeyClass,
+        record: &KeyRecord,
+    ) -> Result<Key256, VaultError> {
         let kek = self.keyring.kek(record.epoch).ok_or_else(|| {
             VaultError::DataLoss(format!(
                 "a key is wrapped under epoch {}, which this keyring lacks",
@@ -128,10 +141,9 @@ impl Vault {
             nonce: record.nonce,
             ciphertext: record.wrapped.clone(),
         };
-        let dek = kek.unwrap(&wrapped, sid, class).map_err(|_| {
+        kek.unwrap(&wrapped, sid, class).map_err(|_| {
             VaultError::DataLoss("a subject key failed to unwrap (tampered or misplaced)".into())
-        })?;
-        Ok(DekCipher::new(&dek, record.dek_version))
+        })
     }
 
     /// The subject's keys, from the cache or the store; `None` when the subject has none.

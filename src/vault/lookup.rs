@@ -8,7 +8,7 @@ use secrecy::{ExposeSecret, SecretString};
 use super::{CallContext, Vault, VaultError, field_audit};
 use crate::audit::AuditEvent;
 use crate::catalog::FieldSpec;
-use crate::crypto::{TAG_LEN, WrappedDek};
+use crate::crypto::TAG_LEN;
 use crate::domain::{FieldName, Purpose, Sid, SubjectId};
 use crate::policy::{FieldAction, Policies};
 use crate::store::keys::{
@@ -222,20 +222,7 @@ impl Vault {
             .ok_or_else(|| VaultError::DataLoss("an indexed subject has no stored id".into()))?;
         let record =
             SubjectIdRecord::decode(&bytes).map_err(|e| VaultError::DataLoss(e.to_string()))?;
-        let kek = self.keyring.kek(record.epoch).ok_or_else(|| {
-            VaultError::DataLoss(format!(
-                "a subject id is wrapped under epoch {}, which this keyring lacks",
-                record.epoch
-            ))
-        })?;
-        let wrapped = WrappedDek {
-            epoch: record.epoch,
-            nonce: record.nonce,
-            ciphertext: record.wrapped,
-        };
-        let raw = kek
-            .unwrap_subject_id(&wrapped, sid)
-            .map_err(|_| VaultError::DataLoss("a stored subject id failed to unwrap".into()))?;
+        let raw = self.unwrap_subject_id(sid, &record)?;
         let id = String::from_utf8(raw.to_vec())
             .ok()
             .and_then(|s| SubjectId::new(s).ok())

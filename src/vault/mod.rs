@@ -3,6 +3,7 @@
 
 mod audit_admin;
 mod consent;
+mod epoch;
 mod error;
 mod export;
 mod keys;
@@ -21,6 +22,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 pub use audit_admin::{HeadMismatch, SignedHead, check_signed_head};
 pub use consent::ConsentState;
+pub use epoch::{ROLL_SLICE, RollProgress};
 pub use error::{OpenError, VaultError};
 pub use export::{AccessEvent, ExportedField, SubjectExport};
 pub use open::VaultConfig;
@@ -82,6 +84,7 @@ pub struct CallContext {
 /// The vault: one per data directory.
 pub struct Vault {
     store: Store,
+    ledger: crate::ledger::Ledger,
     keyring: Keyring,
     policies: RwLock<Arc<Policies>>,
     audit: AuditLog,

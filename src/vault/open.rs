@@ -10,6 +10,7 @@ use crate::audit::AuditLog;
 use crate::clock::Clock;
 use crate::crypto::{KdfParams, Passphrase, RootKey};
 use crate::keyring::{Keyring, KeyringError, RootOrigin, keyfile, root_origin};
+use crate::ledger::Ledger;
 use crate::policy::{Policies, load_sources};
 use crate::store::{Batch, Cf, Store};
 
@@ -54,6 +55,11 @@ impl VaultConfig {
     /// The keyring file.
     pub fn keyring_path(&self) -> PathBuf {
         self.data_dir.join("keyring")
+    }
+
+    /// The deletion ledger, beside `db/` and outside its backups.
+    pub fn ledger_path(&self) -> PathBuf {
+        self.data_dir.join("ledger")
     }
 
     /// The development key file used when no key file is configured.
@@ -139,8 +145,10 @@ impl Vault {
         let store = Store::open(&config.db_dir())?;
         check_pairing(&store, &keyring, config)?;
         let audit = AuditLog::open(&store)?;
+        let ledger = Ledger::open(&config.ledger_path())?;
         let vault = Self {
             store,
+            ledger,
             keyring,
             policies: RwLock::new(Arc::new(policies)),
             audit,
@@ -151,6 +159,13 @@ impl Vault {
             policies_dir: config.policies_dir.clone(),
         };
         vault.init_policy_versions(dir_files)?;
+        let reshredded = vault.replay_ledger()?;
+        if reshredded > 0 {
+            tracing::warn!(
+                subjects = reshredded,
+                "the deletion ledger re-shredded subjects found in the database (a restored backup?)"
+            );
+        }
         let active = vault.policies();
         tracing::info!(
             policy_version = active.version(),

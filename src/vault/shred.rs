@@ -2,7 +2,7 @@
 //! fields, consents and lookup entries and writes a shred receipt and the audit record; then the cached keys are evicted and
 //! the bytes are purged from the live store (flush, forced bottommost compaction, no WAL left).
 
-use super::{CallContext, Vault, VaultError, require};
+use super::{CallContext, OpenError, Vault, VaultError, require};
 use crate::audit::AuditEvent;
 use crate::domain::{Sid, SubjectId};
 use crate::policy::Policies;
@@ -91,6 +91,11 @@ impl Vault {
         reason: &str,
         batch: &mut Batch,
     ) -> Result<Erased, VaultError> {
+        // The ledger first: once a shred may commit, no restore may undo it.
+        self.ledger.append(sid, self.clock.now_ms()).map_err(|e| {
+            tracing::error!(error = %e, "cannot append to the deletion ledger; shred refused");
+            VaultError::Unavailable("the deletion ledger cannot be written".into())
+        })?;
         let mut existed = false;
         let mut ranges = Vec::new();
         for cf in SUBJECT_CFS {
@@ -110,5 +115,56 @@ impl Vault {
         };
         batch.put(Cf::Shredded, sid.0.to_vec(), receipt.encode());
         Ok((existed, ranges))
+    }
+}
+
+impl Vault {
+    /// Re-shreds every subject the deletion ledger names that still has entries in the database
+    /// (a backup restored from before its shred). Returns how many were re-shredded.
+    pub(super) fn replay_ledger(&self) -> Result<usize, OpenError> {
+        let replay = |e: VaultError| OpenError::Replay(e.to_string());
+        let mut count = 0;
+        for sid in self.ledger.sids()? {
+            if !self.has_entries(&sid).map_err(replay)? {
+                continue;
+            }
+            let _writer = self.lock_writer().map_err(replay)?;
+            let mut batch = Batch::new();
+            let mut ranges = Vec::new();
+            for cf in SUBJECT_CFS {
+                for (key, _) in self.store.scan_prefix(cf, &sid.0)? {
+                    batch.delete(cf, key);
+                }
+                ranges.push((cf, sid.0.to_vec()));
+            }
+            for prefix in self.stage_unindex_all(&sid, &mut batch).map_err(replay)? {
+                ranges.push((Cf::Lookup, prefix));
+            }
+            let event = AuditEvent {
+                principal: "privault".into(),
+                action: "ledger_reshred".into(),
+                outcome: "ok".into(),
+                request_id: "ledger".into(),
+                policy_version: self.policies().version(),
+                ..AuditEvent::default()
+            };
+            self.commit(batch, event).map_err(replay)?;
+            self.keys.evict(&sid);
+            self.store.purge(&ranges)?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    fn has_entries(&self, sid: &Sid) -> Result<bool, VaultError> {
+        for cf in SUBJECT_CFS {
+            if !self.store.scan_prefix(cf, &sid.0)?.is_empty() {
+                return Ok(true);
+            }
+        }
+        Ok(!self
+            .store
+            .scan_prefix(Cf::Lookup, &crate::store::keys::lookup_reverse_prefix(sid))?
+            .is_empty())
     }
 }

@@ -8,6 +8,7 @@ mod binary;
 mod consent;
 mod durability;
 mod identity;
+mod keys;
 mod lookup;
 mod outcomes;
 mod pki;

@@ -1,0 +1,308 @@
+//! The KEK epoch roll and DEK rotation on demand. A roll adds a fresh KEK as the current epoch
+//! (new DEKs wrap under it at once), re-wraps every stored DEK and wrapped subject id under it in
+//! bounded slices (each its own synced batch with an audit record; reads and writes go on), and
+//! then destroys the old KEKs, so every stale copy of a shredded DEK — old SST files, backups —
+//! can never be unwrapped again. A roll interrupted by a crash resumes: the keyring still holds
+//! the old epochs, and the next roll (or the next start) carries on from the first entry.
+
+use std::collections::BTreeSet;
+
+use super::{CallContext, Vault, VaultError, require};
+use crate::audit::AuditEvent;
+use crate::crypto::WrappedDek;
+use crate::domain::{KeyClass, Sid, SubjectId};
+use crate::policy::AdminAction;
+use crate::store::keys::{is_subject_entry, name_of, subject_id_key};
+use crate::store::records::{KeyRecord, SubjectIdRecord};
+use crate::store::{Batch, Cf};
+
+/// Entries of the keys column family examined per slice of a roll.
+pub const ROLL_SLICE: usize = 1000;
+
+/// Where a roll stands after a slice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollProgress {
+    /// The epoch everything is being re-wrapped under.
+    pub epoch: u32,
+    /// Entries re-wrapped so far in this run.
+    pub rewrapped: u64,
+    /// Whether the old epochs are destroyed and the roll is over.
+    pub done: bool,
+    /// The epochs destroyed at the end.
+    pub destroyed: Vec<u32>,
+}
+
+impl Vault {
+    fn key_event(&self, principal: &str, action: &str) -> AuditEvent {
+        AuditEvent {
+            principal: principal.to_owned(),
+            action: action.to_owned(),
+            outcome: "ok".into(),
+            request_id: "keys".into(),
+            policy_version: self.policies().version(),
+            ..AuditEvent::default()
+        }
+    }
+
+    /// Whether a roll was started and not finished (the keyring holds more than one epoch).
+    pub fn epoch_roll_pending(&self) -> bool {
+        self.keyring.epoch_numbers().len() > 1
+    }
+
+    /// The epochs the keyring holds and the current one, for `ctx` authorized as `key_manage`.
+    pub fn key_status(&self, ctx: &CallContext) -> Result<(Vec<u32>, u32), VaultError> {
+        let policies = self.policies();
+        let event = self.event(ctx, "key_status", None, &policies);
+        let result = require(
+            policies.decide_admin(&ctx.principal, AdminAction::KeyManage),
+            "key_manage",
+        )
+        .map(|()| {
+            (
+                Batch::new(),
+                (self.keyring.epoch_numbers(), self.keyring.current_epoch()),
+            )
+        });
+        self.finish(event, result).map(|(v, _)| v)
+    }
+
+    /// Rolls the KEK epoch for `ctx` (authorized as `key_manage`), or resumes an unfinished roll,
+    /// calling `progress` after every slice. Returns the final progress.
+    pub fn roll_epoch(
+        &self,
+        ctx: &CallContext,
+        progress: impl FnMut(&RollProgress),
+    ) -> Result<RollProgress, VaultError> {
+        let policies = self.policies();
+        let decision = policies.decide_admin(&ctx.principal, AdminAction::KeyManage);
+        let mut event = self.event(ctx, "key_roll_epoch", None, &policies);
+        if let Err(e) = require(decision, "key_manage") {
+            return self.fail(event, e);
+        }
+        let resumed = self.epoch_roll_pending();
+        let epoch = if resumed {
+            self.keyring.current_epoch()
+        } else {
+            let _writer = self.lock_writer()?;
+            self.keyring
+                .add_epoch(self.clock.now_ms())
+                .map_err(|e| VaultError::Unavailable(format!("cannot extend the keyring: {e}")))?
+        };
+        event.outcome = if resumed { "resumed" } else { "started" }.into();
+        event.fields = vec![crate::audit::FieldAudit {
+            field: "epoch".into(),
+            outcome: epoch.to_string(),
+            policy_ids: Vec::new(),
+        }];
+        self.commit(Batch::new(), event)?;
+        self.continue_roll(&ctx.principal.to_string(), progress)
+    }
+
+    /// Finishes an unfinished roll as the system (at start, after a crash). `None` when there was
+    /// nothing to finish.
+    pub fn resume_epoch_roll(&self) -> Result<Option<RollProgress>, VaultError> {
+        if !self.epoch_roll_pending() {
+            return Ok(None);
+        }
+        self.continue_roll("privault", |_| {}).map(Some)
+    }
+
+    fn continue_roll(
+        &self,
+        principal: &str,
+        mut progress: impl FnMut(&RollProgress),
+    ) -> Result<RollProgress, VaultError> {
+        let epoch = self.keyring.current_epoch();
+        let mut state = RollProgress {
+            epoch,
+            rewrapped: 0,
+            done: false,
+            destroyed: Vec::new(),
+        };
+        // Passes until one finds nothing left under an old epoch; writers only ever wrap under
+        // the current epoch, so the second pass normally finds nothing.
+        loop {
+            let mut cursor = Vec::new();
+            let mut found = 0;
+            loop {
+                let (next, count) = self.rewrap_slice(principal, &cursor, ROLL_SLICE)?;
+                found += count;
+                state.rewrapped += count;
+                progress(&state);
+                match next {
+                    Some(n) => cursor = n,
+                    None => break,
+                }
+            }
+            if found == 0 {
+                break;
+            }
+        }
+        let _writer = self.lock_writer()?;
+        state.destroyed = self
+            .keyring
+            .destroy_old_epochs()
+            .map_err(|e| VaultError::Unavailable(format!("cannot rewrite the keyring: {e}")))?;
+        let mut event = self.key_event(principal, "key_epoch_destroyed");
+        event.fields = state
+            .destroyed
+            .iter()
+            .map(|e| crate::audit::FieldAudit {
+                field: "epoch".into(),
+                outcome: e.to_string(),
+                policy_ids: Vec::new(),
+            })
+            .collect();
+        self.commit(Batch::new(), event)?;
+        state.done = true;
+        progress(&state);
+        Ok(state)
+    }
+
+    /// Re-wraps the entries wrapped under an old epoch among up to `limit` keys-CF entries from
+    /// `cursor`, in one batch under the writer lock. Returns where to continue and how many were
+    /// re-wrapped.
+    fn rewrap_slice(
+        &self,
+        principal: &str,
+        cursor: &[u8],
+        limit: usize,
+    ) -> Result<(Option<Vec<u8>>, u64), VaultError> {
+        let _writer = self.lock_writer()?;
+        let entries = self.store.scan_from(Cf::Keys, cursor, limit)?;
+        let next = match entries.last() {
+            Some((key, _)) if entries.len() == limit => {
+                let mut after = key.clone();
+                after.push(0);
+                Some(after)
+            }
+            _ => None,
+        };
+        let current = self.keyring.current_kek();
+        let mut batch = Batch::new();
+        let mut count = 0;
+        for (key, value) in entries {
+            let sid: [u8; 32] = key
+                .get(..32)
+                .and_then(|s| s.try_into().ok())
+                .ok_or_else(|| VaultError::DataLoss("malformed key entry".into()))?;
+            let sid = Sid(sid);
+            if key == subject_id_key(&sid) {
+                let mut record = SubjectIdRecord::decode(&value)
+                    .map_err(|e| VaultError::DataLoss(e.to_string()))?;
+                if record.epoch == current.epoch() {
+                    continue;
+                }
+                let id = self.unwrap_subject_id(&sid, &record)?;
+                let wrapped = current
+                    .wrap_subject_id(&sid, &id)
+                    .map_err(|e| VaultError::Internal(e.to_string()))?;
+                record = SubjectIdRecord {
+                    epoch: wrapped.epoch,
+                    nonce: wrapped.nonce,
+                    wrapped: wrapped.ciphertext,
+                };
+                batch.put(Cf::Keys, key, record.encode());
+                count += 1;
+                continue;
+            }
+            if is_subject_entry(&key) {
+                continue;
+            }
+            let class = name_of(&key)
+                .and_then(|n| KeyClass::new(n).ok())
+                .ok_or_else(|| VaultError::DataLoss("malformed key entry".into()))?;
+            let record =
+                KeyRecord::decode(&value).map_err(|e| VaultError::DataLoss(e.to_string()))?;
+            if record.epoch == current.epoch() {
+                continue;
+            }
+            let dek = self.unwrap_dek_key(&sid, &class, &record)?;
+            let wrapped = current
+                .wrap(&dek, &sid, &class)
+                .map_err(|e| VaultError::Internal(e.to_string()))?;
+            let record = KeyRecord {
+                epoch: wrapped.epoch,
+                nonce: wrapped.nonce,
+                wrapped: wrapped.ciphertext,
+                ..record
+            };
+            batch.put(Cf::Keys, key, record.encode());
+            count += 1;
+        }
+        if count > 0 {
+            let mut event = self.key_event(principal, "key_rewrap");
+            event.fields = vec![crate::audit::FieldAudit {
+                field: "keys".into(),
+                outcome: count.to_string(),
+                policy_ids: Vec::new(),
+            }];
+            self.commit(batch, event)?;
+        }
+        Ok((next, count))
+    }
+
+    /// The raw subject id in `record`, unwrapped under its epoch.
+    pub(super) fn unwrap_subject_id(
+        &self,
+        sid: &Sid,
+        record: &SubjectIdRecord,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, VaultError> {
+        let kek = self.keyring.kek(record.epoch).ok_or_else(|| {
+            VaultError::DataLoss(format!(
+                "a subject id is wrapped under epoch {}, which this keyring lacks",
+                record.epoch
+            ))
+        })?;
+        let wrapped = WrappedDek {
+            epoch: record.epoch,
+            nonce: record.nonce,
+            ciphertext: record.wrapped.clone(),
+        };
+        kek.unwrap_subject_id(&wrapped, sid)
+            .map_err(|_| VaultError::DataLoss("a stored subject id failed to unwrap".into()))
+    }
+
+    /// Rotates every DEK of `subject` (re-sealing all its fields), for `ctx` authorized as
+    /// `key_manage`. Returns how many classes were rotated and fields re-sealed.
+    pub fn rotate_subject_keys(
+        &self,
+        ctx: &CallContext,
+        subject: &SubjectId,
+    ) -> Result<(usize, usize), VaultError> {
+        let policies = self.policies();
+        let mut event = self.event(ctx, "key_rotate_dek", None, &policies);
+        let _writer = self.lock_writer()?;
+        let staged = (|| {
+            let (sid, _) = self.locate(subject, &mut event)?;
+            require(
+                policies.decide_admin(&ctx.principal, AdminAction::KeyManage),
+                "key_manage",
+            )?;
+            let mut batch = Batch::new();
+            let Some(mut keys) = self.load_keys(&sid)? else {
+                return Ok(super::write::Staged {
+                    batch,
+                    value: (0, 0),
+                    keys: None,
+                });
+            };
+            let classes: BTreeSet<KeyClass> = keys.records.keys().cloned().collect();
+            let resealed = self.rotate_deks(
+                &sid,
+                &mut keys,
+                &classes,
+                &BTreeSet::new(),
+                policies.catalog(),
+                &mut batch,
+                self.clock.now_ms(),
+            )?;
+            Ok(super::write::Staged {
+                batch,
+                value: (classes.len(), resealed),
+                keys: Some((sid, keys)),
+            })
+        })();
+        self.finish_staged(event, staged)
+    }
+}

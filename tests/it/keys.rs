@@ -1,0 +1,314 @@
+//! The key lifecycle: an epoch roll under concurrent reads and writes, a roll cut short that
+//! resumes, stale backups that the roll makes unreadable, the deletion ledger re-shredding a
+//! restored backup, and DEK rotation on demand.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use privault::api::pb::key_admin_client::KeyAdminClient;
+use privault::api::pb::{self, Outcome};
+use privault::clock::SystemClock;
+use privault::domain::{FieldName, Principal, Purpose, SubjectId};
+use privault::store::records::KeyRecord;
+use privault::store::{Cf, Store};
+use privault::vault::{CallContext, ReadOutcome, Vault, VaultError};
+use secrecy::SecretString;
+use tonic::Code;
+
+use crate::support::*;
+
+const SEC_LEAD: &str = "Operator::\"sec-lead\"";
+
+fn ctx(principal: &str) -> CallContext {
+    CallContext {
+        principal: Principal::parse_uid(principal).unwrap(),
+        request_id: "t".into(),
+        peer: None,
+    }
+}
+
+fn put(v: &Vault, subject: &str, email: &str) {
+    v.put(
+        &ctx(ACCOUNT),
+        &SubjectId::new(subject.into()).unwrap(),
+        &Purpose::new("account").unwrap(),
+        vec![(FieldName::new("email").unwrap(), SecretString::from(email))],
+    )
+    .unwrap();
+}
+
+fn read_email(v: &Vault, subject: &str) -> Result<ReadOutcome, VaultError> {
+    v.get(
+        &ctx(ACCOUNT),
+        &SubjectId::new(subject.into()).unwrap(),
+        &Purpose::new("account").unwrap(),
+        &[FieldName::new("email").unwrap()],
+    )
+    .map(|mut r| r.remove(0).outcome)
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_epoch_roll_under_concurrent_reads_and_writes_fails_no_call() {
+    let vault = TestVault::new();
+    let server = vault.start().await;
+    let mut account = server.client(ACCOUNT).await;
+    for i in 0..600 {
+        let email = format!("c{i}@example.com");
+        account
+            .put_fields(put_request(
+                &format!("cust-{i}"),
+                "account",
+                &[("email", email.as_str())],
+            ))
+            .await
+            .unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..4 {
+        let mut client = server.client(ACCOUNT).await;
+        let stop = Arc::clone(&stop);
+        workers.push(tokio::spawn(async move {
+            let mut calls = 0;
+            let mut i = w;
+            while !stop.load(Ordering::Relaxed) {
+                let subject = format!("cust-{}", i % 600);
+                if w == 0 {
+                    // One writer: overwrites (which rotate DEKs) and brand-new subjects.
+                    let email = format!("new{i}@example.com");
+                    for s in [subject.clone(), format!("late-{i}")] {
+                        client
+                            .put_fields(put_request(&s, "account", &[("email", email.as_str())]))
+                            .await
+                            .unwrap();
+                    }
+                } else {
+                    let results = get(&mut client, &subject, "account", &["email"]).await;
+                    assert_eq!(results[0].outcome(), Outcome::Value);
+                }
+                calls += 1;
+                i += 7;
+            }
+            calls
+        }));
+    }
+    let mut keys =
+        KeyAdminClient::with_interceptor(server.channel().await, As::header(Some(SEC_LEAD)));
+    let mut stream = keys
+        .roll_epoch(pb::RollEpochRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    while let Some(p) = stream.message().await.unwrap() {
+        last = Some(p);
+    }
+    let last = last.unwrap();
+    assert!(last.done);
+    assert_eq!(last.epoch, 2);
+    assert_eq!(last.destroyed_epochs, vec![1]);
+    assert!(last.rewrapped >= 600, "{last:?}");
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        assert!(w.await.unwrap() > 0);
+    }
+    let status = keys
+        .key_status(pb::KeyStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((status.current_epoch, status.epochs), (2, vec![2]));
+    for i in (0..600).step_by(37) {
+        let results = get(&mut account, &format!("cust-{i}"), "account", &["email"]).await;
+        assert_eq!(results[0].outcome(), Outcome::Value);
+    }
+    // Only the security lead manages keys.
+    let mut alice =
+        KeyAdminClient::with_interceptor(server.channel().await, As::header(Some(ALICE)));
+    let err = alice
+        .roll_epoch(pb::RollEpochRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await;
+    assert_eq!(err.unwrap_err().code(), Code::PermissionDenied);
+    server.stop().await;
+
+    let store = Store::open(&vault.data_dir().join("db")).unwrap();
+    assert!(
+        store
+            .scan_prefix(Cf::Keys, &[])
+            .unwrap()
+            .iter()
+            .filter_map(|(_, v)| KeyRecord::decode(v).ok())
+            .all(|r| r.epoch == 2)
+    );
+}
+
+#[test]
+fn a_roll_cut_short_resumes_and_finishes() {
+    let vault = TestVault::new();
+    {
+        let v = vault.open().unwrap();
+        for i in 0..700 {
+            put(&v, &format!("cust-{i}"), "a@example.com");
+        }
+        // Crash right after the first slice: the keyring holds epochs 1 and 2.
+        let crashed = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            v.roll_epoch(&ctx(SEC_LEAD), |p| {
+                assert!(p.rewrapped == 0, "crash after the first slice");
+            })
+        }));
+        assert!(crashed.is_err());
+        assert!(v.epoch_roll_pending());
+    }
+    let v = vault.open().unwrap();
+    assert!(v.epoch_roll_pending());
+    assert!(matches!(
+        read_email(&v, "cust-699"),
+        Ok(ReadOutcome::Value(_))
+    ));
+    let done = v.resume_epoch_roll().unwrap().unwrap();
+    assert!(done.done);
+    assert_eq!(done.destroyed, vec![1]);
+    assert!(!v.epoch_roll_pending());
+    for i in (0..700).step_by(50) {
+        assert!(matches!(
+            read_email(&v, &format!("cust-{i}")),
+            Ok(ReadOutcome::Value(_))
+        ));
+    }
+}
+
+#[test]
+fn after_a_roll_a_stale_copy_of_the_data_yields_nothing_of_a_shredded_subject() {
+    let vault = TestVault::new();
+    let db = vault.data_dir().join("db");
+    let backup = vault.dir.path().join("backup-db");
+    {
+        let v = vault.open().unwrap();
+        put(&v, "cust-1", "gone@example.com");
+        put(&v, "cust-2", "kept@example.com");
+    }
+    copy_dir(&db, &backup);
+    {
+        let v = vault.open().unwrap();
+        v.shred(
+            &ctx(DPO),
+            &SubjectId::new("cust-1".into()).unwrap(),
+            "ticket-1",
+        )
+        .unwrap();
+        let done = v.roll_epoch(&ctx(SEC_LEAD), |_| {}).unwrap();
+        assert_eq!(done.destroyed, vec![1]);
+    }
+    // Someone opens the stale copy with today's keyring and root key (but not the ledger).
+    let thief = tempfile::tempdir().unwrap();
+    let dir = thief.path().join("data");
+    copy_dir(&backup, &dir.join("db"));
+    std::fs::copy(vault.config.keyring_path(), dir.join("keyring")).unwrap();
+    std::fs::copy(vault.config.dev_key_path(), dir.join("dev.key")).unwrap();
+    let mut config = vault.config.clone();
+    config.data_dir = dir.clone();
+    let stale = Vault::open(&config, Arc::new(SystemClock)).unwrap();
+    let err = read_email(&stale, "cust-1").unwrap_err();
+    assert!(err.to_string().contains("epoch 1"), "{err}");
+    // The copy's every DEK is wrapped under the destroyed epoch: it must be re-taken after a roll.
+    assert!(read_email(&stale, "cust-2").is_err());
+    let wrapped_under: Vec<u32> = stale
+        .store()
+        .scan_prefix(Cf::Keys, &[])
+        .unwrap()
+        .iter()
+        .filter_map(|(_, v)| KeyRecord::decode(v).ok())
+        .map(|r| r.epoch)
+        .collect();
+    assert!(!wrapped_under.is_empty() && wrapped_under.iter().all(|e| *e == 1));
+}
+
+#[test]
+fn a_restored_backup_is_re_shredded_from_the_deletion_ledger() {
+    let vault = TestVault::new();
+    let db = vault.data_dir().join("db");
+    let backup = vault.dir.path().join("backup-db");
+    {
+        let v = vault.open().unwrap();
+        put(&v, "cust-1", "gone@example.com");
+        put(&v, "cust-2", "kept@example.com");
+    }
+    copy_dir(&db, &backup);
+    {
+        let v = vault.open().unwrap();
+        v.shred(
+            &ctx(DPO),
+            &SubjectId::new("cust-1".into()).unwrap(),
+            "ticket-1",
+        )
+        .unwrap();
+    }
+    std::fs::remove_dir_all(&db).unwrap();
+    copy_dir(&backup, &db);
+    let v = vault.open().unwrap();
+    assert_eq!(read_email(&v, "cust-1").unwrap(), ReadOutcome::Absent);
+    assert!(matches!(
+        read_email(&v, "cust-2"),
+        Ok(ReadOutcome::Value(_))
+    ));
+    let actions: Vec<String> = v
+        .store()
+        .scan_prefix(Cf::Audit, &[])
+        .unwrap()
+        .iter()
+        .map(|(_, r)| {
+            serde_json::from_slice::<privault::audit::AuditRecord>(r)
+                .unwrap()
+                .action
+        })
+        .collect();
+    assert!(
+        actions.contains(&"ledger_reshred".to_owned()),
+        "{actions:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotate_dek_reseals_one_subject_for_the_security_lead_only() {
+    let vault = TestVault::new();
+    let server = vault.start().await;
+    put_profile(&server, "cust-1").await;
+    let request = || pb::RotateSubjectKeyRequest {
+        subject_id: "cust-1".into(),
+    };
+    let mut alice =
+        KeyAdminClient::with_interceptor(server.channel().await, As::header(Some(ALICE)));
+    assert_eq!(
+        alice
+            .rotate_subject_key(request())
+            .await
+            .unwrap_err()
+            .code(),
+        Code::PermissionDenied
+    );
+    let mut lead =
+        KeyAdminClient::with_interceptor(server.channel().await, As::header(Some(SEC_LEAD)));
+    let done = lead
+        .rotate_subject_key(request())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((done.classes_rotated, done.fields_resealed), (1, 7));
+    let mut account = server.client(ACCOUNT).await;
+    let results = get(&mut account, "cust-1", "account", &["email"]).await;
+    assert_eq!(results[0].value, "alice@example.com");
+    server.stop().await;
+}
