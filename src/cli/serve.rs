@@ -51,6 +51,9 @@ pub struct Settings {
     /// Lock the process's memory (mlockall) so keys and values never reach swap [default: true]
     #[arg(long, env = "PRIVAULT_LOCK_MEMORY")]
     lock_memory: Option<bool>,
+    /// Roll the KEK epoch automatically once the current one is this many days old [default: off]
+    #[arg(long, env = "PRIVAULT_EPOCH_ROLL_DAYS")]
+    epoch_roll_days: Option<u64>,
     /// Server certificate chain (PEM); turns TLS on, with --tls-key.
     #[arg(long, env = "PRIVAULT_TLS_CERT")]
     tls_cert: Option<PathBuf>,
@@ -106,6 +109,7 @@ impl Settings {
             root_passphrase_file,
             root_passphrase_env,
             lock_memory,
+            epoch_roll_days,
             tls_cert,
             tls_key,
             client_ca,
@@ -130,6 +134,7 @@ struct Resolved {
     options: ServeOptions,
     tokens: Option<Arc<TokenVerifier>>,
     lock_memory: bool,
+    epoch_roll_days: Option<u64>,
 }
 
 fn read_config(path: &Path) -> anyhow::Result<Settings> {
@@ -239,6 +244,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Resolved> {
         options,
         tokens,
         lock_memory: s.lock_memory.unwrap_or(true),
+        epoch_roll_days: s.epoch_roll_days.filter(|d| *d > 0),
     })
 }
 
@@ -277,6 +283,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         tokio::spawn(reload_on_sighup(Arc::clone(&vault), resolved.tokens));
         tokio::spawn(sweep_retention(Arc::clone(&vault)));
         tokio::spawn(finish_epoch_roll(Arc::clone(&vault)));
+        if let Some(days) = resolved.epoch_roll_days {
+            tokio::spawn(scheduled_epoch_roll(Arc::clone(&vault), days));
+        }
         tracing::info!("listening on {addr}");
         api::serve_with(vault, resolved.options, listener, shutdown).await?;
         tracing::info!("stopped");
@@ -327,6 +336,26 @@ async fn finish_epoch_roll(vault: Arc<Vault>) {
         Ok(Ok(None)) => {}
         Ok(Err(e)) => tracing::error!("resuming the epoch roll failed: {e}"),
         Err(e) => tracing::error!("epoch roll task failed: {e}"),
+    }
+}
+
+/// Rolls the epoch whenever the current one is older than `days`, checked hourly.
+async fn scheduled_epoch_roll(vault: Arc<Vault>, days: u64) {
+    let max_age_ms = days.saturating_mul(86_400_000);
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let v = Arc::clone(&vault);
+        match tokio::task::spawn_blocking(move || v.roll_epoch_if_older(max_age_ms)).await {
+            Ok(Ok(Some(done))) => tracing::info!(
+                epoch = done.epoch,
+                rewrapped = done.rewrapped,
+                "scheduled epoch roll finished"
+            ),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::error!("scheduled epoch roll failed: {e}"),
+            Err(e) => tracing::error!("scheduled epoch roll task failed: {e}"),
+        }
     }
 }
 

@@ -98,6 +98,36 @@ impl Vault {
         self.continue_roll(&ctx.principal.to_string(), progress)
     }
 
+    /// Rolls the epoch as the system when the current one is older than `max_age_ms` (the
+    /// `--epoch-roll-days` schedule). `None` when it is not due.
+    pub fn roll_epoch_if_older(&self, max_age_ms: u64) -> Result<Option<RollProgress>, VaultError> {
+        if self.epoch_roll_pending() {
+            return self.resume_epoch_roll();
+        }
+        let created = self
+            .keyring
+            .current_epoch_created_ms()
+            .map_err(|e| VaultError::Unavailable(e.to_string()))?;
+        if self.clock.now_ms().saturating_sub(created) < max_age_ms {
+            return Ok(None);
+        }
+        let epoch = {
+            let _writer = self.lock_writer()?;
+            self.keyring
+                .add_epoch(self.clock.now_ms())
+                .map_err(|e| VaultError::Unavailable(format!("cannot extend the keyring: {e}")))?
+        };
+        let mut event = self.key_event("privault", "key_roll_epoch");
+        event.outcome = "scheduled".into();
+        event.fields = vec![crate::audit::FieldAudit {
+            field: "epoch".into(),
+            outcome: epoch.to_string(),
+            policy_ids: Vec::new(),
+        }];
+        self.commit(Batch::new(), event)?;
+        self.continue_roll("privault", |_| {}).map(Some)
+    }
+
     /// Finishes an unfinished roll as the system (at start, after a crash). `None` when there was
     /// nothing to finish.
     pub fn resume_epoch_roll(&self) -> Result<Option<RollProgress>, VaultError> {

@@ -312,3 +312,24 @@ async fn rotate_dek_reseals_one_subject_for_the_security_lead_only() {
     assert_eq!(results[0].value, "alice@example.com");
     server.stop().await;
 }
+
+#[test]
+fn the_schedule_rolls_an_epoch_once_it_is_old_enough() {
+    let vault = TestVault::new();
+    let clock = Arc::new(privault::clock::ManualClock::new(1_800_000_000_000));
+    let v = Vault::open(&vault.config, clock.clone()).unwrap();
+    put(&v, "cust-1", "a@example.com");
+    let ninety_days = 90 * 86_400_000;
+    assert!(v.roll_epoch_if_older(ninety_days).unwrap().is_none());
+    clock.advance(ninety_days + 1);
+    let done = v.roll_epoch_if_older(ninety_days).unwrap().unwrap();
+    assert_eq!((done.epoch, done.destroyed.clone()), (2, vec![1]));
+    assert!(
+        v.roll_epoch_if_older(ninety_days).unwrap().is_none(),
+        "the new epoch is fresh"
+    );
+    assert!(matches!(
+        read_email(&v, "cust-1"),
+        Ok(ReadOutcome::Value(_))
+    ));
+}
