@@ -416,4 +416,12 @@ mod tests {
         assert_eq!(merged.data_dir, Some(PathBuf::from("/srv/vault")));
         assert!(toml::from_str::<Settings>("colour = 1").is_err());
     }
+
+    #[test]
+    fn the_documented_example_config_parses() {
+        let example: Settings =
+            toml::from_str(include_str!("../../docs/privault.example.toml")).unwrap();
+        assert_eq!(example.trust_domain.as_deref(), Some("shop.example"));
+        assert_eq!(example.epoch_roll_days, Some(90));
+    }
 }
