@@ -256,3 +256,18 @@ async fn concurrent_calls_beyond_the_per_peer_limit_are_resource_exhausted() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_past_its_deadline_is_cut_off() {
+    let vault = TestVault::new();
+    let server = vault.start().await;
+    let mut account = server.client(ACCOUNT).await;
+    let mut request = tonic::Request::new(get_request("cust-1", "account", &["email"]));
+    request.set_timeout(std::time::Duration::from_micros(1));
+    let err = account.get_fields(request).await.unwrap_err();
+    assert!(
+        matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{err:?}"
+    );
+    server.stop().await;
+}
