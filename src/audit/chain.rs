@@ -1,7 +1,11 @@
-//! The chain's head and appends: one writer at a time extends the chain inside the caller's batch,
-//! and the head moves only once that batch is durable.
+//! The chain's head and appends, with group commit: callers that commit at the same time share one
+//! synced write. The first to arrive leads: it takes every queued commit, chains their records in
+//! arrival order, writes them with their callers' changes as one atomic batch (one WAL sync), and
+//! hands each caller its seq (or the shared error). The head moves only once that write is
+//! durable, so no caller returns before its record is on disk.
 
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 use super::AuditError;
 use super::record::{AuditEvent, AuditRecord};
@@ -30,10 +34,35 @@ fn encode_head(head: &Head) -> Vec<u8> {
     out
 }
 
-/// The appender: holds the head of the chain.
-#[derive(Debug)]
+/// A commit waiting for a leader.
+struct Pending {
+    ticket: u64,
+    batch: Batch,
+    event: AuditEvent,
+    now: Millis,
+}
+
+/// The shared state of the commit group.
+struct Group {
+    head: Head,
+    next_ticket: u64,
+    queue: Vec<Pending>,
+    leading: bool,
+    done: HashMap<u64, Result<u64, String>>,
+}
+
+/// The appender: holds the head of the chain and the commit queue.
 pub struct AuditLog {
-    head: Mutex<Head>,
+    group: Mutex<Group>,
+    woken: Condvar,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("head_seq", &self.head_seq())
+            .finish()
+    }
 }
 
 impl AuditLog {
@@ -62,46 +91,116 @@ impl AuditLog {
             _ => return Err(AuditError::Corrupt("head and records disagree".into())),
         };
         Ok(Self {
-            head: Mutex::new(head),
+            group: Mutex::new(Group {
+                head,
+                next_ticket: 0,
+                queue: Vec::new(),
+                leading: false,
+                done: HashMap::new(),
+            }),
+            woken: Condvar::new(),
         })
     }
 
+    fn lock(&self) -> MutexGuard<'_, Group> {
+        self.group
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Appends the record of `event` to `batch` and writes the batch durably; returns its seq.
-    /// The chain's head moves only when the write succeeded, so a failed write leaves no gap.
+    /// Concurrent commits share one synced write (group commit); each still returns only once its
+    /// own record and changes are durable, and a failed write fails every commit of its group and
+    /// moves the head by none of them.
     pub fn commit(
         &self,
         store: &Store,
-        mut batch: Batch,
+        batch: Batch,
         event: AuditEvent,
         now: Millis,
     ) -> Result<u64, AuditError> {
-        let mut head = self
-            .head
-            .lock()
-            .map_err(|_| AuditError::Corrupt("audit writer poisoned".into()))?;
-        let seq = head.seq + 1;
-        let record = AuditRecord::new(seq, rfc3339(now), event, &head.hash);
-        let hash: [u8; 32] = hex::decode(&record.hash)
-            .ok()
-            .and_then(|h| h.try_into().ok())
-            .ok_or_else(|| AuditError::Corrupt("hash encoding".into()))?;
-        let bytes = serde_json::to_vec(&record).map_err(|e| AuditError::Corrupt(e.to_string()))?;
-        let next = Head { seq, hash };
-        batch.put(Cf::Audit, audit_key(seq).to_vec(), bytes);
-        batch.put(Cf::Meta, HEAD_KEY.to_vec(), encode_head(&next));
-        store.write(&batch)?;
-        *head = next;
-        Ok(seq)
+        let mut group = self.lock();
+        let ticket = group.next_ticket;
+        group.next_ticket += 1;
+        group.queue.push(Pending {
+            ticket,
+            batch,
+            event,
+            now,
+        });
+        loop {
+            if let Some(result) = group.done.remove(&ticket) {
+                return result.map_err(AuditError::GroupFailed);
+            }
+            if group.leading {
+                group = self
+                    .woken
+                    .wait(group)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                continue;
+            }
+            // Lead: write everything queued so far, including our own commit.
+            group.leading = true;
+            let pending = std::mem::take(&mut group.queue);
+            let head = group.head;
+            drop(group);
+            let written = write_group(store, head, pending);
+            group = self.lock();
+            group.leading = false;
+            match written {
+                Ok((next, results)) => {
+                    group.head = next;
+                    group.done.extend(results);
+                }
+                Err((tickets, message)) => {
+                    for t in tickets {
+                        group.done.insert(t, Err(message.clone()));
+                    }
+                }
+            }
+            self.woken.notify_all();
+        }
     }
 
     /// The sequence number of the last record.
     pub fn head_seq(&self) -> u64 {
-        self.head.lock().map_or(0, |h| h.seq)
+        self.lock().head.seq
     }
 
     /// The head: the last record's seq and hash.
     pub fn head(&self) -> (u64, [u8; 32]) {
-        self.head.lock().map_or((0, GENESIS), |h| (h.seq, h.hash))
+        let head = self.lock().head;
+        (head.seq, head.hash)
+    }
+}
+
+type GroupResult = Result<(Head, Vec<(u64, Result<u64, String>)>), (Vec<u64>, String)>;
+
+/// Chains the records of `pending` after `head` and writes them, with their callers' changes, as
+/// one synced batch. Returns the new head and each ticket's seq, or every ticket with the error.
+fn write_group(store: &Store, mut head: Head, pending: Vec<Pending>) -> GroupResult {
+    let tickets: Vec<u64> = pending.iter().map(|p| p.ticket).collect();
+    let mut batch = Batch::new();
+    let mut results = Vec::with_capacity(pending.len());
+    for p in pending {
+        let seq = head.seq + 1;
+        let record = AuditRecord::new(seq, rfc3339(p.now), p.event, &head.hash);
+        let hash: Option<[u8; 32]> = hex::decode(&record.hash)
+            .ok()
+            .and_then(|h| h.try_into().ok());
+        let bytes = serde_json::to_vec(&record);
+        let (Some(hash), Ok(bytes)) = (hash, bytes) else {
+            return Err((tickets, "audit log is corrupt: record encoding".into()));
+        };
+        batch.append(p.batch);
+        batch.put(Cf::Audit, audit_key(seq).to_vec(), bytes);
+        head = Head { seq, hash };
+        results.push((p.ticket, Ok(seq)));
+    }
+    batch.put(Cf::Meta, HEAD_KEY.to_vec(), encode_head(&head));
+    match store.write(&batch) {
+        Ok(()) => Ok((head, results)),
+        Err(e) => Err((tickets, AuditError::Store(e).to_string())),
     }
 }
 
@@ -198,4 +297,49 @@ pub fn verify_range(
         ));
     }
     Ok((expected - 1, hex::encode(prev)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn concurrent_commits_share_writes_and_keep_one_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let log = Arc::new(AuditLog::open(&store).unwrap());
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let (store, log) = (Arc::clone(&store), Arc::clone(&log));
+                std::thread::spawn(move || {
+                    (0..50)
+                        .map(|i| {
+                            let mut batch = Batch::new();
+                            batch.put(Cf::Fields, format!("t{t}-{i}"), b"x".to_vec());
+                            let event = AuditEvent {
+                                principal: format!("p{t}"),
+                                action: "write".into(),
+                                ..AuditEvent::default()
+                            };
+                            log.commit(&store, batch, event, 1).unwrap()
+                        })
+                        .collect::<Vec<u64>>()
+                })
+            })
+            .collect();
+        let seqs: BTreeSet<u64> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        assert_eq!(seqs, (1..=400).collect(), "every commit got its own seq");
+        assert_eq!(verify(&store).unwrap().0, 400);
+        assert_eq!(log.head_seq(), 400);
+        // Each caller's change landed with its record.
+        assert_eq!(store.scan_prefix(Cf::Fields, b"t").unwrap().len(), 400);
+        drop(log);
+        assert_eq!(AuditLog::open(&store).unwrap().head_seq(), 400);
+    }
 }

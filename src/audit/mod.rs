@@ -22,4 +22,7 @@ pub enum AuditError {
     /// A stored record or head is unreadable or does not chain.
     #[error("audit log is corrupt: {0}")]
     Corrupt(String),
+    /// The group write this commit was part of failed (the message is the leader's error).
+    #[error("{0}")]
+    GroupFailed(String),
 }

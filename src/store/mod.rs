@@ -104,6 +104,11 @@ impl Batch {
         self.ops.push((cf, key.into(), None));
     }
 
+    /// Moves every change of `other` to the end of this batch.
+    pub fn append(&mut self, mut other: Batch) {
+        self.ops.append(&mut other.ops);
+    }
+
     /// True when the batch changes nothing.
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
