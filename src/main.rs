@@ -34,6 +34,8 @@ enum Command {
     /// The key lifecycle: change the root passphrase, roll the KEK epoch, rotate a subject's key.
     #[command(subcommand)]
     Keys(cli::keys::KeysCommand),
+    /// The load tool: throughput and latency of GetFields/PutFields against the gRPC floor.
+    Bench(cli::bench::BenchArgs),
     /// Bearer tokens for the token identity mode.
     #[command(subcommand)]
     Token(cli::token::TokenCommand),
@@ -58,6 +60,7 @@ fn main() -> ExitCode {
         Command::Export(args) => cli::export::run(args),
         Command::Ropa(args) => cli::ropa::run(args),
         Command::Token(command) => cli::token::run(command),
+        Command::Bench(args) => cli::bench::run(args),
         Command::Keys(command) => cli::keys::run(command),
     };
     match result {

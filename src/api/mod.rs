@@ -52,6 +52,19 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
 }
 
+/// Accepted connections with Nagle's algorithm off: small gRPC responses written in several
+/// pieces would otherwise wait for the peer's delayed ACK (about 40 ms each).
+fn incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        conn.set_nodelay(true)?;
+        Ok(conn)
+    })
+}
+
 /// How the server meets its callers.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -140,7 +153,7 @@ pub async fn serve_with(
         .add_service(policy_service)
         .add_service(audit_service)
         .add_service(key_service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await?;
     Ok(())
 }
