@@ -64,7 +64,7 @@ impl Vault {
     ) -> Result<String, VaultError> {
         let policies = self.policies();
         let mut event = self.event(ctx, "consent_write", Some(purpose), &policies);
-        let _writer = self.lock_writer()?;
+        let _writer = self.lock_subject(&self.keyring.index().sid(subject))?;
         let staged = (|| {
             let (sid, _) = self.locate(subject, &mut event)?;
             if !policies.catalog().has_purpose(purpose) {

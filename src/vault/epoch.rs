@@ -302,7 +302,7 @@ impl Vault {
     ) -> Result<(usize, usize), VaultError> {
         let policies = self.policies();
         let mut event = self.event(ctx, "key_rotate_dek", None, &policies);
-        let _writer = self.lock_writer()?;
+        let _writer = self.lock_subject(&self.keyring.index().sid(subject))?;
         let staged = (|| {
             let (sid, _) = self.locate(subject, &mut event)?;
             require(

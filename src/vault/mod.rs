@@ -35,10 +35,19 @@ pub use shred::ShredOutcome;
 use crate::audit::{AuditEvent, AuditLog, FieldAudit};
 use crate::catalog::FieldSpec;
 use crate::clock::Clock;
-use crate::domain::{FieldName, Principal, Purpose};
+use crate::domain::{FieldName, Principal, Purpose, Sid};
 use crate::keyring::Keyring;
 use crate::policy::Policies;
 use crate::store::{Batch, Store};
+
+/// How many locks changes to subjects are spread over.
+const SUBJECT_STRIPES: usize = 64;
+
+/// Held while one subject changes: its stripe, and the writer lock shared.
+struct SubjectLock<'a> {
+    _stripe: std::sync::MutexGuard<'a, ()>,
+    _shared: std::sync::RwLockReadGuard<'a, ()>,
+}
 
 /// Bounds on what one call may carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,9 +99,12 @@ pub struct Vault {
     audit: AuditLog,
     keys: keys::KeyCache,
     clock: Arc<dyn Clock>,
-    // Serializes every change (key creation, field writes, shreds) so that two calls can never
-    // create two DEKs for one subject, and the audit chain sees changes in commit order.
-    writer: Mutex<()>,
+    // Changes to one subject (key creation, writes, deletes, consent, shreds, expiry) hold the
+    // subject's stripe and `writer` shared, so two calls never create two DEKs for one subject while
+    // changes to different subjects proceed side by side and share WAL syncs (audit group commit).
+    // Changes that span subjects (epoch roll slices, policy activation) hold `writer` exclusively.
+    writer: RwLock<()>,
+    stripes: Box<[Mutex<()>]>,
     limits: Limits,
     policies_dir: std::path::PathBuf,
 }
@@ -138,11 +150,28 @@ impl Vault {
         }
     }
 
-    /// Takes the lock that serializes every change.
-    fn lock_writer(&self) -> Result<std::sync::MutexGuard<'_, ()>, VaultError> {
+    /// Excludes every other change, for changes that span subjects.
+    fn lock_writer(&self) -> Result<std::sync::RwLockWriteGuard<'_, ()>, VaultError> {
         self.writer
-            .lock()
+            .write()
             .map_err(|_| VaultError::Internal("writer poisoned".into()))
+    }
+
+    /// Serializes changes to `sid` (and to the other subjects of its stripe), alongside changes to
+    /// other subjects.
+    fn lock_subject(&self, sid: &Sid) -> Result<SubjectLock<'_>, VaultError> {
+        let shared = self
+            .writer
+            .read()
+            .map_err(|_| VaultError::Internal("writer poisoned".into()))?;
+        let stripe = &self.stripes[usize::from(sid.0[0]) % self.stripes.len()];
+        let stripe = stripe
+            .lock()
+            .map_err(|_| VaultError::Internal("writer poisoned".into()))?;
+        Ok(SubjectLock {
+            _stripe: stripe,
+            _shared: shared,
+        })
     }
 
     /// Writes `batch` with the record of `event` durably; a failed audit write fails the call.

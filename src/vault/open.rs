@@ -5,7 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use super::{Limits, OpenError, Vault, keys::KeyCache};
+use super::{Limits, OpenError, SUBJECT_STRIPES, Vault, keys::KeyCache};
 use crate::audit::AuditLog;
 use crate::clock::Clock;
 use crate::crypto::{KdfParams, Passphrase, RootKey};
@@ -154,7 +154,8 @@ impl Vault {
             audit,
             keys: KeyCache::new(config.limits.key_cache_subjects),
             clock,
-            writer: Mutex::new(()),
+            writer: RwLock::new(()),
+            stripes: (0..SUBJECT_STRIPES).map(|_| Mutex::new(())).collect(),
             limits: config.limits,
             policies_dir: config.policies_dir.clone(),
         };

@@ -75,7 +75,7 @@ impl Vault {
     }
 
     fn delete_expired(&self, sid: Sid, keys: Vec<Vec<u8>>) -> Result<usize, VaultError> {
-        let _writer = self.lock_writer()?;
+        let _writer = self.lock_subject(&sid)?;
         let policies = self.policies();
         let now = self.clock.now_ms();
         let mut batch = Batch::new();

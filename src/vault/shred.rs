@@ -38,7 +38,7 @@ impl Vault {
         let mut event = self.event(ctx, "shred", None, &policies);
         let sid = self.keyring.index().sid(subject);
         let committed = {
-            let _writer = self.lock_writer()?;
+            let _writer = self.lock_subject(&sid)?;
             let staged = self.stage_shred(ctx, &policies, &sid, reason, &mut event);
             let ((existed, ranges), audit_seq) = self.finish(event, staged)?;
             // The key is gone from disk; drop the unwrapped copy too, before anyone can use it.

@@ -63,7 +63,7 @@ impl Vault {
     ) -> Result<Vec<FieldName>, VaultError> {
         let policies = self.policies();
         let mut event = self.event(ctx, "write", Some(purpose), &policies);
-        let _writer = self.lock_writer()?;
+        let _writer = self.lock_subject(&self.keyring.index().sid(subject))?;
         let staged = self.put_inner(ctx, &policies, subject, purpose, &fields, &mut event);
         self.finish_staged(event, staged)
     }
@@ -193,7 +193,7 @@ impl Vault {
     ) -> Result<Vec<FieldName>, VaultError> {
         let policies = self.policies();
         let mut event = self.event(ctx, "delete", Some(purpose), &policies);
-        let _writer = self.lock_writer()?;
+        let _writer = self.lock_subject(&self.keyring.index().sid(subject))?;
         let staged = self.delete_inner(ctx, &policies, subject, purpose, fields, &mut event);
         self.finish_staged(event, staged)
     }
