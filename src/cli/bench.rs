@@ -264,7 +264,9 @@ async fn one_call(channel: &Channel, op: Op, subject: u64, round: u64) -> bool {
             .put_fields(request(put_request(subject, round)))
             .await
             .is_ok(),
-        Op::Mix if round.is_multiple_of(10) => Box::pin(one_call(channel, Op::Put, subject, round)).await,
+        Op::Mix if round.is_multiple_of(10) => {
+            Box::pin(one_call(channel, Op::Put, subject, round)).await
+        }
         Op::Mix => Box::pin(one_call(channel, Op::Get, subject, round)).await,
     }
 }
