@@ -4,8 +4,7 @@
 //! hands each caller its seq (or the shared error). The head moves only once that write is
 //! durable, so no caller returns before its record is on disk.
 
-use std::collections::HashMap;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::AuditError;
 use super::record::{AuditEvent, AuditRecord};
@@ -36,25 +35,67 @@ fn encode_head(head: &Head) -> Vec<u8> {
 
 /// A commit waiting for a leader.
 struct Pending {
-    ticket: u64,
     batch: Batch,
     event: AuditEvent,
     now: Millis,
+    slot: Arc<Slot>,
+}
+
+/// Where one committer waits: woken once, either with its result or to lead the next group.
+#[derive(Default)]
+struct Slot {
+    state: Mutex<SlotState>,
+    woken: Condvar,
+}
+
+#[derive(Default)]
+enum SlotState {
+    #[default]
+    Waiting,
+    Lead,
+    Done(Result<u64, String>),
+}
+
+impl Slot {
+    fn set(&self, state: SlotState) {
+        *self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = state;
+        self.woken.notify_one();
+    }
+
+    /// Waits until woken; `None` means "lead".
+    fn wait(&self) -> Option<Result<u64, String>> {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        loop {
+            match std::mem::take(&mut *state) {
+                SlotState::Waiting => {
+                    state = self
+                        .woken
+                        .wait(state)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+                SlotState::Lead => return None,
+                SlotState::Done(result) => return Some(result),
+            }
+        }
+    }
 }
 
 /// The shared state of the commit group.
 struct Group {
     head: Head,
-    next_ticket: u64,
     queue: Vec<Pending>,
     leading: bool,
-    done: HashMap<u64, Result<u64, String>>,
 }
 
 /// The appender: holds the head of the chain and the commit queue.
 pub struct AuditLog {
     group: Mutex<Group>,
-    woken: Condvar,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -93,12 +134,9 @@ impl AuditLog {
         Ok(Self {
             group: Mutex::new(Group {
                 head,
-                next_ticket: 0,
                 queue: Vec::new(),
                 leading: false,
-                done: HashMap::new(),
             }),
-            woken: Condvar::new(),
         })
     }
 
@@ -119,47 +157,48 @@ impl AuditLog {
         event: AuditEvent,
         now: Millis,
     ) -> Result<u64, AuditError> {
-        let mut group = self.lock();
-        let ticket = group.next_ticket;
-        group.next_ticket += 1;
-        group.queue.push(Pending {
-            ticket,
-            batch,
-            event,
-            now,
-        });
-        loop {
-            if let Some(result) = group.done.remove(&ticket) {
-                return result.map_err(AuditError::GroupFailed);
-            }
-            if group.leading {
-                group = self
-                    .woken
-                    .wait(group)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                continue;
-            }
-            // Lead: write everything queued so far, including our own commit.
-            group.leading = true;
-            let pending = std::mem::take(&mut group.queue);
-            let head = group.head;
-            drop(group);
-            let written = write_group(store, head, pending);
-            group = self.lock();
-            group.leading = false;
-            match written {
-                Ok((next, results)) => {
-                    group.head = next;
-                    group.done.extend(results);
-                }
-                Err((tickets, message)) => {
-                    for t in tickets {
-                        group.done.insert(t, Err(message.clone()));
-                    }
-                }
-            }
-            self.woken.notify_all();
+        let slot = Arc::new(Slot::default());
+        let lead_now = {
+            let mut group = self.lock();
+            group.queue.push(Pending {
+                batch,
+                event,
+                now,
+                slot: Arc::clone(&slot),
+            });
+            !std::mem::replace(&mut group.leading, true)
+        };
+        if !lead_now && let Some(result) = slot.wait() {
+            return result.map_err(AuditError::GroupFailed);
         }
+        // Lead one group: our own commit is in it, so our result is ready afterwards.
+        let (pending, head) = {
+            let mut group = self.lock();
+            (std::mem::take(&mut group.queue), group.head)
+        };
+        let slots: Vec<Arc<Slot>> = pending.iter().map(|p| Arc::clone(&p.slot)).collect();
+        let written = write_group(store, head, pending);
+        {
+            let mut group = self.lock();
+            let results: Vec<Result<u64, String>> = match written {
+                Ok((next, seqs)) => {
+                    group.head = next;
+                    seqs.into_iter().map(Ok).collect()
+                }
+                Err(message) => vec![Err(message); slots.len()],
+            };
+            for (s, result) in slots.iter().zip(results) {
+                s.set(SlotState::Done(result));
+            }
+            // Hand the lead to the first caller that queued meanwhile, if any.
+            match group.queue.first() {
+                Some(next) => next.slot.set(SlotState::Lead),
+                None => group.leading = false,
+            }
+        }
+        slot.wait()
+            .unwrap_or_else(|| Err("audit group commit lost its result".into()))
+            .map_err(AuditError::GroupFailed)
     }
 
     /// The sequence number of the last record.
@@ -174,12 +213,13 @@ impl AuditLog {
     }
 }
 
-type GroupResult = Result<(Head, Vec<(u64, Result<u64, String>)>), (Vec<u64>, String)>;
-
 /// Chains the records of `pending` after `head` and writes them, with their callers' changes, as
-/// one synced batch. Returns the new head and each ticket's seq, or every ticket with the error.
-fn write_group(store: &Store, mut head: Head, pending: Vec<Pending>) -> GroupResult {
-    let tickets: Vec<u64> = pending.iter().map(|p| p.ticket).collect();
+/// one synced batch. Returns the new head and each commit's seq, in order, or the error.
+fn write_group(
+    store: &Store,
+    mut head: Head,
+    pending: Vec<Pending>,
+) -> Result<(Head, Vec<u64>), String> {
     let mut batch = Batch::new();
     let mut results = Vec::with_capacity(pending.len());
     for p in pending {
@@ -190,17 +230,17 @@ fn write_group(store: &Store, mut head: Head, pending: Vec<Pending>) -> GroupRes
             .and_then(|h| h.try_into().ok());
         let bytes = serde_json::to_vec(&record);
         let (Some(hash), Ok(bytes)) = (hash, bytes) else {
-            return Err((tickets, "audit log is corrupt: record encoding".into()));
+            return Err("audit log is corrupt: record encoding".into());
         };
         batch.append(p.batch);
         batch.put(Cf::Audit, audit_key(seq).to_vec(), bytes);
         head = Head { seq, hash };
-        results.push((p.ticket, Ok(seq)));
+        results.push(seq);
     }
     batch.put(Cf::Meta, HEAD_KEY.to_vec(), encode_head(&head));
     match store.write(&batch) {
         Ok(()) => Ok((head, results)),
-        Err(e) => Err((tickets, AuditError::Store(e).to_string())),
+        Err(e) => Err(AuditError::Store(e).to_string()),
     }
 }
 
