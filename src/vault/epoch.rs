@@ -7,12 +7,13 @@
 
 use std::collections::BTreeSet;
 
+use super::keys::dek_entry;
 use super::{CallContext, Vault, VaultError, require};
 use crate::audit::AuditEvent;
 use crate::crypto::WrappedDek;
 use crate::domain::{KeyClass, Sid, SubjectId};
 use crate::policy::AdminAction;
-use crate::store::keys::{is_subject_entry, name_of, subject_id_key};
+use crate::store::keys::subject_id_key;
 use crate::store::records::{KeyRecord, SubjectIdRecord};
 use crate::store::{Batch, Cf};
 
@@ -236,14 +237,9 @@ impl Vault {
                 count += 1;
                 continue;
             }
-            if is_subject_entry(&key) {
+            let Some((class, record)) = dek_entry(&key, &value)? else {
                 continue;
-            }
-            let class = name_of(&key)
-                .and_then(|n| KeyClass::new(n).ok())
-                .ok_or_else(|| VaultError::DataLoss("malformed key entry".into()))?;
-            let record =
-                KeyRecord::decode(&value).map_err(|e| VaultError::DataLoss(e.to_string()))?;
+            };
             if record.epoch == current.epoch() {
                 continue;
             }

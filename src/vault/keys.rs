@@ -71,6 +71,22 @@ impl SubjectKeys {
 /// A read that found a record sealed under a DEK version its keys do not hold.
 pub(super) struct StaleKeys;
 
+/// The key class and record of a keys-CF entry, or `None` for a subject-level entry (pseudonym,
+/// wrapped id). A malformed entry is DATA_LOSS.
+pub(super) fn dek_entry(
+    key: &[u8],
+    value: &[u8],
+) -> Result<Option<(KeyClass, KeyRecord)>, VaultError> {
+    if is_subject_entry(key) {
+        return Ok(None);
+    }
+    let class = name_of(key)
+        .and_then(|n| KeyClass::new(n).ok())
+        .ok_or_else(|| VaultError::DataLoss("malformed key entry".into()))?;
+    let record = KeyRecord::decode(value).map_err(|e| VaultError::DataLoss(e.to_string()))?;
+    Ok(Some((class, record)))
+}
+
 /// Decodes a stored field record; a malformed one is DATA_LOSS.
 pub(super) fn decode_field(bytes: &[u8]) -> Result<FieldRecord, VaultError> {
     FieldRecord::decode(bytes).map_err(|e| VaultError::DataLoss(e.to_string()))
@@ -197,14 +213,9 @@ impl Vault {
                 pseudonym = Some(Pseudonym(bytes));
                 continue;
             }
-            if is_subject_entry(&key) {
+            let Some((class, record)) = dek_entry(&key, &value)? else {
                 continue;
-            }
-            let class = name_of(&key)
-                .and_then(|n| KeyClass::new(n).ok())
-                .ok_or_else(|| VaultError::DataLoss("malformed key entry".into()))?;
-            let record =
-                KeyRecord::decode(&value).map_err(|e| VaultError::DataLoss(e.to_string()))?;
+            };
             ciphers.insert(
                 class.clone(),
                 Arc::new(self.unwrap_dek(sid, &class, &record)?),

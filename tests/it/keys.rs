@@ -190,25 +190,32 @@ fn a_roll_cut_short_resumes_and_finishes() {
     }
 }
 
-#[test]
-fn after_a_roll_a_stale_copy_of_the_data_yields_nothing_of_a_shredded_subject() {
+/// Two subjects; a copy of `db/` taken; then cust-1 shredded. Returns the vault and the copy.
+fn backup_then_shred_cust_1() -> (TestVault, std::path::PathBuf) {
     let vault = TestVault::new();
-    let db = vault.data_dir().join("db");
     let backup = vault.dir.path().join("backup-db");
     {
         let v = vault.open().unwrap();
         put(&v, "cust-1", "gone@example.com");
         put(&v, "cust-2", "kept@example.com");
     }
-    copy_dir(&db, &backup);
+    copy_dir(&vault.data_dir().join("db"), &backup);
+    let v = vault.open().unwrap();
+    v.shred(
+        &ctx(DPO),
+        &SubjectId::new("cust-1".into()).unwrap(),
+        "ticket-1",
+    )
+    .unwrap();
+    drop(v);
+    (vault, backup)
+}
+
+#[test]
+fn after_a_roll_a_stale_copy_of_the_data_yields_nothing_of_a_shredded_subject() {
+    let (vault, backup) = backup_then_shred_cust_1();
     {
         let v = vault.open().unwrap();
-        v.shred(
-            &ctx(DPO),
-            &SubjectId::new("cust-1".into()).unwrap(),
-            "ticket-1",
-        )
-        .unwrap();
         let done = v.roll_epoch(&ctx(SEC_LEAD), |_| {}).unwrap();
         assert_eq!(done.destroyed, vec![1]);
     }
@@ -238,24 +245,8 @@ fn after_a_roll_a_stale_copy_of_the_data_yields_nothing_of_a_shredded_subject() 
 
 #[test]
 fn a_restored_backup_is_re_shredded_from_the_deletion_ledger() {
-    let vault = TestVault::new();
+    let (vault, backup) = backup_then_shred_cust_1();
     let db = vault.data_dir().join("db");
-    let backup = vault.dir.path().join("backup-db");
-    {
-        let v = vault.open().unwrap();
-        put(&v, "cust-1", "gone@example.com");
-        put(&v, "cust-2", "kept@example.com");
-    }
-    copy_dir(&db, &backup);
-    {
-        let v = vault.open().unwrap();
-        v.shred(
-            &ctx(DPO),
-            &SubjectId::new("cust-1".into()).unwrap(),
-            "ticket-1",
-        )
-        .unwrap();
-    }
     std::fs::remove_dir_all(&db).unwrap();
     copy_dir(&backup, &db);
     let v = vault.open().unwrap();
