@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 use super::identity::Identity;
 use super::peers::{PeerLimiter, PeerPermit};
 use super::status::to_status;
+use crate::audit::CommitTicket;
 use crate::crypto::random_bytes;
 use crate::vault::{CallContext, Vault, VaultError};
 
@@ -93,6 +94,34 @@ impl Edge {
                 Err(status)
             }
         }
+    }
+
+    /// Like [`Edge::run`] for an `op` whose audit record is queued, not yet durable: awaits the
+    /// ticket on the runtime and lets the result leave only once the record is durable (fail
+    /// closed: UNAVAILABLE and nothing else otherwise).
+    pub async fn run_deferred<T, M>(
+        &self,
+        ctx: Authorized,
+        op: impl FnOnce(&Vault, &CallContext) -> Result<(T, CommitTicket), VaultError> + Send + 'static,
+        to_message: impl FnOnce(T) -> M,
+    ) -> Result<Response<M>, Status>
+    where
+        T: Send + 'static,
+    {
+        let request_id = ctx.request_id.clone();
+        let response = self.run(ctx, op, |queued| queued).await?;
+        let metadata = response.metadata().clone();
+        let (value, ticket) = response.into_inner();
+        if let Err(e) = ticket.durable().await {
+            tracing::error!(request_id, error = %e, "audit commit failed; failing closed");
+            return Err(to_status(
+                VaultError::Unavailable("the audit log cannot be written".into()),
+                &request_id,
+            ));
+        }
+        let mut response = Response::new(to_message(value));
+        *response.metadata_mut() = metadata;
+        Ok(response)
     }
 
     /// Runs `op` on the blocking pool (RocksDB and fsync must not stall the runtime).

@@ -50,9 +50,11 @@ impl pb::vault_server::Vault for VaultService {
         let ctx = self.edge.context(&request, "read").await?;
         let call = FieldsCall::try_from(request.into_inner())?;
         self.edge
-            .run(
+            .run_deferred(
                 ctx,
-                move |vault, ctx| vault.get(ctx, &call.subject, &call.purpose, &call.fields),
+                move |vault, ctx| {
+                    vault.get_deferred(ctx, &call.subject, &call.purpose, &call.fields)
+                },
                 |reads| pb::GetFieldsResponse {
                     results: reads.into_iter().map(pb::FieldResult::from).collect(),
                 },

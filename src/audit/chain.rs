@@ -41,11 +41,27 @@ struct Pending {
     slot: Arc<Slot>,
 }
 
-/// Where one committer waits: woken once, either with its result or to lead the next group.
+/// Where one committer waits: woken once, either with its result or to lead the next group. A
+/// deferred commit has no waiting thread: its result goes to the `deferred` channel instead.
 #[derive(Default)]
 struct Slot {
     state: Mutex<SlotState>,
     woken: Condvar,
+    deferred: Mutex<Option<tokio::sync::oneshot::Sender<Result<u64, String>>>>,
+}
+
+/// A commit queued without waiting: resolves once its record is durable (or failed to be).
+#[derive(Debug)]
+pub struct CommitTicket(tokio::sync::oneshot::Receiver<Result<u64, String>>);
+
+impl CommitTicket {
+    /// Waits on the async runtime until the record is durable; returns its seq.
+    pub async fn durable(self) -> Result<u64, AuditError> {
+        match self.0.await {
+            Ok(result) => result.map_err(AuditError::GroupFailed),
+            Err(_) => Err(AuditError::GroupFailed("audit committer gone".into())),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -57,7 +73,25 @@ enum SlotState {
 }
 
 impl Slot {
+    fn is_deferred(&self) -> bool {
+        self.deferred
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some()
+    }
+
     fn set(&self, state: SlotState) {
+        if let SlotState::Done(result) = &state {
+            let sender = self
+                .deferred
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some(sender) = sender {
+                let _ = sender.send(result.clone());
+                return;
+            }
+        }
         *self
             .state
             .lock()
@@ -158,27 +192,61 @@ impl AuditLog {
         now: Millis,
     ) -> Result<u64, AuditError> {
         let slot = Arc::new(Slot::default());
-        let lead_now = {
-            let mut group = self.lock();
-            group.queue.push(Pending {
-                batch,
-                event,
-                now,
-                slot: Arc::clone(&slot),
-            });
-            !std::mem::replace(&mut group.leading, true)
-        };
-        if !lead_now && let Some(result) = slot.wait() {
-            return result.map_err(AuditError::GroupFailed);
+        if self.enqueue(batch, event, now, &slot) {
+            self.lead(store);
         }
-        // Lead one group: our own commit is in it, so our result is ready afterwards.
-        let (pending, head) = {
-            let mut group = self.lock();
-            (std::mem::take(&mut group.queue), group.head)
-        };
-        let slots: Vec<Arc<Slot>> = pending.iter().map(|p| Arc::clone(&p.slot)).collect();
-        let written = write_group(store, head, pending);
-        {
+        loop {
+            match slot.wait() {
+                Some(result) => return result.map_err(AuditError::GroupFailed),
+                None => self.lead(store),
+            }
+        }
+    }
+
+    /// Queues the record of `event` (with `batch`) without waiting for it to be durable: the
+    /// returned ticket resolves when it is. The calling thread leads the group when no one else
+    /// does, so it may return only after writing other callers' groups. Reads use this to await
+    /// durability on the async runtime instead of parking a thread.
+    pub fn commit_deferred(
+        &self,
+        store: &Store,
+        batch: Batch,
+        event: AuditEvent,
+        now: Millis,
+    ) -> CommitTicket {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let slot = Arc::new(Slot {
+            deferred: Mutex::new(Some(tx)),
+            ..Slot::default()
+        });
+        if self.enqueue(batch, event, now, &slot) {
+            self.lead(store);
+        }
+        CommitTicket(rx)
+    }
+
+    /// Queues one commit; true when the caller must lead (no group is being written).
+    fn enqueue(&self, batch: Batch, event: AuditEvent, now: Millis, slot: &Arc<Slot>) -> bool {
+        let mut group = self.lock();
+        group.queue.push(Pending {
+            batch,
+            event,
+            now,
+            slot: Arc::clone(slot),
+        });
+        !std::mem::replace(&mut group.leading, true)
+    }
+
+    /// Writes queued groups until the lead can pass to a thread waiting on its own commit, or
+    /// nothing is queued.
+    fn lead(&self, store: &Store) {
+        loop {
+            let (pending, head) = {
+                let mut group = self.lock();
+                (std::mem::take(&mut group.queue), group.head)
+            };
+            let slots: Vec<Arc<Slot>> = pending.iter().map(|p| Arc::clone(&p.slot)).collect();
+            let written = write_group(store, head, pending);
             let mut group = self.lock();
             let results: Vec<Result<u64, String>> = match written {
                 Ok((next, seqs)) => {
@@ -190,15 +258,17 @@ impl AuditLog {
             for (s, result) in slots.iter().zip(results) {
                 s.set(SlotState::Done(result));
             }
-            // Hand the lead to the first caller that queued meanwhile, if any.
-            match group.queue.first() {
-                Some(next) => next.slot.set(SlotState::Lead),
-                None => group.leading = false,
+            // Hand the lead to the first queued caller whose thread waits; deferred commits have
+            // none, so with only those queued this thread writes their group too.
+            if group.queue.is_empty() {
+                group.leading = false;
+                return;
+            }
+            if let Some(next) = group.queue.iter().find(|p| !p.slot.is_deferred()) {
+                next.slot.set(SlotState::Lead);
+                return;
             }
         }
-        slot.wait()
-            .unwrap_or_else(|| Err("audit group commit lost its result".into()))
-            .map_err(AuditError::GroupFailed)
     }
 
     /// The sequence number of the last record.
@@ -381,5 +451,49 @@ mod tests {
         assert_eq!(store.scan_prefix(Cf::Fields, b"t").unwrap().len(), 400);
         drop(log);
         assert_eq!(AuditLog::open(&store).unwrap().head_seq(), 400);
+    }
+
+    #[test]
+    fn deferred_commits_resolve_once_durable_and_keep_one_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let log = Arc::new(AuditLog::open(&store).unwrap());
+        let threads: Vec<_> = (0..6)
+            .map(|t| {
+                let (store, log) = (Arc::clone(&store), Arc::clone(&log));
+                std::thread::spawn(move || {
+                    let event = || AuditEvent {
+                        principal: format!("p{t}"),
+                        action: "read".into(),
+                        ..AuditEvent::default()
+                    };
+                    let mut tickets = Vec::new();
+                    for i in 0..40 {
+                        if t % 2 == 0 && i % 4 == 0 {
+                            log.commit(&store, Batch::new(), event(), 1).unwrap();
+                        } else {
+                            tickets.push(log.commit_deferred(&store, Batch::new(), event(), 1));
+                        }
+                    }
+                    tickets
+                })
+            })
+            .collect();
+        let tickets: Vec<CommitTicket> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let seqs: BTreeSet<u64> = runtime.block_on(async {
+            let mut seqs = BTreeSet::new();
+            for t in tickets {
+                seqs.insert(t.durable().await.unwrap());
+            }
+            seqs
+        });
+        assert_eq!(seqs.len(), 6 * 40 - 3 * 10);
+        assert_eq!(verify(&store).unwrap().0, 240);
     }
 }

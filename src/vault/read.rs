@@ -8,7 +8,7 @@ use zeroize::Zeroizing;
 
 use super::keys::{StaleKeys, SubjectKeys, decode_field};
 use super::{CallContext, Vault, VaultError, field_audit};
-use crate::audit::AuditEvent;
+use crate::audit::{AuditEvent, CommitTicket};
 use crate::catalog::FieldSpec;
 use crate::domain::{FieldName, Purpose, Sid, SubjectId};
 use crate::policy::{Permit, Policies, ReadDecision};
@@ -92,6 +92,33 @@ impl Vault {
         let result = self.get_inner(ctx, &policies, subject, purpose, fields, &mut event);
         self.finish(event, result.map(|reads| (Batch::new(), reads)))
             .map(|(reads, _)| reads)
+    }
+
+    /// [`Vault::get`], returning as soon as the audit record is queued: the values may leave only
+    /// once the ticket resolves (the record is durable). The api awaits it on the async runtime
+    /// instead of parking a thread for the WAL sync.
+    pub fn get_deferred(
+        &self,
+        ctx: &CallContext,
+        subject: &SubjectId,
+        purpose: &Purpose,
+        fields: &[FieldName],
+    ) -> Result<(Vec<FieldRead>, CommitTicket), VaultError> {
+        let policies = self.policies();
+        let mut event = self.event(ctx, "read", Some(purpose), &policies);
+        match self.get_inner(ctx, &policies, subject, purpose, fields, &mut event) {
+            Ok(reads) => {
+                event.outcome = "ok".into();
+                let ticket = self.audit.commit_deferred(
+                    &self.store,
+                    Batch::new(),
+                    event,
+                    self.clock.now_ms(),
+                );
+                Ok((reads, ticket))
+            }
+            Err(e) => self.fail(event, e),
+        }
     }
 
     fn get_inner(
