@@ -274,12 +274,7 @@ impl Vault {
         sid: &Sid,
         record: &SubjectIdRecord,
     ) -> Result<zeroize::Zeroizing<Vec<u8>>, VaultError> {
-        let kek = self.keyring.kek(record.epoch).ok_or_else(|| {
-            VaultError::DataLoss(format!(
-                "a subject id is wrapped under epoch {}, which this keyring lacks",
-                record.epoch
-            ))
-        })?;
+        let kek = self.kek_of(record.epoch, "a subject id")?;
         let wrapped = WrappedDek {
             epoch: record.epoch,
             nonce: record.nonce,

@@ -12,7 +12,7 @@ use crate::audit::AuditEvent;
 use crate::clock::Millis;
 use zeroize::Zeroizing;
 
-use crate::crypto::{DekCipher, Key256, Sealed, WrappedDek, random_bytes};
+use crate::crypto::{DekCipher, Kek, Key256, Sealed, WrappedDek, random_bytes};
 use crate::domain::{FieldName, KeyClass, Pseudonym, Sid, SubjectId};
 use crate::store::keys::{is_subject_entry, name_of, pseudonym_key, subject_key};
 use crate::store::records::{FieldRecord, KeyRecord};
@@ -139,6 +139,16 @@ impl Vault {
         ))
     }
 
+    /// The KEK of `epoch`; DATA_LOSS naming `what` when the keyring no longer has it (destroyed
+    /// by a roll: the entry is from a stale copy).
+    pub(super) fn kek_of(&self, epoch: u32, what: &str) -> Result<Arc<Kek>, VaultError> {
+        self.keyring.kek(epoch).ok_or_else(|| {
+            VaultError::DataLoss(format!(
+                "{what} is wrapped under epoch {epoch}, which this keyring lacks"
+            ))
+        })
+    }
+
     /// The DEK in `record`, unwrapped under its epoch.
     pub(super) fn unwrap_dek_key(
         &self,
@@ -146,12 +156,7 @@ impl Vault {
         class: &KeyClass,
         record: &KeyRecord,
     ) -> Result<Key256, VaultError> {
-        let kek = self.keyring.kek(record.epoch).ok_or_else(|| {
-            VaultError::DataLoss(format!(
-                "a key is wrapped under epoch {}, which this keyring lacks",
-                record.epoch
-            ))
-        })?;
+        let kek = self.kek_of(record.epoch, "a key")?;
         let wrapped = WrappedDek {
             epoch: record.epoch,
             nonce: record.nonce,

@@ -5,6 +5,7 @@
 
 use secrecy::{ExposeSecret, SecretString};
 
+use super::keys::decode_field;
 use super::{CallContext, Vault, VaultError, field_audit};
 use crate::audit::AuditEvent;
 use crate::catalog::FieldSpec;
@@ -15,7 +16,7 @@ use crate::store::keys::{
     lookup_key, lookup_prefix, lookup_reverse_key, lookup_reverse_prefix, lookup_sid,
     subject_id_key, subject_key,
 };
-use crate::store::records::{FieldRecord, SubjectIdRecord};
+use crate::store::records::SubjectIdRecord;
 use crate::store::{Batch, Cf};
 
 /// Most subjects one lookup returns (a shared household phone number, not a scan).
@@ -176,16 +177,15 @@ impl Vault {
             let live = self
                 .store
                 .get(Cf::Fields, &subject_key(&sid, field.as_str()))?
-                .map(|b| FieldRecord::decode(&b))
-                .transpose()
-                .map_err(|e| VaultError::DataLoss(e.to_string()))?
+                .map(|b| decode_field(&b))
+                .transpose()?
                 .is_some_and(|r| !r.is_expired(now));
-            let Some(keys) = self.subject_keys(&sid)? else {
-                continue;
-            };
             if !live {
                 continue;
             }
+            let Some(keys) = self.subject_keys(&sid)? else {
+                continue;
+            };
             let context = policies.field_context(purpose, &self.granted_purposes(&sid)?);
             let decision =
                 policies.decide_field(&ctx.principal, FieldAction::Read, field, &context);

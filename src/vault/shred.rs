@@ -96,6 +96,19 @@ impl Vault {
             tracing::error!(error = %e, "cannot append to the deletion ledger; shred refused");
             VaultError::Unavailable("the deletion ledger cannot be written".into())
         })?;
+        let (existed, ranges) = self.stage_subject_deletion(sid, batch)?;
+        let receipt = ShredReceipt {
+            shredded_ms: self.clock.now_ms(),
+            principal: principal.to_owned(),
+            reason: reason.to_owned(),
+        };
+        batch.put(Cf::Shredded, sid.0.to_vec(), receipt.encode());
+        Ok((existed, ranges))
+    }
+
+    /// Stages the deletion of every entry of `sid` (keys, fields, consents, lookup entries);
+    /// returns whether there was any and the ranges to purge once committed.
+    fn stage_subject_deletion(&self, sid: &Sid, batch: &mut Batch) -> Result<Erased, VaultError> {
         let mut existed = false;
         let mut ranges = Vec::new();
         for cf in SUBJECT_CFS {
@@ -105,15 +118,10 @@ impl Vault {
             }
             ranges.push((cf, sid.0.to_vec()));
         }
-        for prefix in self.stage_unindex_all(sid, batch)? {
-            ranges.push((Cf::Lookup, prefix));
-        }
-        let receipt = ShredReceipt {
-            shredded_ms: self.clock.now_ms(),
-            principal: principal.to_owned(),
-            reason: reason.to_owned(),
-        };
-        batch.put(Cf::Shredded, sid.0.to_vec(), receipt.encode());
+        let lookup = self.stage_unindex_all(sid, batch)?;
+        // The reverse-entry prefix is always listed; more means the subject had lookup entries.
+        existed |= lookup.len() > 1;
+        ranges.extend(lookup.into_iter().map(|prefix| (Cf::Lookup, prefix)));
         Ok((existed, ranges))
     }
 }
@@ -125,20 +133,13 @@ impl Vault {
         let replay = |e: VaultError| OpenError::Replay(e.to_string());
         let mut count = 0;
         for sid in self.ledger.sids()? {
-            if !self.has_entries(&sid).map_err(replay)? {
-                continue;
-            }
             let _writer = self.lock_writer().map_err(replay)?;
             let mut batch = Batch::new();
-            let mut ranges = Vec::new();
-            for cf in SUBJECT_CFS {
-                for (key, _) in self.store.scan_prefix(cf, &sid.0)? {
-                    batch.delete(cf, key);
-                }
-                ranges.push((cf, sid.0.to_vec()));
-            }
-            for prefix in self.stage_unindex_all(&sid, &mut batch).map_err(replay)? {
-                ranges.push((Cf::Lookup, prefix));
+            let (existed, ranges) = self
+                .stage_subject_deletion(&sid, &mut batch)
+                .map_err(replay)?;
+            if !existed {
+                continue;
             }
             let event = AuditEvent {
                 principal: "privault".into(),
@@ -154,17 +155,5 @@ impl Vault {
             count += 1;
         }
         Ok(count)
-    }
-
-    fn has_entries(&self, sid: &Sid) -> Result<bool, VaultError> {
-        for cf in SUBJECT_CFS {
-            if !self.store.scan_prefix(cf, &sid.0)?.is_empty() {
-                return Ok(true);
-            }
-        }
-        Ok(!self
-            .store
-            .scan_prefix(Cf::Lookup, &crate::store::keys::lookup_reverse_prefix(sid))?
-            .is_empty())
     }
 }
