@@ -1,5 +1,6 @@
 //! The storage and whole in-process paths: a RocksDB multi-get of 5 fields, the vault's `get` of
-//! 5 fields for one subject (decisions, key, decrypt, durable audit append), and `put` of 5 fields
+//! 5 fields for one subject (decisions, key, decrypt, durable audit append), the same read up to
+//! queueing its record (what it costs the thread serving it), and `put` of 5 fields
 //! (an overwrite: decisions, DEK rotation, seal, one synced batch). On a temp dir, real RocksDB.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -10,8 +11,8 @@ use std::sync::Arc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use privault::clock::SystemClock;
 use privault::domain::{FieldName, Principal, PrincipalKind, Purpose, SubjectId};
-use privault::store::Cf;
-use privault::vault::{CallContext, Vault, VaultConfig};
+use privault::store::{Cf, memory_only};
+use privault::vault::{CallContext, Queued, Vault, VaultConfig};
 use secrecy::SecretString;
 
 const FIELDS: [&str; 5] = [
@@ -65,6 +66,15 @@ fn vault_paths(c: &mut Criterion) {
             vault
                 .get(&ctx, black_box(&subject), &purpose, &fields)
                 .unwrap()
+        });
+    });
+    // What a GetFields costs the runtime thread that serves it: the same read run in memory
+    // only, up to queueing its audit record (the committer thread syncs it meanwhile).
+    c.bench_function("vault/get_5_fields_queued", |b| {
+        b.iter(|| {
+            let queued =
+                memory_only(|| vault.get_deferred(&ctx, black_box(&subject), &purpose, &fields));
+            assert!(matches!(queued, Queued::Ready { result: Ok(_), .. }));
         });
     });
     let mut i = 0;

@@ -1,6 +1,6 @@
 //! What every service method does around the vault call: authenticate, admit the call under the
-//! peer's concurrency limit, assign a request id, run the vault on the blocking pool, map errors,
-//! and return the request id in `x-request-id`.
+//! peer's concurrency limit, assign a request id, run the vault (reads in memory on the runtime,
+//! the rest on the blocking pool), map errors, and return the request id in `x-request-id`.
 
 use std::sync::Arc;
 
@@ -10,9 +10,9 @@ use tonic::{Request, Response, Status};
 use super::identity::Identity;
 use super::peers::{PeerLimiter, PeerPermit};
 use super::status::to_status;
-use crate::audit::CommitTicket;
 use crate::crypto::random_bytes;
-use crate::vault::{CallContext, Vault, VaultError};
+use crate::store::memory_only;
+use crate::vault::{CallContext, Queued, Vault, VaultError};
 
 /// The response header that carries the request id (also in the audit record).
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -96,31 +96,52 @@ impl Edge {
         }
     }
 
-    /// Like [`Edge::run`] for an `op` whose audit record is queued, not yet durable: awaits the
-    /// ticket on the runtime and lets the result leave only once the record is durable (fail
-    /// closed: UNAVAILABLE and nothing else otherwise).
-    pub async fn run_deferred<T, M>(
+    /// Runs a read whose audit records are queued rather than awaited: first on the async
+    /// runtime itself with reads limited to memory (the common case costs no thread hand-off),
+    /// and only when that needs the disk again on the blocking pool. Then awaits the records'
+    /// durability on the runtime: values leave only once every record is durable (fail closed:
+    /// UNAVAILABLE and nothing else otherwise).
+    pub async fn run_queued<T, M>(
         &self,
         ctx: Authorized,
-        op: impl FnOnce(&Vault, &CallContext) -> Result<(T, CommitTicket), VaultError> + Send + 'static,
+        op: impl Fn(&Vault, &CallContext) -> Queued<T> + Send + Sync + 'static,
         to_message: impl FnOnce(T) -> M,
     ) -> Result<Response<M>, Status>
     where
         T: Send + 'static,
     {
-        let request_id = ctx.request_id.clone();
-        let response = self.run(ctx, op, |queued| queued).await?;
-        let metadata = response.metadata().clone();
-        let (value, ticket) = response.into_inner();
-        if let Err(e) = ticket.durable().await {
-            tracing::error!(request_id, error = %e, "audit commit failed; failing closed");
-            return Err(to_status(
-                VaultError::Unavailable("the audit log cannot be written".into()),
-                &request_id,
-            ));
+        let Authorized { call, _permit } = ctx;
+        let request_id = call.request_id.clone();
+        let queued = match memory_only(|| op(&self.vault, &call)) {
+            Queued::NeedsDisk => {
+                let vault = Arc::clone(&self.vault);
+                tokio::task::spawn_blocking(move || op(&vault, &call))
+                    .await
+                    .map_err(|e| {
+                        tracing::error!(request_id, error = %e, "vault task failed");
+                        Status::internal(format!("internal error (request id {request_id})"))
+                    })?
+            }
+            ready => ready,
+        };
+        let Queued::Ready { result, records } = queued else {
+            return Err(to_status(VaultError::NeedsDisk, &request_id));
+        };
+        let mut durable = true;
+        for record in records {
+            if let Err(e) = record.durable().await {
+                tracing::error!(request_id, error = %e, "audit commit failed; failing closed");
+                durable = false;
+            }
         }
-        let mut response = Response::new(to_message(value));
-        *response.metadata_mut() = metadata;
+        let value = match result {
+            Ok(_) if !durable => Err(VaultError::Unavailable(
+                "the audit log cannot be written".into(),
+            )),
+            other => other,
+        };
+        let mut response = Response::new(to_message(value.map_err(|e| to_status(e, &request_id))?));
+        insert_request_id(&mut response, &request_id);
         Ok(response)
     }
 
@@ -145,9 +166,13 @@ impl Edge {
             })?;
         let mut response =
             Response::new(to_message(result.map_err(|e| to_status(e, &request_id))?));
-        if let Ok(value) = MetadataValue::try_from(request_id.as_str()) {
-            response.metadata_mut().insert(REQUEST_ID_HEADER, value);
-        }
+        insert_request_id(&mut response, &request_id);
         Ok(response)
+    }
+}
+
+fn insert_request_id<M>(response: &mut Response<M>, request_id: &str) {
+    if let Ok(value) = MetadataValue::try_from(request_id) {
+        response.metadata_mut().insert(REQUEST_ID_HEADER, value);
     }
 }

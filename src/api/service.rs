@@ -50,7 +50,7 @@ impl pb::vault_server::Vault for VaultService {
         let ctx = self.edge.context(&request, "read").await?;
         let call = FieldsCall::try_from(request.into_inner())?;
         self.edge
-            .run_deferred(
+            .run_queued(
                 ctx,
                 move |vault, ctx| {
                     vault.get_deferred(ctx, &call.subject, &call.purpose, &call.fields)
@@ -167,9 +167,9 @@ impl pb::vault_server::Vault for VaultService {
         } = call;
         let request_id = ctx.request_id.clone();
         self.edge
-            .run(
+            .run_queued(
                 ctx,
-                move |vault, ctx| vault.batch_get(ctx, &subjects, &purpose, &fields),
+                move |vault, ctx| vault.batch_get_deferred(ctx, &subjects, &purpose, &fields),
                 move |per_subject| pb::BatchGetFieldsResponse {
                     subjects: subject_ids
                         .into_iter()

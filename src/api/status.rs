@@ -34,6 +34,10 @@ pub fn to_status(err: VaultError, request_id: &str) -> Status {
             tracing::error!(request_id, error = %msg, "integrity failure");
             Status::new(Code::DataLoss, format!("{msg} (request id {request_id})"))
         }
+        VaultError::NeedsDisk => {
+            tracing::error!(request_id, "a memory-only read escaped its retry");
+            Status::internal(format!("internal error (request id {request_id})"))
+        }
         VaultError::Internal(msg) => {
             tracing::error!(request_id, error = %msg, "internal error");
             Status::internal(format!("internal error (request id {request_id})"))

@@ -1,10 +1,14 @@
-//! The chain's head and appends, with group commit: callers that commit at the same time share one
-//! synced write. The first to arrive leads: it takes every queued commit, chains their records in
-//! arrival order, writes them with their callers' changes as one atomic batch (one WAL sync), and
-//! hands each caller its seq (or the shared error). The head moves only once that write is
-//! durable, so no caller returns before its record is on disk.
+//! The chain's head and appends, with group commit: one committer thread takes every commit queued
+//! while it wrote the previous group, chains their records in arrival order, writes them with
+//! their callers' changes as one atomic batch (one WAL sync), and hands each caller its seq (or
+//! the shared error). The head moves only once that write is durable, so no caller learns its seq
+//! before its record is on disk. Callers never write themselves: an async task can queue a record
+//! and await its durability without parking a thread, and no caller's latency includes another
+//! group's sync beyond the one in flight.
 
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
 
 use super::AuditError;
 use super::record::{AuditEvent, AuditRecord};
@@ -33,26 +37,37 @@ fn encode_head(head: &Head) -> Vec<u8> {
     out
 }
 
-/// A commit waiting for a leader.
+/// The outcome handed to a committer: its record's seq, or why the group failed.
+type Outcome = Result<u64, String>;
+
+/// Where a commit's outcome goes: a thread blocked on it, or an async task's ticket. Dropping it
+/// unsent (the committer is gone) wakes the receiver with an error, never leaves it hanging.
+enum Reply {
+    Blocking(SyncSender<Outcome>),
+    Deferred(tokio::sync::oneshot::Sender<Outcome>),
+}
+
+impl Reply {
+    fn send(self, outcome: Outcome) {
+        // A receiver that went away (a cancelled call) no longer needs its outcome.
+        match self {
+            Self::Blocking(tx) => drop(tx.send(outcome)),
+            Self::Deferred(tx) => drop(tx.send(outcome)),
+        }
+    }
+}
+
+/// A commit waiting for the committer.
 struct Pending {
     batch: Batch,
     event: AuditEvent,
     now: Millis,
-    slot: Arc<Slot>,
-}
-
-/// Where one committer waits: woken once, either with its result or to lead the next group. A
-/// deferred commit has no waiting thread: its result goes to the `deferred` channel instead.
-#[derive(Default)]
-struct Slot {
-    state: Mutex<SlotState>,
-    woken: Condvar,
-    deferred: Mutex<Option<tokio::sync::oneshot::Sender<Result<u64, String>>>>,
+    reply: Reply,
 }
 
 /// A commit queued without waiting: resolves once its record is durable (or failed to be).
 #[derive(Debug)]
-pub struct CommitTicket(tokio::sync::oneshot::Receiver<Result<u64, String>>);
+pub struct CommitTicket(tokio::sync::oneshot::Receiver<Outcome>);
 
 impl CommitTicket {
     /// Waits on the async runtime until the record is durable; returns its seq.
@@ -64,72 +79,29 @@ impl CommitTicket {
     }
 }
 
-#[derive(Default)]
-enum SlotState {
-    #[default]
-    Waiting,
-    Lead,
-    Done(Result<u64, String>),
+/// What callers and the committer share.
+struct Queue {
+    pending: Vec<Pending>,
+    /// The committer sleeps on `wake`; only then does a caller pay for a wake-up.
+    idle: bool,
+    closed: bool,
 }
 
-impl Slot {
-    fn is_deferred(&self) -> bool {
-        self.deferred
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_some()
-    }
-
-    fn set(&self, state: SlotState) {
-        if let SlotState::Done(result) = &state {
-            let sender = self
-                .deferred
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take();
-            if let Some(sender) = sender {
-                let _ = sender.send(result.clone());
-                return;
-            }
-        }
-        *self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = state;
-        self.woken.notify_one();
-    }
-
-    /// Waits until woken; `None` means "lead".
-    fn wait(&self) -> Option<Result<u64, String>> {
-        let mut state = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        loop {
-            match std::mem::take(&mut *state) {
-                SlotState::Waiting => {
-                    state = self
-                        .woken
-                        .wait(state)
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                }
-                SlotState::Lead => return None,
-                SlotState::Done(result) => return Some(result),
-            }
-        }
-    }
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    /// The last durable record.
+    head: Mutex<Head>,
 }
 
-/// The shared state of the commit group.
-struct Group {
-    head: Head,
-    queue: Vec<Pending>,
-    leading: bool,
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The appender: holds the head of the chain and the commit queue.
+/// The appender: the head of the chain, the commit queue and the committer thread.
 pub struct AuditLog {
-    group: Mutex<Group>,
+    shared: Arc<Shared>,
+    committer: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -140,146 +112,167 @@ impl std::fmt::Debug for AuditLog {
     }
 }
 
-impl AuditLog {
-    /// Loads the head and checks that it names the last stored record.
-    pub fn open(store: &Store) -> Result<Self, AuditError> {
-        let stored = store.get(Cf::Meta, HEAD_KEY)?;
-        let last = store.last(Cf::Audit)?;
-        let head = match (stored, last) {
-            (None, None) => Head {
-                seq: 0,
-                hash: GENESIS,
-            },
-            (Some(bytes), Some((key, value))) => {
-                let head = decode_head(&bytes)
-                    .ok_or_else(|| AuditError::Corrupt("malformed head".into()))?;
-                let record: AuditRecord = serde_json::from_slice(&value)
-                    .map_err(|_| AuditError::Corrupt("malformed last record".into()))?;
-                if audit_seq(&key) != Some(head.seq) || record.hash != hex::encode(head.hash) {
-                    return Err(AuditError::Corrupt(format!(
-                        "head names seq {} but the last record is seq {}",
-                        head.seq, record.seq
-                    )));
-                }
-                head
+/// Loads the head of `store`'s chain and checks that it names the last stored record.
+fn stored_head(store: &Store) -> Result<Head, AuditError> {
+    let stored = store.get(Cf::Meta, HEAD_KEY)?;
+    let last = store.last(Cf::Audit)?;
+    match (stored, last) {
+        (None, None) => Ok(Head {
+            seq: 0,
+            hash: GENESIS,
+        }),
+        (Some(bytes), Some((key, value))) => {
+            let head =
+                decode_head(&bytes).ok_or_else(|| AuditError::Corrupt("malformed head".into()))?;
+            let record: AuditRecord = serde_json::from_slice(&value)
+                .map_err(|_| AuditError::Corrupt("malformed last record".into()))?;
+            if audit_seq(&key) != Some(head.seq) || record.hash != hex::encode(head.hash) {
+                return Err(AuditError::Corrupt(format!(
+                    "head names seq {} but the last record is seq {}",
+                    head.seq, record.seq
+                )));
             }
-            _ => return Err(AuditError::Corrupt("head and records disagree".into())),
-        };
-        Ok(Self {
-            group: Mutex::new(Group {
-                head,
-                queue: Vec::new(),
-                leading: false,
-            }),
-        })
+            Ok(head)
+        }
+        _ => Err(AuditError::Corrupt("head and records disagree".into())),
     }
+}
 
-    fn lock(&self) -> MutexGuard<'_, Group> {
-        self.group
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+/// The head `(seq, hash)` of `store`'s audit log, checked against its last record.
+pub fn head_of(store: &Store) -> Result<(u64, [u8; 32]), AuditError> {
+    let head = stored_head(store)?;
+    Ok((head.seq, head.hash))
+}
+
+impl AuditLog {
+    /// Loads the head, checks that it names the last stored record, and starts the committer.
+    pub fn open(store: Arc<Store>) -> Result<Self, AuditError> {
+        let head = stored_head(&store)?;
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                pending: Vec::new(),
+                idle: false,
+                closed: false,
+            }),
+            wake: Condvar::new(),
+            head: Mutex::new(head),
+        });
+        let committer = std::thread::Builder::new()
+            .name("privault-audit".into())
+            .spawn({
+                let shared = Arc::clone(&shared);
+                move || run_committer(&shared, &store)
+            })
+            .map_err(|e| AuditError::GroupFailed(format!("cannot start the committer: {e}")))?;
+        Ok(Self {
+            shared,
+            committer: Some(committer),
+        })
     }
 
     /// Appends the record of `event` to `batch` and writes the batch durably; returns its seq.
     /// Concurrent commits share one synced write (group commit); each still returns only once its
     /// own record and changes are durable, and a failed write fails every commit of its group and
     /// moves the head by none of them.
-    pub fn commit(
-        &self,
-        store: &Store,
-        batch: Batch,
-        event: AuditEvent,
-        now: Millis,
-    ) -> Result<u64, AuditError> {
-        let slot = Arc::new(Slot::default());
-        if self.enqueue(batch, event, now, &slot) {
-            self.lead(store);
-        }
-        loop {
-            match slot.wait() {
-                Some(result) => return result.map_err(AuditError::GroupFailed),
-                None => self.lead(store),
-            }
+    pub fn commit(&self, batch: Batch, event: AuditEvent, now: Millis) -> Result<u64, AuditError> {
+        let (tx, rx) = sync_channel(1);
+        self.enqueue(batch, event, now, Reply::Blocking(tx));
+        match rx.recv() {
+            Ok(outcome) => outcome.map_err(AuditError::GroupFailed),
+            Err(_) => Err(AuditError::GroupFailed("audit committer gone".into())),
         }
     }
 
     /// Queues the record of `event` (with `batch`) without waiting for it to be durable: the
-    /// returned ticket resolves when it is. The calling thread leads the group when no one else
-    /// does, so it may return only after writing other callers' groups. Reads use this to await
-    /// durability on the async runtime instead of parking a thread.
-    pub fn commit_deferred(
-        &self,
-        store: &Store,
-        batch: Batch,
-        event: AuditEvent,
-        now: Millis,
-    ) -> CommitTicket {
+    /// returned ticket resolves when it is. Reads use this to await durability on the async
+    /// runtime instead of parking a thread.
+    pub fn commit_deferred(&self, batch: Batch, event: AuditEvent, now: Millis) -> CommitTicket {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let slot = Arc::new(Slot {
-            deferred: Mutex::new(Some(tx)),
-            ..Slot::default()
-        });
-        if self.enqueue(batch, event, now, &slot) {
-            self.lead(store);
-        }
+        self.enqueue(batch, event, now, Reply::Deferred(tx));
         CommitTicket(rx)
     }
 
-    /// Queues one commit; true when the caller must lead (no group is being written).
-    fn enqueue(&self, batch: Batch, event: AuditEvent, now: Millis, slot: &Arc<Slot>) -> bool {
-        let mut group = self.lock();
-        group.queue.push(Pending {
+    fn enqueue(&self, batch: Batch, event: AuditEvent, now: Millis, reply: Reply) {
+        let pending = Pending {
             batch,
             event,
             now,
-            slot: Arc::clone(slot),
-        });
-        !std::mem::replace(&mut group.leading, true)
-    }
-
-    /// Writes queued groups until the lead can pass to a thread waiting on its own commit, or
-    /// nothing is queued.
-    fn lead(&self, store: &Store) {
-        loop {
-            let (pending, head) = {
-                let mut group = self.lock();
-                (std::mem::take(&mut group.queue), group.head)
-            };
-            let slots: Vec<Arc<Slot>> = pending.iter().map(|p| Arc::clone(&p.slot)).collect();
-            let written = write_group(store, head, pending);
-            let mut group = self.lock();
-            let results: Vec<Result<u64, String>> = match written {
-                Ok((next, seqs)) => {
-                    group.head = next;
-                    seqs.into_iter().map(Ok).collect()
-                }
-                Err(message) => vec![Err(message); slots.len()],
-            };
-            for (s, result) in slots.iter().zip(results) {
-                s.set(SlotState::Done(result));
-            }
-            // Hand the lead to the first queued caller whose thread waits; deferred commits have
-            // none, so with only those queued this thread writes their group too.
-            if group.queue.is_empty() {
-                group.leading = false;
-                return;
-            }
-            if let Some(next) = group.queue.iter().find(|p| !p.slot.is_deferred()) {
-                next.slot.set(SlotState::Lead);
-                return;
-            }
+            reply,
+        };
+        let mut queue = lock(&self.shared.queue);
+        if queue.closed {
+            drop(queue);
+            pending.reply.send(Err("the audit log is closed".into()));
+            return;
+        }
+        queue.pending.push(pending);
+        if std::mem::replace(&mut queue.idle, false) {
+            self.shared.wake.notify_one();
         }
     }
 
-    /// The sequence number of the last record.
+    /// The sequence number of the last durable record.
     pub fn head_seq(&self) -> u64 {
-        self.lock().head.seq
+        lock(&self.shared.head).seq
     }
 
-    /// The head: the last record's seq and hash.
+    /// The head: the last durable record's seq and hash.
     pub fn head(&self) -> (u64, [u8; 32]) {
-        let head = self.lock().head;
+        let head = *lock(&self.shared.head);
         (head.seq, head.hash)
+    }
+}
+
+impl Drop for AuditLog {
+    /// Writes what is queued, then stops the committer (it holds the store open until then).
+    fn drop(&mut self) {
+        lock(&self.shared.queue).closed = true;
+        self.shared.wake.notify_one();
+        if let Some(committer) = self.committer.take()
+            && committer.join().is_err()
+        {
+            tracing::error!("the audit committer panicked");
+        }
+    }
+}
+
+/// The committer: writes every queued commit as one group, then the next, until closed and empty.
+fn run_committer(shared: &Shared, store: &Store) {
+    loop {
+        let pending = {
+            let mut queue = lock(&shared.queue);
+            while queue.pending.is_empty() {
+                if queue.closed {
+                    return;
+                }
+                queue.idle = true;
+                queue = shared
+                    .wake
+                    .wait(queue)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            queue.idle = false;
+            std::mem::take(&mut queue.pending)
+        };
+        let head = *lock(&shared.head);
+        let (work, replies): (Vec<_>, Vec<_>) = pending
+            .into_iter()
+            .map(|p| ((p.batch, p.event, p.now), p.reply))
+            .unzip();
+        let written = write_group(store, head, work);
+        match written {
+            Ok((next, seqs)) => {
+                *lock(&shared.head) = next;
+                for (reply, seq) in replies.into_iter().zip(seqs) {
+                    reply.send(Ok(seq));
+                }
+            }
+            Err(message) => {
+                for reply in replies {
+                    reply.send(Err(message.clone()));
+                }
+            }
+        }
     }
 }
 
@@ -288,21 +281,16 @@ impl AuditLog {
 fn write_group(
     store: &Store,
     mut head: Head,
-    pending: Vec<Pending>,
+    pending: Vec<(Batch, AuditEvent, Millis)>,
 ) -> Result<(Head, Vec<u64>), String> {
     let mut batch = Batch::new();
     let mut results = Vec::with_capacity(pending.len());
-    for p in pending {
+    for (changes, event, now) in pending {
         let seq = head.seq + 1;
-        let record = AuditRecord::new(seq, rfc3339(p.now), p.event, &head.hash);
-        let hash: Option<[u8; 32]> = hex::decode(&record.hash)
-            .ok()
-            .and_then(|h| h.try_into().ok());
-        let bytes = serde_json::to_vec(&record);
-        let (Some(hash), Ok(bytes)) = (hash, bytes) else {
+        let Ok((hash, bytes)) = AuditRecord::seal(seq, rfc3339(now), event, &head.hash) else {
             return Err("audit log is corrupt: record encoding".into());
         };
-        batch.append(p.batch);
+        batch.append(changes);
         batch.put(Cf::Audit, audit_key(seq).to_vec(), bytes);
         head = Head { seq, hash };
         results.push(seq);
@@ -420,10 +408,10 @@ mod tests {
     fn concurrent_commits_share_writes_and_keep_one_chain() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
-        let log = Arc::new(AuditLog::open(&store).unwrap());
+        let log = Arc::new(AuditLog::open(Arc::clone(&store)).unwrap());
         let threads: Vec<_> = (0..8)
             .map(|t| {
-                let (store, log) = (Arc::clone(&store), Arc::clone(&log));
+                let log = Arc::clone(&log);
                 std::thread::spawn(move || {
                     (0..50)
                         .map(|i| {
@@ -434,7 +422,7 @@ mod tests {
                                 action: "write".into(),
                                 ..AuditEvent::default()
                             };
-                            log.commit(&store, batch, event, 1).unwrap()
+                            log.commit(batch, event, 1).unwrap()
                         })
                         .collect::<Vec<u64>>()
                 })
@@ -450,17 +438,17 @@ mod tests {
         // Each caller's change landed with its record.
         assert_eq!(store.scan_prefix(Cf::Fields, b"t").unwrap().len(), 400);
         drop(log);
-        assert_eq!(AuditLog::open(&store).unwrap().head_seq(), 400);
+        assert_eq!(head_of(&store).unwrap().0, 400);
     }
 
     #[test]
     fn deferred_commits_resolve_once_durable_and_keep_one_chain() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
-        let log = Arc::new(AuditLog::open(&store).unwrap());
+        let log = Arc::new(AuditLog::open(Arc::clone(&store)).unwrap());
         let threads: Vec<_> = (0..6)
             .map(|t| {
-                let (store, log) = (Arc::clone(&store), Arc::clone(&log));
+                let log = Arc::clone(&log);
                 std::thread::spawn(move || {
                     let event = || AuditEvent {
                         principal: format!("p{t}"),
@@ -470,9 +458,9 @@ mod tests {
                     let mut tickets = Vec::new();
                     for i in 0..40 {
                         if t % 2 == 0 && i % 4 == 0 {
-                            log.commit(&store, Batch::new(), event(), 1).unwrap();
+                            log.commit(Batch::new(), event(), 1).unwrap();
                         } else {
-                            tickets.push(log.commit_deferred(&store, Batch::new(), event(), 1));
+                            tickets.push(log.commit_deferred(Batch::new(), event(), 1));
                         }
                     }
                     tickets

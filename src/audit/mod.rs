@@ -7,7 +7,7 @@ mod chain;
 mod query;
 mod record;
 
-pub use chain::{AuditLog, CommitTicket, VerifyError, verify, verify_range};
+pub use chain::{AuditLog, CommitTicket, VerifyError, head_of, verify, verify_range};
 pub use query::{AuditFilter, MAX_PAGE, query};
 pub use record::{AuditEvent, AuditRecord, FieldAudit};
 

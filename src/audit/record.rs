@@ -78,8 +78,34 @@ pub struct AuditRecord {
 }
 
 impl AuditRecord {
-    pub(super) fn new(seq: u64, time: String, event: AuditEvent, prev_hash: &[u8; 32]) -> Self {
-        let mut record = Self {
+    /// The record of `event` at `seq` after `prev_hash`: its hash and its stored bytes. The
+    /// canonical bytes are serialized once: `hash` is the last field, so the stored JSON is the
+    /// canonical JSON with the empty hash filled in.
+    pub(super) fn seal(
+        seq: u64,
+        time: String,
+        event: AuditEvent,
+        prev_hash: &[u8; 32],
+    ) -> Result<([u8; 32], Vec<u8>), serde_json::Error> {
+        const EMPTY_HASH_END: &[u8] = br#""hash":""}"#;
+        let record = Self::unsealed(seq, time, event, prev_hash);
+        let mut bytes = serde_json::to_vec(&record)?;
+        let hash = hash_canonical(prev_hash, &bytes);
+        if bytes.ends_with(EMPTY_HASH_END) {
+            bytes.truncate(bytes.len() - 2);
+            bytes.extend_from_slice(hex::encode(hash).as_bytes());
+            bytes.extend_from_slice(br#""}"#);
+        } else {
+            bytes = serde_json::to_vec(&Self {
+                hash: hex::encode(hash),
+                ..record
+            })?;
+        }
+        Ok((hash, bytes))
+    }
+
+    fn unsealed(seq: u64, time: String, event: AuditEvent, prev_hash: &[u8; 32]) -> Self {
+        Self {
             seq,
             time,
             principal: event.principal,
@@ -94,9 +120,7 @@ impl AuditRecord {
             consents: event.consents,
             prev_hash: hex::encode(prev_hash),
             hash: String::new(),
-        };
-        record.hash = hex::encode(record.compute_hash(prev_hash));
-        record
+        }
     }
 
     /// `SHA-256(prev_hash ‖ JSON of every field but hash)`.
@@ -105,9 +129,46 @@ impl AuditRecord {
         body.hash = String::new();
         // Serializing strings, integers and vectors of them cannot fail.
         let canonical = serde_json::to_vec(&body).unwrap_or_default();
-        let mut h = Sha256::new();
-        h.update(prev_hash);
-        h.update(&canonical);
-        h.finalize().into()
+        hash_canonical(prev_hash, &canonical)
+    }
+}
+
+fn hash_canonical(prev_hash: &[u8; 32], canonical: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(prev_hash);
+    h.update(canonical);
+    h.finalize().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_bytes_are_the_record_whose_hash_they_carry() {
+        let prev = [7u8; 32];
+        let full = AuditEvent {
+            principal: "Service::\"checkout\"".into(),
+            action: "read".into(),
+            subject: Some("ab".repeat(16)),
+            purpose: Some("fulfillment".into()),
+            fields: vec![FieldAudit {
+                field: "email".into(),
+                outcome: "value".into(),
+                policy_ids: vec!["p\"1".into()],
+            }],
+            outcome: "ok".into(),
+            request_id: "r".into(),
+            policy_version: "3".into(),
+            peer: Some("127.0.0.1:1".into()),
+            consents: vec!["marketing".into()],
+        };
+        for event in [full, AuditEvent::default()] {
+            let (hash, bytes) = AuditRecord::seal(9, "t".into(), event, &prev).unwrap();
+            let record: AuditRecord = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(record.hash, hex::encode(hash));
+            assert_eq!(record.compute_hash(&prev), hash);
+            assert_eq!(record.prev_hash, hex::encode(prev));
+        }
     }
 }

@@ -5,12 +5,13 @@
 pub mod keys;
 pub mod records;
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 
 use rocksdb::{
     BottommostLevelCompaction, ColumnFamily, ColumnFamilyDescriptor, CompactOptions, DB,
-    DBCompressionType, Direction, FlushOptions, IteratorMode, Options, ReadOptions, WriteBatch,
-    WriteOptions,
+    DBCompressionType, Direction, ErrorKind, FlushOptions, IteratorMode, Options, ReadOptions,
+    ReadTier, WriteBatch, WriteOptions,
 };
 
 /// The column families of the design's on-disk layout.
@@ -77,6 +78,36 @@ pub enum StoreError {
     /// A column family is missing from an opened database.
     #[error("column family `{0}` is missing")]
     MissingCf(&'static str),
+    /// Inside [`memory_only`]: the read needs the disk (not in a memtable or the block cache).
+    #[error("the read needs the disk")]
+    NotInMemory,
+}
+
+thread_local! {
+    static MEMORY_ONLY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with this thread's reads limited to the memtables and the block cache: a read that
+/// would wait for the disk fails with [`StoreError::NotInMemory`] instead. The api runs the
+/// in-memory part of a read this way on the async runtime, and only a miss on the blocking pool.
+pub fn memory_only<T>(f: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            MEMORY_ONLY.set(self.0);
+        }
+    }
+    let _restore = Restore(MEMORY_ONLY.replace(true));
+    f()
+}
+
+/// Options for one read: restricted to memory inside [`memory_only`].
+fn read_options() -> ReadOptions {
+    let mut opts = ReadOptions::default();
+    if MEMORY_ONLY.get() {
+        opts.set_read_tier(ReadTier::BlockCache);
+    }
+    opts
 }
 
 /// A stored key and its value.
@@ -195,6 +226,9 @@ impl Store {
     }
 
     fn err(&self, e: rocksdb::Error) -> StoreError {
+        if e.kind() == ErrorKind::Incomplete && MEMORY_ONLY.get() {
+            return StoreError::NotInMemory;
+        }
         StoreError::Db {
             path: self.path.clone(),
             message: e.into_string(),
@@ -203,7 +237,9 @@ impl Store {
 
     /// The value of `key` in `cf`.
     pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.db.get_cf(self.cf(cf)?, key).map_err(|e| self.err(e))
+        self.db
+            .get_cf_opt(self.cf(cf)?, key, &read_options())
+            .map_err(|e| self.err(e))
     }
 
     /// The values of several keys, possibly in several column families, in one call.
@@ -213,7 +249,7 @@ impl Store {
             .map(|(cf, key)| Ok((self.cf(*cf)?, *key)))
             .collect::<Result<Vec<_>, StoreError>>()?;
         self.db
-            .multi_get_cf(handles)
+            .multi_get_cf_opt(handles, &read_options())
             .into_iter()
             .map(|r| r.map_err(|e| self.err(e)))
             .collect()
@@ -221,7 +257,7 @@ impl Store {
 
     /// Every entry of `cf` whose key starts with `prefix`, in key order.
     pub fn scan_prefix(&self, cf: Cf, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
-        let mut read = ReadOptions::default();
+        let mut read = read_options();
         if let Some(end) = keys::prefix_end(prefix) {
             read.set_iterate_upper_bound(end);
         }
@@ -243,9 +279,11 @@ impl Store {
 
     /// Up to `limit` entries of `cf` from `start` on, in key order.
     pub fn scan_from(&self, cf: Cf, start: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
-        let iter = self
-            .db
-            .iterator_cf(self.cf(cf)?, IteratorMode::From(start, Direction::Forward));
+        let iter = self.db.iterator_cf_opt(
+            self.cf(cf)?,
+            read_options(),
+            IteratorMode::From(start, Direction::Forward),
+        );
         iter.take(limit)
             .map(|item| {
                 item.map(|(k, v)| (k.into_vec(), v.into_vec()))
@@ -265,7 +303,7 @@ impl Store {
             IteratorMode::From(k, Direction::Reverse)
         });
         self.db
-            .iterator_cf(self.cf(cf)?, mode)
+            .iterator_cf_opt(self.cf(cf)?, read_options(), mode)
             .take(limit)
             .map(|item| {
                 item.map(|(k, v)| (k.into_vec(), v.into_vec()))
@@ -276,7 +314,10 @@ impl Store {
 
     /// The last entry of `cf` in key order.
     pub fn last(&self, cf: Cf) -> Result<Option<Entry>, StoreError> {
-        match self.db.iterator_cf(self.cf(cf)?, IteratorMode::End).next() {
+        let mut iter = self
+            .db
+            .iterator_cf_opt(self.cf(cf)?, read_options(), IteratorMode::End);
+        match iter.next() {
             Some(Ok((k, v))) => Ok(Some((k.into_vec(), v.into_vec()))),
             Some(Err(e)) => Err(self.err(e)),
             None => Ok(None),
@@ -352,6 +393,43 @@ mod tests {
             .multi_get(&[(Cf::Fields, b"ab1"), (Cf::Meta, b"m"), (Cf::Keys, b"none")])
             .unwrap();
         assert_eq!(got, vec![Some(b"z".to_vec()), Some(b"v".to_vec()), None]);
+    }
+
+    #[test]
+    fn memory_only_reads_refuse_the_disk_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut batch = Batch::new();
+            batch.put(Cf::Fields, b"k1".to_vec(), b"v1".to_vec());
+            store.write(&batch).unwrap();
+        }
+        // Reopened, the write is in a table file (flushed at recovery) and no block is cached.
+        let store = Store::open(dir.path()).unwrap();
+        assert!(matches!(
+            memory_only(|| store.get(Cf::Fields, b"k1")),
+            Err(StoreError::NotInMemory)
+        ));
+        assert!(matches!(
+            memory_only(|| store.scan_prefix(Cf::Fields, b"k")),
+            Err(StoreError::NotInMemory)
+        ));
+        // Read once from disk, the block is cached; a new write sits in the memtable.
+        assert_eq!(store.get(Cf::Fields, b"k1").unwrap(), Some(b"v1".to_vec()));
+        let mut batch = Batch::new();
+        batch.put(Cf::Fields, b"k2".to_vec(), b"v2".to_vec());
+        store.write(&batch).unwrap();
+        let got = memory_only(|| store.multi_get(&[(Cf::Fields, b"k1"), (Cf::Fields, b"k2")]));
+        assert_eq!(
+            got.unwrap(),
+            vec![Some(b"v1".to_vec()), Some(b"v2".to_vec())]
+        );
+        assert_eq!(
+            memory_only(|| store.get(Cf::Fields, b"none")).unwrap(),
+            None
+        );
+        // The restriction ends with the closure.
+        assert!(store.scan_prefix(Cf::Fields, b"k").is_ok());
     }
 
     #[test]

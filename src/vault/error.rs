@@ -65,6 +65,10 @@ pub enum VaultError {
     /// Anything else; details are in the server log under the request id.
     #[error("{0}")]
     Internal(String),
+    /// A read run in memory only ([`crate::store::memory_only`]) needs the disk. Nothing was done
+    /// or audited; the api runs the call again on the blocking pool, so no caller sees this.
+    #[error("the call needs the disk")]
+    NeedsDisk,
 }
 
 impl VaultError {
@@ -77,13 +81,16 @@ impl VaultError {
             Self::NotFound(_) => "not_found",
             Self::Unavailable(_) => "unavailable",
             Self::DataLoss(_) => "data_loss",
-            Self::Internal(_) => "internal",
+            Self::Internal(_) | Self::NeedsDisk => "internal",
         }
     }
 }
 
 impl From<StoreError> for VaultError {
     fn from(e: StoreError) -> Self {
+        if matches!(e, StoreError::NotInMemory) {
+            return Self::NeedsDisk;
+        }
         tracing::error!(error = %e, "storage error");
         Self::Internal("storage error".into())
     }

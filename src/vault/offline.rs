@@ -3,6 +3,7 @@
 //! key operations that need the vault stopped (changing the root passphrase).
 
 use std::path::Path;
+use std::sync::Arc;
 
 use super::audit_admin::SignedHead;
 use super::open::root_key;
@@ -38,8 +39,7 @@ pub fn change_passphrase(
     new: &Passphrase,
     clock: &dyn Clock,
 ) -> Result<(), OpenError> {
-    let store = Store::open(&config.db_dir())?;
-    let audit = AuditLog::open(&store)?;
+    let audit = AuditLog::open(Arc::new(Store::open(&config.db_dir())?))?;
     let (old, _) = root_key(config)?;
     let kdf = KdfParams::recommended().map_err(KeyringError::from)?;
     let new_root = RootKey::from_passphrase(new, &kdf).map_err(KeyringError::from)?;
@@ -51,7 +51,7 @@ pub fn change_passphrase(
         request_id: "offline".into(),
         ..AuditEvent::default()
     };
-    audit.commit(&store, Batch::new(), event, clock.now_ms())?;
+    audit.commit(Batch::new(), event, clock.now_ms())?;
     Ok(())
 }
 
@@ -64,6 +64,6 @@ pub fn sign_head(
     keyring: &Keyring,
     clock: &dyn Clock,
 ) -> Result<SignedHead, OpenError> {
-    let (seq, hash) = AuditLog::open(store)?.head();
+    let (seq, hash) = crate::audit::head_of(store)?;
     Ok(SignedHead::sign(keyring, seq, &hash, clock.now_ms()))
 }

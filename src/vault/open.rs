@@ -142,9 +142,9 @@ impl Vault {
         let (root, kdf) = root_key(config)?;
         let keyring = Keyring::open_or_create(&config.keyring_path(), &root, clock.now_ms(), kdf)?;
         drop(root);
-        let store = Store::open(&config.db_dir())?;
+        let store = Arc::new(Store::open(&config.db_dir())?);
         check_pairing(&store, &keyring, config)?;
-        let audit = AuditLog::open(&store)?;
+        let audit = AuditLog::open(Arc::clone(&store))?;
         let ledger = Ledger::open(&config.ledger_path())?;
         let vault = Self {
             store,

@@ -53,33 +53,28 @@ impl ReadOutcome {
 /// Most subjects one batch read may name.
 pub const MAX_BATCH_SUBJECTS: usize = 100;
 
-impl Vault {
-    /// Reads `fields` of many subjects for `purpose`: each subject decided and audited on its own,
-    /// with its own result or error.
-    pub fn batch_get(
-        &self,
-        ctx: &CallContext,
-        subjects: &[SubjectId],
-        purpose: &Purpose,
-        fields: &[FieldName],
-    ) -> Result<Vec<Result<Vec<FieldRead>, VaultError>>, VaultError> {
-        if subjects.is_empty() || subjects.len() > MAX_BATCH_SUBJECTS {
-            let policies = self.policies();
-            let event = self.event(ctx, "read", Some(purpose), &policies);
-            return self.fail(
-                event,
-                VaultError::InvalidArgument(format!(
-                    "a batch names 1 to {MAX_BATCH_SUBJECTS} subjects"
-                )),
-            );
-        }
-        Ok(subjects
-            .iter()
-            .map(|s| self.get(ctx, s, purpose, fields))
-            .collect())
-    }
+/// A read whose audit records are queued, not yet durable.
+#[derive(Debug)]
+pub enum Queued<T> {
+    /// The result, which may leave only once every ticket resolves: values only when all the
+    /// records are durable (fail closed), errors once their records are written or failed to be.
+    Ready {
+        /// The call's result.
+        result: Result<T, VaultError>,
+        /// One per audit record the call made.
+        records: Vec<CommitTicket>,
+    },
+    /// Run in memory only ([`crate::store::memory_only`]), the read needs the disk. Nothing was
+    /// audited; run it again where reads may block.
+    NeedsDisk,
+}
 
-    /// Reads `fields` of `subject` for `purpose`, each decided on its own.
+/// One subject's read, decided and done, with its audit event not yet queued.
+type Staged = (AuditEvent, Result<Vec<FieldRead>, VaultError>);
+
+impl Vault {
+    /// Reads `fields` of `subject` for `purpose`, each decided on its own, and returns once the
+    /// audit record is durable.
     pub fn get(
         &self,
         ctx: &CallContext,
@@ -87,38 +82,101 @@ impl Vault {
         purpose: &Purpose,
         fields: &[FieldName],
     ) -> Result<Vec<FieldRead>, VaultError> {
-        let policies = self.policies();
-        let mut event = self.event(ctx, "read", Some(purpose), &policies);
-        let result = self.get_inner(ctx, &policies, subject, purpose, fields, &mut event);
+        let (event, result) = self.stage_read(ctx, &self.policies(), subject, purpose, fields);
         self.finish(event, result.map(|reads| (Batch::new(), reads)))
             .map(|(reads, _)| reads)
     }
 
-    /// [`Vault::get`], returning as soon as the audit record is queued: the values may leave only
-    /// once the ticket resolves (the record is durable). The api awaits it on the async runtime
-    /// instead of parking a thread for the WAL sync.
+    /// [`Vault::get`], returning as soon as the audit record is queued. The api awaits the ticket
+    /// on the async runtime instead of parking a thread for the WAL sync, and runs this first in
+    /// memory only, on the runtime itself.
     pub fn get_deferred(
         &self,
         ctx: &CallContext,
         subject: &SubjectId,
         purpose: &Purpose,
         fields: &[FieldName],
-    ) -> Result<(Vec<FieldRead>, CommitTicket), VaultError> {
-        let policies = self.policies();
-        let mut event = self.event(ctx, "read", Some(purpose), &policies);
-        match self.get_inner(ctx, &policies, subject, purpose, fields, &mut event) {
-            Ok(reads) => {
-                event.outcome = "ok".into();
-                let ticket = self.audit.commit_deferred(
-                    &self.store,
-                    Batch::new(),
-                    event,
-                    self.clock.now_ms(),
-                );
-                Ok((reads, ticket))
-            }
-            Err(e) => self.fail(event, e),
+    ) -> Queued<Vec<FieldRead>> {
+        let staged = self.stage_read(ctx, &self.policies(), subject, purpose, fields);
+        if matches!(staged.1, Err(VaultError::NeedsDisk)) {
+            return Queued::NeedsDisk;
         }
+        let (result, ticket) = self.queue_read(staged);
+        Queued::Ready {
+            result,
+            records: vec![ticket],
+        }
+    }
+
+    /// Reads `fields` of many subjects for `purpose`: each subject decided and audited on its own,
+    /// with its own result or error. Every record is queued at once (they share WAL syncs); like
+    /// [`Vault::get_deferred`], the values may leave once the tickets resolve.
+    pub fn batch_get_deferred(
+        &self,
+        ctx: &CallContext,
+        subjects: &[SubjectId],
+        purpose: &Purpose,
+        fields: &[FieldName],
+    ) -> Queued<Vec<Result<Vec<FieldRead>, VaultError>>> {
+        let policies = self.policies();
+        if subjects.is_empty() || subjects.len() > MAX_BATCH_SUBJECTS {
+            let mut event = self.event(ctx, "read", Some(purpose), &policies);
+            let err = VaultError::InvalidArgument(format!(
+                "a batch names 1 to {MAX_BATCH_SUBJECTS} subjects"
+            ));
+            event.outcome = err.audit_outcome().into();
+            let ticket = self
+                .audit
+                .commit_deferred(Batch::new(), event, self.clock.now_ms());
+            return Queued::Ready {
+                result: Err(err),
+                records: vec![ticket],
+            };
+        }
+        // Every subject is read before any record is queued, so that a read that needs the disk
+        // can run again from the start without auditing anyone twice.
+        let mut staged = Vec::with_capacity(subjects.len());
+        for subject in subjects {
+            let one = self.stage_read(ctx, &policies, subject, purpose, fields);
+            if matches!(one.1, Err(VaultError::NeedsDisk)) {
+                return Queued::NeedsDisk;
+            }
+            staged.push(one);
+        }
+        let (results, records) = staged.into_iter().map(|s| self.queue_read(s)).unzip();
+        Queued::Ready {
+            result: Ok(results),
+            records,
+        }
+    }
+
+    /// Decides and reads one subject's fields, recording the outcome in its audit event.
+    fn stage_read(
+        &self,
+        ctx: &CallContext,
+        policies: &Policies,
+        subject: &SubjectId,
+        purpose: &Purpose,
+        fields: &[FieldName],
+    ) -> Staged {
+        let mut event = self.event(ctx, "read", Some(purpose), policies);
+        let result = self.get_inner(ctx, policies, subject, purpose, fields, &mut event);
+        (event, result)
+    }
+
+    /// Queues the audit record of a staged read; the result may leave once the ticket resolves.
+    fn queue_read(
+        &self,
+        (mut event, result): Staged,
+    ) -> (Result<Vec<FieldRead>, VaultError>, CommitTicket) {
+        event.outcome = match &result {
+            Ok(_) => "ok".into(),
+            Err(e) => e.audit_outcome().into(),
+        };
+        let ticket = self
+            .audit
+            .commit_deferred(Batch::new(), event, self.clock.now_ms());
+        (result, ticket)
     }
 
     fn get_inner(

@@ -217,22 +217,6 @@ async fn truncation_and_rewrites_are_found_against_an_earlier_signed_head() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("rewritten: record 8"));
 }
 
-async fn query(
-    auditor: &mut AuditorClient,
-    request: pb::AuditQueryRequest,
-) -> (Vec<pb::AuditRecord>, u64) {
-    let mut stream = auditor.query(request).await.unwrap().into_inner();
-    let mut records = Vec::new();
-    let mut next = 0;
-    while let Some(m) = stream.message().await.unwrap() {
-        match m.record {
-            Some(r) => records.push(r),
-            None => next = m.next_seq,
-        }
-    }
-    (records, next)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn auditors_query_by_subject_until_the_subject_is_shredded() {
     let vault = TestVault::new();
@@ -248,7 +232,7 @@ async fn auditors_query_by_subject_until_the_subject_is_shredded() {
         subject_id: "cust-1".into(),
         ..Default::default()
     };
-    let (records, next) = query(&mut auditor, by_subject.clone()).await;
+    let (records, next) = audit_query(&mut auditor, by_subject.clone()).await;
     let seen: Vec<(&str, &str)> = records
         .iter()
         .map(|r| (r.principal.as_str(), r.action.as_str()))
@@ -266,7 +250,7 @@ async fn auditors_query_by_subject_until_the_subject_is_shredded() {
         records[1].peer
     );
 
-    let (page, next) = query(
+    let (page, next) = audit_query(
         &mut auditor,
         pb::AuditQueryRequest {
             principal: CHECKOUT.into(),
@@ -296,7 +280,7 @@ async fn auditors_query_by_subject_until_the_subject_is_shredded() {
     })
     .await
     .unwrap();
-    let (after, _) = query(&mut auditor, by_subject).await;
+    let (after, _) = audit_query(&mut auditor, by_subject).await;
     assert!(
         after.is_empty(),
         "nothing joins the log to a shredded subject"

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use privault::api::pb;
 use privault::keyring::{KeyringError, keyfile};
 use privault::vault::OpenError;
 
@@ -22,6 +23,57 @@ async fn writes_survive_a_restart() {
         get(&mut checkout, "cust-1", "fulfillment", &["email"]).await[0].value,
         "alice@example.com"
     );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cold_reads_after_a_restart_are_read_from_disk_and_audited_once() {
+    let vault = TestVault::new();
+    let server = vault.start().await;
+    put_profile(&server, "cust-1").await;
+    put_profile(&server, "cust-2").await;
+    server.stop().await;
+    // Reopened, the data is in table files and nothing is cached: the first reads cannot be
+    // served from memory on the runtime and run again on the blocking pool.
+    let server = vault.start().await;
+    let mut checkout = server.client(CHECKOUT).await;
+    let reads = checkout
+        .batch_get_fields(pb::BatchGetFieldsRequest {
+            subject_ids: vec!["cust-1".into(), "cust-2".into()],
+            purpose: "fulfillment".into(),
+            fields: vec!["email".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        reads
+            .subjects
+            .iter()
+            .all(|s| s.results[0].value.contains('@'))
+    );
+    let single = get(
+        &mut checkout,
+        "cust-1",
+        "fulfillment",
+        &["email", "full_name"],
+    )
+    .await;
+    assert_eq!(single[0].value, "alice@example.com");
+
+    let mut auditor = server.auditor(AUDITOR).await;
+    for (subject, expected) in [("cust-1", 2), ("cust-2", 1)] {
+        let (records, _) = audit_query(
+            &mut auditor,
+            pb::AuditQueryRequest {
+                subject_id: subject.into(),
+                principal: CHECKOUT.into(),
+                ..Default::default()
+            },
+        )
+        .await;
+        assert_eq!(records.len(), expected, "{subject}: one record per read");
+    }
     server.stop().await;
 }
 

@@ -289,3 +289,20 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
         .filter(|p| std::fs::read(p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)))
         .collect()
 }
+
+/// Every record an audit query returns, and the seq to continue from (0 at the end).
+pub async fn audit_query(
+    auditor: &mut AuditorClient,
+    request: pb::AuditQueryRequest,
+) -> (Vec<pb::AuditRecord>, u64) {
+    let mut stream = auditor.query(request).await.unwrap().into_inner();
+    let mut records = Vec::new();
+    let mut next = 0;
+    while let Some(m) = stream.message().await.unwrap() {
+        match m.record {
+            Some(r) => records.push(r),
+            None => next = m.next_seq,
+        }
+    }
+    (records, next)
+}
