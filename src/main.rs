@@ -6,6 +6,11 @@ use std::process::ExitCode;
 
 mod cli;
 
+// glibc's malloc serialized the runtime workers and the audit committer on its arena locks (futex
+// waits in a profile of the read path); mimalloc keeps per-thread heaps.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]

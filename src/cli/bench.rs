@@ -289,14 +289,29 @@ async fn phase(
             let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (w as u64 + 1));
             let mut latencies = Vec::new();
             let mut round = 0u64;
-            let mut next = Instant::now();
+            // Paced workers start spread over one interval: started together they would fire in
+            // bursts of `concurrency` calls, and measure the burst instead of the rate.
+            let mut next =
+                start + interval.map_or(Duration::ZERO, |i| i * w as u32 / concurrency as u32);
             while Instant::now() < deadline {
-                if let Some(i) = interval {
-                    tokio::time::sleep_until(next.into()).await;
-                    next += i;
-                }
+                // A paced call that is overdue (the previous one ran past its slot) counts from
+                // when it was due, so that a slow server cannot hide its queueing by delaying the
+                // calls that would have measured it; one on time counts from when it is sent, not
+                // charging the server for the timer's millisecond granularity.
+                let began = match interval {
+                    Some(i) => {
+                        let due = next;
+                        next += i;
+                        if Instant::now() >= due {
+                            due
+                        } else {
+                            tokio::time::sleep_until(due.into()).await;
+                            Instant::now()
+                        }
+                    }
+                    None => Instant::now(),
+                };
                 let subject = rng.next() % subjects.max(1);
-                let began = Instant::now();
                 if !one_call(&channel, op, subject, round).await {
                     errors.fetch_add(1, Ordering::Relaxed);
                 }
