@@ -45,13 +45,15 @@ impl Vault {
     }
 
     /// The purposes `sid` has granted, as the context of its decisions.
-    pub(super) fn granted_purposes(&self, sid: &Sid) -> Result<Vec<Purpose>, VaultError> {
-        Ok(self
-            .consents_of(sid)?
-            .into_iter()
-            .filter(|c| c.granted)
-            .map(|c| c.purpose)
-            .collect())
+    pub(super) fn granted_purposes(&self, sid: &Sid) -> Result<Arc<[Purpose]>, VaultError> {
+        self.consents.granted(sid, || {
+            Ok(self
+                .consents_of(sid)?
+                .into_iter()
+                .filter(|c| c.granted)
+                .map(|c| c.purpose)
+                .collect())
+        })
     }
 
     /// Records `subject`'s consent to `purpose` (or its withdrawal). Returns when it was recorded.
@@ -98,6 +100,7 @@ impl Vault {
             Ok((batch, (sid, keys, rfc3339(now))))
         })();
         let ((sid, keys, time), _) = self.finish(event, staged)?;
+        self.consents.changed();
         self.keys.insert(sid, Arc::new(keys));
         Ok(time)
     }

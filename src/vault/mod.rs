@@ -3,6 +3,7 @@
 
 mod audit_admin;
 mod consent;
+mod consent_cache;
 mod epoch;
 mod error;
 mod export;
@@ -99,6 +100,7 @@ pub struct Vault {
     policies: RwLock<Arc<Policies>>,
     audit: AuditLog,
     keys: keys::KeyCache,
+    consents: consent_cache::ConsentCache,
     clock: Arc<dyn Clock>,
     // Changes to one subject (key creation, writes, deletes, consent, shreds, expiry) hold the
     // subject's stripe and `writer` shared, so two calls never create two DEKs for one subject while

@@ -5,6 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
+use super::consent_cache::ConsentCache;
 use super::{Limits, OpenError, SUBJECT_STRIPES, Vault, keys::KeyCache};
 use crate::audit::AuditLog;
 use crate::clock::Clock;
@@ -153,6 +154,7 @@ impl Vault {
             policies: RwLock::new(Arc::new(policies)),
             audit,
             keys: KeyCache::new(config.limits.key_cache_subjects),
+            consents: ConsentCache::new(config.limits.key_cache_subjects),
             clock,
             writer: RwLock::new(()),
             stripes: (0..SUBJECT_STRIPES).map(|_| Mutex::new(())).collect(),

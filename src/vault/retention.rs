@@ -119,7 +119,7 @@ impl Vault {
             let (_, ranges) = self.stage_erase(&sid, SYSTEM, EMPTY_REASON, &mut batch)?;
             event.action = "retention_shred".into();
             self.commit(batch, event)?;
-            self.keys.evict(&sid);
+            self.forget_subject(&sid);
             if let Err(e) = self.store.purge(&ranges) {
                 tracing::error!(error = %e, "retention shred committed but the physical purge failed");
             }

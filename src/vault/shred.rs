@@ -42,7 +42,7 @@ impl Vault {
             let staged = self.stage_shred(ctx, &policies, &sid, reason, &mut event);
             let ((existed, ranges), audit_seq) = self.finish(event, staged)?;
             // The key is gone from disk; drop the unwrapped copy too, before anyone can use it.
-            self.keys.evict(&sid);
+            self.forget_subject(&sid);
             (existed, audit_seq, ranges)
         };
         let purged = match self.store.purge(&committed.2) {
@@ -106,6 +106,13 @@ impl Vault {
         Ok((existed, ranges))
     }
 
+    /// Drops what is cached of an erased subject (its unwrapped keys, its consents); called once
+    /// the erasure is committed.
+    pub(super) fn forget_subject(&self, sid: &Sid) {
+        self.keys.evict(sid);
+        self.consents.changed();
+    }
+
     /// Stages the deletion of every entry of `sid` (keys, fields, consents, lookup entries);
     /// returns whether there was any and the ranges to purge once committed.
     fn stage_subject_deletion(&self, sid: &Sid, batch: &mut Batch) -> Result<Erased, VaultError> {
@@ -150,7 +157,7 @@ impl Vault {
                 ..AuditEvent::default()
             };
             self.commit(batch, event).map_err(replay)?;
-            self.keys.evict(&sid);
+            self.forget_subject(&sid);
             self.store.purge(&ranges)?;
             count += 1;
         }

@@ -1,0 +1,90 @@
+//! The purposes each recently read subject has granted, so that a read does not scan the consent
+//! column family. Invalidated by generation: any consent change or subject erasure bumps one
+//! counter once it is committed, and an entry is used only if it was loaded under the current
+//! generation. A read that starts after a withdrawal returned can therefore never see the old
+//! consent, without writers and readers sharing a lock.
+
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use lru::LruCache;
+
+use super::VaultError;
+use crate::domain::{Purpose, Sid};
+
+/// The generation an entry was loaded under, and the purposes granted then.
+type Entry = (u64, Arc<[Purpose]>);
+
+/// Granted purposes per subject, least recently used evicted first.
+pub(super) struct ConsentCache {
+    entries: Mutex<LruCache<Sid, Entry>>,
+    generation: AtomicU64,
+}
+
+impl ConsentCache {
+    pub fn new(capacity: usize) -> Self {
+        let cap = NonZeroUsize::new(capacity.max(1)).unwrap_or(NonZeroUsize::MIN);
+        Self {
+            entries: Mutex::new(LruCache::new(cap)),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// The purposes `sid` has granted: cached if loaded since the last change, else `load`ed.
+    pub fn granted(
+        &self,
+        sid: &Sid,
+        load: impl FnOnce() -> Result<Vec<Purpose>, VaultError>,
+    ) -> Result<Arc<[Purpose]>, VaultError> {
+        // Read before loading: a change committed while loading makes this entry stale at once.
+        let generation = self.generation.load(Ordering::Acquire);
+        let lock = || self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((loaded_at, purposes)) = lock().get(sid)
+            && *loaded_at == generation
+        {
+            return Ok(Arc::clone(purposes));
+        }
+        let purposes: Arc<[Purpose]> = load()?.into();
+        lock().put(*sid, (generation, Arc::clone(&purposes)));
+        Ok(purposes)
+    }
+
+    /// Called once a change to some subject's consents is committed, before the call returns.
+    pub fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn purposes(names: &[&str]) -> Vec<Purpose> {
+        names.iter().map(|n| Purpose::new(*n).unwrap()).collect()
+    }
+
+    #[test]
+    fn a_change_makes_every_earlier_load_stale() {
+        let cache = ConsentCache::new(4);
+        let sid = Sid([1; 32]);
+        let first = cache.granted(&sid, || Ok(purposes(&["marketing"]))).unwrap();
+        assert_eq!(first.len(), 1);
+        // Cached: the loader is not called.
+        let again = cache.granted(&sid, || panic!("cached")).unwrap();
+        assert_eq!(again, first);
+        cache.changed();
+        let after = cache.granted(&sid, || Ok(Vec::new())).unwrap();
+        assert!(after.is_empty());
+        // A load that raced a change is not served after it.
+        cache.changed();
+        let racing = cache
+            .granted(&sid, || {
+                cache.changed();
+                Ok(purposes(&["marketing"]))
+            })
+            .unwrap();
+        assert_eq!(racing.len(), 1);
+        assert!(cache.granted(&sid, || Ok(Vec::new())).unwrap().is_empty());
+    }
+}
