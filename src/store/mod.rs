@@ -101,6 +101,17 @@ pub fn memory_only<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
+/// A point read's value, inside [`memory_only`] refusing an empty one. RocksDB's MultiGet answers
+/// a key whose block is not cached with OK and an empty value ("may exist"), not Incomplete as Get
+/// does. Reading an empty value again from the disk is always correct, and only costs a retry
+/// should a value ever be empty.
+fn checked_in_memory(value: Option<Vec<u8>>) -> Result<Option<Vec<u8>>, StoreError> {
+    match value {
+        Some(v) if v.is_empty() && MEMORY_ONLY.get() => Err(StoreError::NotInMemory),
+        other => Ok(other),
+    }
+}
+
 /// Options for one read: restricted to memory inside [`memory_only`].
 fn read_options() -> ReadOptions {
     let mut opts = ReadOptions::default();
@@ -244,6 +255,7 @@ impl Store {
         self.db
             .get_cf_opt(self.cf(cf)?, key, &read_options())
             .map_err(|e| self.err(e))
+            .and_then(checked_in_memory)
     }
 
     /// The values of several keys, possibly in several column families, in one call.
@@ -255,7 +267,7 @@ impl Store {
         self.db
             .multi_get_cf_opt(handles, &read_options())
             .into_iter()
-            .map(|r| r.map_err(|e| self.err(e)))
+            .map(|r| r.map_err(|e| self.err(e)).and_then(checked_in_memory))
             .collect()
     }
 
@@ -410,6 +422,12 @@ mod tests {
         }
         // Reopened, the write is in a table file (flushed at recovery) and no block is cached.
         let store = Store::open(dir.path()).unwrap();
+        // MultiGet may find the block after all, or answer "may exist" (an empty value): never a
+        // wrong value, never a false absence.
+        match memory_only(|| store.multi_get(&[(Cf::Fields, b"k1")])) {
+            Ok(values) => assert_eq!(values, vec![Some(b"v1".to_vec())]),
+            Err(e) => assert!(matches!(e, StoreError::NotInMemory)),
+        }
         assert!(matches!(
             memory_only(|| store.get(Cf::Fields, b"k1")),
             Err(StoreError::NotInMemory)
@@ -434,6 +452,19 @@ mod tests {
         );
         // The restriction ends with the closure.
         assert!(store.scan_prefix(Cf::Fields, b"k").is_ok());
+    }
+
+    #[test]
+    fn an_empty_point_read_in_memory_means_may_exist() {
+        assert!(matches!(
+            memory_only(|| checked_in_memory(Some(Vec::new()))),
+            Err(StoreError::NotInMemory)
+        ));
+        assert_eq!(
+            checked_in_memory(Some(Vec::new())).unwrap(),
+            Some(Vec::new())
+        );
+        assert_eq!(memory_only(|| checked_in_memory(None)).unwrap(), None);
     }
 
     #[test]
