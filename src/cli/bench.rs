@@ -76,6 +76,8 @@ struct Phase {
     name: String,
     calls: u64,
     errors: u64,
+    /// The first failed call's status, to tell what failed.
+    first_error: Option<String>,
     seconds: f64,
     latencies_us: Vec<u32>,
 }
@@ -107,6 +109,9 @@ impl Phase {
             self.errors,
             ratio
         );
+        if let Some(e) = &self.first_error {
+            println!("{:<28} first error: {e}", "");
+        }
     }
 }
 
@@ -243,22 +248,27 @@ impl Rng {
     }
 }
 
-async fn one_call(channel: &Channel, op: Op, subject: u64, round: u64) -> bool {
+async fn one_call(
+    channel: &Channel,
+    op: Op,
+    subject: u64,
+    round: u64,
+) -> Result<(), tonic::Status> {
     match op {
         Op::Health => HealthClient::new(channel.clone())
             .check(HealthCheckRequest {
                 service: String::new(),
             })
             .await
-            .is_ok(),
+            .map(drop),
         Op::Get => VaultClient::new(channel.clone())
             .get_fields(request(get_request(subject)))
             .await
-            .is_ok(),
+            .map(drop),
         Op::Put => VaultClient::new(channel.clone())
             .put_fields(request(put_request(subject, round)))
             .await
-            .is_ok(),
+            .map(drop),
         Op::Mix if round.is_multiple_of(10) => {
             Box::pin(one_call(channel, Op::Put, subject, round)).await
         }
@@ -280,10 +290,12 @@ async fn phase(
     let start = Instant::now();
     let deadline = start + Duration::from_secs(seconds);
     let errors = Arc::new(AtomicU64::new(0));
+    let first_error = Arc::new(std::sync::OnceLock::new());
     let mut workers = Vec::new();
     for w in 0..concurrency {
         let channel = channels[w % channels.len()].clone();
         let errors = Arc::clone(&errors);
+        let first_error = Arc::clone(&first_error);
         let interval = rate.map(|r| Duration::from_secs_f64(concurrency as f64 / r));
         workers.push(tokio::spawn(async move {
             let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (w as u64 + 1));
@@ -312,8 +324,10 @@ async fn phase(
                     None => Instant::now(),
                 };
                 let subject = rng.next() % subjects.max(1);
-                if !one_call(&channel, op, subject, round).await {
+                if let Err(status) = one_call(&channel, op, subject, round).await {
                     errors.fetch_add(1, Ordering::Relaxed);
+                    first_error
+                        .get_or_init(|| format!("{:?}: {}", status.code(), status.message()));
                 }
                 latencies.push(u32::try_from(began.elapsed().as_micros()).unwrap_or(u32::MAX));
                 round += 1;
@@ -330,6 +344,7 @@ async fn phase(
         name: name.to_owned(),
         calls: latencies_us.len() as u64,
         errors: errors.load(Ordering::Relaxed),
+        first_error: first_error.get().cloned(),
         seconds: start.elapsed().as_secs_f64(),
         latencies_us,
     }
@@ -363,8 +378,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 let range = (w * per)..((w + 1) * per).min(args.subjects);
                 loaders.push(tokio::spawn(async move {
                     for s in range {
-                        if !one_call(&channel, Op::Put, s, 0).await {
-                            return Err(anyhow::anyhow!("loading subject {s} failed"));
+                        if let Err(status) = one_call(&channel, Op::Put, s, 0).await {
+                            return Err(anyhow::anyhow!(
+                                "loading subject {s} failed: {:?}: {}",
+                                status.code(),
+                                status.message()
+                            ));
                         }
                     }
                     Ok(())
