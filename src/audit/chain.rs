@@ -2,9 +2,9 @@
 //! while it wrote the previous group, chains their records in arrival order, writes them with
 //! their callers' changes as one atomic batch (one WAL sync), and hands each caller its seq (or
 //! the shared error). The head moves only once that write is durable, so no caller learns its seq
-//! before its record is on disk. Callers never write themselves: an async task can queue a record
-//! and await its durability without parking a thread, and no caller's latency includes another
-//! group's sync beyond the one in flight.
+//! before its record is on disk. An async task queues its record and awaits its durability without
+//! parking a thread; a blocking caller that finds nothing queued and nothing being written writes
+//! its own group on its thread (no hand-off for a lone write). One group is written at a time.
 
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -84,6 +84,8 @@ struct Queue {
     pending: Vec<Pending>,
     /// The committer sleeps on `wake`; only then does a caller pay for a wake-up.
     idle: bool,
+    /// A group is being written (by the committer, or by a lone blocking caller).
+    writing: bool,
     closed: bool,
 }
 
@@ -101,6 +103,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The appender: the head of the chain, the commit queue and the committer thread.
 pub struct AuditLog {
     shared: Arc<Shared>,
+    store: Arc<Store>,
     committer: Option<JoinHandle<()>>,
 }
 
@@ -152,6 +155,7 @@ impl AuditLog {
             queue: Mutex::new(Queue {
                 pending: Vec::new(),
                 idle: false,
+                writing: false,
                 closed: false,
             }),
             wake: Condvar::new(),
@@ -161,11 +165,13 @@ impl AuditLog {
             .name("privault-audit".into())
             .spawn({
                 let shared = Arc::clone(&shared);
+                let store = Arc::clone(&store);
                 move || run_committer(&shared, &store)
             })
             .map_err(|e| AuditError::GroupFailed(format!("cannot start the committer: {e}")))?;
         Ok(Self {
             shared,
+            store,
             committer: Some(committer),
         })
     }
@@ -173,10 +179,27 @@ impl AuditLog {
     /// Appends the record of `event` to `batch` and writes the batch durably; returns its seq.
     /// Concurrent commits share one synced write (group commit); each still returns only once its
     /// own record and changes are durable, and a failed write fails every commit of its group and
-    /// moves the head by none of them.
+    /// moves the head by none of them. A caller that finds nothing queued and nothing being
+    /// written writes its own group on its thread, saving the two thread wake-ups of a hand-off
+    /// to the committer (a lone write's latency).
     pub fn commit(&self, batch: Batch, event: AuditEvent, now: Millis) -> Result<u64, AuditError> {
         let (tx, rx) = sync_channel(1);
-        self.enqueue(batch, event, now, Reply::Blocking(tx));
+        let pending = Pending {
+            batch,
+            event,
+            now,
+            reply: Reply::Blocking(tx),
+        };
+        let mut queue = lock(&self.shared.queue);
+        if !queue.closed && !queue.writing && queue.pending.is_empty() {
+            queue.writing = true;
+            drop(queue);
+            write_and_answer(&self.shared, &self.store, vec![pending]);
+            finish_writing(&self.shared);
+        } else {
+            drop(queue);
+            self.push(pending);
+        }
         match rx.recv() {
             Ok(outcome) => outcome.map_err(AuditError::GroupFailed),
             Err(_) => Err(AuditError::GroupFailed("audit committer gone".into())),
@@ -193,12 +216,15 @@ impl AuditLog {
     }
 
     fn enqueue(&self, batch: Batch, event: AuditEvent, now: Millis, reply: Reply) {
-        let pending = Pending {
+        self.push(Pending {
             batch,
             event,
             now,
             reply,
-        };
+        });
+    }
+
+    fn push(&self, pending: Pending) {
         let mut queue = lock(&self.shared.queue);
         if queue.closed {
             drop(queue);
@@ -206,7 +232,9 @@ impl AuditLog {
             return;
         }
         queue.pending.push(pending);
-        if std::mem::replace(&mut queue.idle, false) {
+        // While a lone caller writes, it wakes the committer itself when done.
+        if queue.idle && !queue.writing {
+            queue.idle = false;
             self.shared.wake.notify_one();
         }
     }
@@ -241,8 +269,8 @@ fn run_committer(shared: &Shared, store: &Store) {
     loop {
         let pending = {
             let mut queue = lock(&shared.queue);
-            while queue.pending.is_empty() {
-                if queue.closed {
+            while queue.pending.is_empty() || queue.writing {
+                if queue.closed && queue.pending.is_empty() && !queue.writing {
                     return;
                 }
                 queue.idle = true;
@@ -252,25 +280,42 @@ fn run_committer(shared: &Shared, store: &Store) {
                     .unwrap_or_else(PoisonError::into_inner);
             }
             queue.idle = false;
+            queue.writing = true;
             std::mem::take(&mut queue.pending)
         };
-        let head = *lock(&shared.head);
-        let (work, replies): (Vec<_>, Vec<_>) = pending
-            .into_iter()
-            .map(|p| ((p.batch, p.event, p.now), p.reply))
-            .unzip();
-        let written = write_group(store, head, work);
-        match written {
-            Ok((next, seqs)) => {
-                *lock(&shared.head) = next;
-                for (reply, seq) in replies.into_iter().zip(seqs) {
-                    reply.send(Ok(seq));
-                }
+        write_and_answer(shared, store, pending);
+        lock(&shared.queue).writing = false;
+    }
+}
+
+/// Ends a lone caller's write: wakes the committer if commits queued meanwhile (or to let it stop).
+fn finish_writing(shared: &Shared) {
+    let mut queue = lock(&shared.queue);
+    queue.writing = false;
+    if queue.idle && (!queue.pending.is_empty() || queue.closed) {
+        queue.idle = false;
+        shared.wake.notify_one();
+    }
+}
+
+/// Writes `pending` as one group after the current head and answers each caller. Only the holder
+/// of `writing` calls this, so groups are written one at a time, in order.
+fn write_and_answer(shared: &Shared, store: &Store, pending: Vec<Pending>) {
+    let head = *lock(&shared.head);
+    let (work, replies): (Vec<_>, Vec<_>) = pending
+        .into_iter()
+        .map(|p| ((p.batch, p.event, p.now), p.reply))
+        .unzip();
+    match write_group(store, head, work) {
+        Ok((next, seqs)) => {
+            *lock(&shared.head) = next;
+            for (reply, seq) in replies.into_iter().zip(seqs) {
+                reply.send(Ok(seq));
             }
-            Err(message) => {
-                for reply in replies {
-                    reply.send(Err(message.clone()));
-                }
+        }
+        Err(message) => {
+            for reply in replies {
+                reply.send(Err(message.clone()));
             }
         }
     }
