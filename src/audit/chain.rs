@@ -18,6 +18,8 @@ use crate::store::{Batch, Cf, Store};
 
 const HEAD_KEY: &[u8] = b"audit_head";
 const GENESIS: [u8; 32] = [0; 32];
+/// A group write slower than this is logged.
+const SLOW_GROUP: std::time::Duration = std::time::Duration::from_millis(50);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Head {
@@ -306,7 +308,18 @@ fn write_and_answer(shared: &Shared, store: &Store, pending: Vec<Pending>) {
         .into_iter()
         .map(|p| ((p.batch, p.event, p.now), p.reply))
         .unzip();
-    match write_group(store, head, work) {
+    let started = std::time::Instant::now();
+    let written = write_group(store, head, work);
+    let took = started.elapsed();
+    if took >= SLOW_GROUP {
+        // Every caller of the group waited this long: a slow disk shows here first.
+        tracing::warn!(
+            records = replies.len(),
+            took_ms = took.as_millis(),
+            "slow audit group write"
+        );
+    }
+    match written {
         Ok((next, seqs)) => {
             *lock(&shared.head) = next;
             for (reply, seq) in replies.into_iter().zip(seqs) {

@@ -68,7 +68,9 @@ mod tests {
     fn a_change_makes_every_earlier_load_stale() {
         let cache = ConsentCache::new(4);
         let sid = Sid([1; 32]);
-        let first = cache.granted(&sid, || Ok(purposes(&["marketing"]))).unwrap();
+        let first = cache
+            .granted(&sid, || Ok(purposes(&["marketing"])))
+            .unwrap();
         assert_eq!(first.len(), 1);
         // Cached: the loader is not called.
         let again = cache.granted(&sid, || panic!("cached")).unwrap();
