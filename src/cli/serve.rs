@@ -93,6 +93,9 @@ pub struct Settings {
     /// Subjects whose unwrapped keys stay cached [default: 10000]
     #[arg(long, env = "PRIVAULT_KEY_CACHE_SUBJECTS")]
     key_cache_subjects: Option<usize>,
+    /// MiB of RocksDB's block cache; reads that miss it leave the async runtime [default: 256]
+    #[arg(long, env = "PRIVAULT_BLOCK_CACHE_MIB")]
+    block_cache_mib: Option<usize>,
 }
 
 impl Settings {
@@ -122,7 +125,8 @@ impl Settings {
             max_purpose_bytes,
             max_concurrent_per_peer,
             request_timeout_secs,
-            key_cache_subjects
+            key_cache_subjects,
+            block_cache_mib
         )
     }
 }
@@ -168,6 +172,9 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Resolved> {
             .unwrap_or(defaults.max_fields_per_call),
         max_value_bytes: s.max_value_bytes.unwrap_or(defaults.max_value_bytes),
         key_cache_subjects: s.key_cache_subjects.unwrap_or(defaults.key_cache_subjects),
+        block_cache_bytes: s.block_cache_mib.map_or(defaults.block_cache_bytes, |mib| {
+            mib.saturating_mul(1 << 20)
+        }),
         max_subject_id_bytes: s
             .max_subject_id_bytes
             .unwrap_or(defaults.max_subject_id_bytes),

@@ -9,9 +9,9 @@ use std::cell::Cell;
 use std::path::{Path, PathBuf};
 
 use rocksdb::{
-    BottommostLevelCompaction, ColumnFamily, ColumnFamilyDescriptor, CompactOptions, DB,
-    DBCompressionType, Direction, ErrorKind, FlushOptions, IteratorMode, Options, ReadOptions,
-    ReadTier, WriteBatch, WriteOptions,
+    BlockBasedOptions, BottommostLevelCompaction, Cache, ColumnFamily, ColumnFamilyDescriptor,
+    CompactOptions, DB, DBCompressionType, Direction, ErrorKind, FlushOptions, IteratorMode,
+    Options, ReadOptions, ReadTier, WriteBatch, WriteOptions,
 };
 
 /// The column families of the design's on-disk layout.
@@ -187,8 +187,16 @@ fn db_options() -> Options {
     opts
 }
 
-fn cf_options() -> Options {
+/// Bytes of the block cache that every column family shares, unless configured: enough for the
+/// hot part of a large vault's fields and keys (a read that misses it is retried off the async
+/// runtime), small beside the machine; allocated only as blocks are read.
+pub const DEFAULT_BLOCK_CACHE_BYTES: usize = 256 << 20;
+
+fn cf_options(cache: &Cache) -> Options {
     let mut opts = Options::default();
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    opts.set_block_based_table_factory(&table);
     // Values are ciphertext (incompressible); keeping them uncompressed also lets a byte scan of
     // the data directory prove that a shredded DEK is gone.
     opts.set_compression_type(DBCompressionType::None);
@@ -199,13 +207,20 @@ fn cf_options() -> Options {
 impl Store {
     /// Opens (creating when absent) the database in `path` with every column family.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Self::open_with(path, |opts, cfs| DB::open_cf_descriptors(opts, path, cfs))
+        Self::open_with_block_cache(path, DEFAULT_BLOCK_CACHE_BYTES)
+    }
+
+    /// [`Store::open`] with a block cache of `bytes`, shared by every column family.
+    pub fn open_with_block_cache(path: &Path, bytes: usize) -> Result<Self, StoreError> {
+        Self::open_with(path, bytes, |opts, cfs| {
+            DB::open_cf_descriptors(opts, path, cfs)
+        })
     }
 
     /// Opens an existing database read-only, beside a running vault if need be: it takes no lock
     /// and sees the state as of opening (flushed files and the WAL).
     pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
-        Self::open_with(path, |opts, cfs| {
+        Self::open_with(path, DEFAULT_BLOCK_CACHE_BYTES, |opts, cfs| {
             opts.create_if_missing(false);
             opts.create_missing_column_families(false);
             DB::open_cf_descriptors_read_only(opts, path, cfs, false)
@@ -214,11 +229,13 @@ impl Store {
 
     fn open_with(
         path: &Path,
+        block_cache_bytes: usize,
         open: impl FnOnce(&mut Options, Vec<ColumnFamilyDescriptor>) -> Result<DB, rocksdb::Error>,
     ) -> Result<Self, StoreError> {
+        let cache = Cache::new_lru_cache(block_cache_bytes);
         let cfs = Cf::ALL
             .iter()
-            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options()))
+            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(&cache)))
             .collect();
         let db = open(&mut db_options(), cfs).map_err(|e| StoreError::Db {
             path: path.to_owned(),

@@ -60,8 +60,10 @@ pub struct Limits {
     pub max_value_bytes: usize,
     /// Bytes in a shred reason.
     pub max_reason_bytes: usize,
-    /// Subjects whose unwrapped keys stay cached.
+    /// Subjects whose unwrapped keys (and granted purposes) stay cached.
     pub key_cache_subjects: usize,
+    /// Bytes of RocksDB's block cache, shared by every column family.
+    pub block_cache_bytes: usize,
     /// Bytes in a subject id (at most the domain's hard limit of 256).
     pub max_subject_id_bytes: usize,
     /// Bytes in a purpose name (at most the domain's hard limit of 64).
@@ -75,6 +77,7 @@ impl Default for Limits {
             max_value_bytes: 64 * 1024,
             max_reason_bytes: 256,
             key_cache_subjects: 10_000,
+            block_cache_bytes: crate::store::DEFAULT_BLOCK_CACHE_BYTES,
             max_subject_id_bytes: crate::domain::MAX_SUBJECT_ID_BYTES,
             max_purpose_bytes: crate::domain::MAX_NAME_BYTES,
         }

@@ -143,7 +143,10 @@ impl Vault {
         let (root, kdf) = root_key(config)?;
         let keyring = Keyring::open_or_create(&config.keyring_path(), &root, clock.now_ms(), kdf)?;
         drop(root);
-        let store = Arc::new(Store::open(&config.db_dir())?);
+        let store = Arc::new(Store::open_with_block_cache(
+            &config.db_dir(),
+            config.limits.block_cache_bytes,
+        )?);
         check_pairing(&store, &keyring, config)?;
         let audit = AuditLog::open(Arc::clone(&store))?;
         let ledger = Ledger::open(&config.ledger_path())?;
