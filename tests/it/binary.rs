@@ -347,6 +347,17 @@ async fn reads_fail_closed_when_the_audit_record_cannot_be_written() {
         "no value leaves without its audit record"
     );
     assert!(!err.message().contains("alice"));
+    let mut batch = tonic::Request::new(privault::api::pb::BatchGetFieldsRequest {
+        subject_ids: vec!["cust-0".into(), "cust-1".into()],
+        purpose: "fulfillment".into(),
+        fields: vec!["email".into()],
+    });
+    batch
+        .metadata_mut()
+        .insert("x-privault-principal", as_("Service::\"checkout\""));
+    let err = vault.batch_get_fields(batch).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "nor from a batch");
+    assert!(!err.message().contains("alice"));
     let _ = terminate(&mut served.child);
 }
 
