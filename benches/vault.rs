@@ -53,11 +53,13 @@ fn vault_paths(c: &mut Criterion) {
         rows.into_iter().take(5).map(|(k, _)| k).collect()
     };
     c.bench_function("store/multi_get_5_fields", |b| {
-        let request: Vec<(Cf, &[u8])> = store_keys
-            .iter()
-            .map(|k| (Cf::Fields, k.as_slice()))
-            .collect();
-        b.iter(|| vault.store().multi_get(black_box(&request)).unwrap());
+        let request: Vec<&[u8]> = store_keys.iter().map(Vec::as_slice).collect();
+        b.iter(|| {
+            vault
+                .store()
+                .multi_get(Cf::Fields, black_box(&request))
+                .unwrap()
+        });
     });
 
     let subject = SubjectId::new("bench-7".into()).unwrap();

@@ -275,16 +275,17 @@ impl Store {
             .and_then(checked_in_memory)
     }
 
-    /// The values of several keys, possibly in several column families, in one call.
-    pub fn multi_get(&self, keys: &[(Cf, &[u8])]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        let handles = keys
-            .iter()
-            .map(|(cf, key)| Ok((self.cf(*cf)?, *key)))
-            .collect::<Result<Vec<_>, StoreError>>()?;
+    /// The values of several keys of `cf`, in one batched lookup (RocksDB's MultiGet reading
+    /// each needed block once and pinning values instead of copying them twice).
+    pub fn multi_get(&self, cf: Cf, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
         self.db
-            .multi_get_cf_opt(handles, &read_options())
+            .batched_multi_get_cf_opt(self.cf(cf)?, keys.iter().copied(), false, &read_options())
             .into_iter()
-            .map(|r| r.map_err(|e| self.err(e)).and_then(checked_in_memory))
+            .map(|r| {
+                r.map(|v| v.map(|pinned| pinned.to_vec()))
+                    .map_err(|e| self.err(e))
+                    .and_then(checked_in_memory)
+            })
             .collect()
     }
 
@@ -423,9 +424,9 @@ mod tests {
         let scanned = store.scan_prefix(Cf::Fields, b"aa").unwrap();
         assert_eq!(scanned.len(), 2);
         let got = store
-            .multi_get(&[(Cf::Fields, b"ab1"), (Cf::Meta, b"m"), (Cf::Keys, b"none")])
+            .multi_get(Cf::Fields, &[b"ab1", b"aa2", b"none"])
             .unwrap();
-        assert_eq!(got, vec![Some(b"z".to_vec()), Some(b"v".to_vec()), None]);
+        assert_eq!(got, vec![Some(b"z".to_vec()), Some(b"y".to_vec()), None]);
     }
 
     #[test]
@@ -441,7 +442,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         // MultiGet may find the block after all, or answer "may exist" (an empty value): never a
         // wrong value, never a false absence.
-        match memory_only(|| store.multi_get(&[(Cf::Fields, b"k1")])) {
+        match memory_only(|| store.multi_get(Cf::Fields, &[b"k1"])) {
             Ok(values) => assert_eq!(values, vec![Some(b"v1".to_vec())]),
             Err(e) => assert!(matches!(e, StoreError::NotInMemory)),
         }
@@ -458,7 +459,7 @@ mod tests {
         let mut batch = Batch::new();
         batch.put(Cf::Fields, b"k2".to_vec(), b"v2".to_vec());
         store.write(&batch).unwrap();
-        let got = memory_only(|| store.multi_get(&[(Cf::Fields, b"k1"), (Cf::Fields, b"k2")]));
+        let got = memory_only(|| store.multi_get(Cf::Fields, &[b"k1", b"k2"]));
         assert_eq!(
             got.unwrap(),
             vec![Some(b"v1".to_vec()), Some(b"v2".to_vec())]

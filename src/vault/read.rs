@@ -248,17 +248,14 @@ impl Vault {
             .iter()
             .map(|(p, _)| subject_key(sid, p.field().as_str()))
             .collect();
-        let request: Vec<(Cf, &[u8])> = storage_keys
-            .iter()
-            .map(|k| (Cf::Fields, k.as_slice()))
-            .collect();
+        let request: Vec<&[u8]> = storage_keys.iter().map(Vec::as_slice).collect();
         let now = self.clock.now_ms();
         self.with_current_keys(sid, Some(keys), |keys| {
             let mut out = BTreeMap::new();
             let Some(keys) = keys else {
                 return Ok(Ok(out));
             };
-            let values = self.store.multi_get(&request)?;
+            let values = self.store.multi_get(Cf::Fields, &request)?;
             for ((permit, spec), value) in permits.iter().zip(values) {
                 let Some(bytes) = value else { continue };
                 let record = decode_field(&bytes)?;

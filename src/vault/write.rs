@@ -174,10 +174,10 @@ impl Vault {
             .iter()
             .map(|f| subject_key(sid, f.as_str()))
             .collect();
-        let request: Vec<(Cf, &[u8])> = keys.iter().map(|k| (Cf::Fields, k.as_slice())).collect();
+        let request: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
         Ok(self
             .store
-            .multi_get(&request)?
+            .multi_get(Cf::Fields, &request)?
             .into_iter()
             .map(|v| v.is_some())
             .collect())
