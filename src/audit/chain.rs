@@ -199,8 +199,7 @@ impl AuditLog {
             write_and_answer(&self.shared, &self.store, vec![pending]);
             finish_writing(&self.shared);
         } else {
-            drop(queue);
-            self.push(pending);
+            self.enqueue(queue, pending);
         }
         match rx.recv() {
             Ok(outcome) => outcome.map_err(AuditError::GroupFailed),
@@ -213,21 +212,18 @@ impl AuditLog {
     /// runtime instead of parking a thread.
     pub fn commit_deferred(&self, batch: Batch, event: AuditEvent, now: Millis) -> CommitTicket {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.enqueue(batch, event, now, Reply::Deferred(tx));
-        CommitTicket(rx)
-    }
-
-    fn enqueue(&self, batch: Batch, event: AuditEvent, now: Millis, reply: Reply) {
-        self.push(Pending {
+        let pending = Pending {
             batch,
             event,
             now,
-            reply,
-        });
+            reply: Reply::Deferred(tx),
+        };
+        self.enqueue(lock(&self.shared.queue), pending);
+        CommitTicket(rx)
     }
 
-    fn push(&self, pending: Pending) {
-        let mut queue = lock(&self.shared.queue);
+    /// Queues `pending` for the committer, under the queue's lock.
+    fn enqueue(&self, mut queue: MutexGuard<'_, Queue>, pending: Pending) {
         if queue.closed {
             drop(queue);
             pending.reply.send(Err("the audit log is closed".into()));

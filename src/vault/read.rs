@@ -120,16 +120,13 @@ impl Vault {
     ) -> Queued<Vec<Result<Vec<FieldRead>, VaultError>>> {
         let policies = self.policies();
         if subjects.is_empty() || subjects.len() > MAX_BATCH_SUBJECTS {
-            let mut event = self.event(ctx, "read", Some(purpose), &policies);
+            let event = self.event(ctx, "read", Some(purpose), &policies);
             let err = VaultError::InvalidArgument(format!(
                 "a batch names 1 to {MAX_BATCH_SUBJECTS} subjects"
             ));
-            event.outcome = err.audit_outcome().into();
-            let ticket = self
-                .audit
-                .commit_deferred(Batch::new(), event, self.clock.now_ms());
+            let (result, ticket) = self.queue_read((event, Err(err)));
             return Queued::Ready {
-                result: Err(err),
+                result,
                 records: vec![ticket],
             };
         }
@@ -165,10 +162,10 @@ impl Vault {
     }
 
     /// Queues the audit record of a staged read; the result may leave once the ticket resolves.
-    fn queue_read(
+    fn queue_read<T>(
         &self,
-        (mut event, result): Staged,
-    ) -> (Result<Vec<FieldRead>, VaultError>, CommitTicket) {
+        (mut event, result): (AuditEvent, Result<T, VaultError>),
+    ) -> (Result<T, VaultError>, CommitTicket) {
         event.outcome = match &result {
             Ok(_) => "ok".into(),
             Err(e) => e.audit_outcome().into(),

@@ -255,17 +255,7 @@ fn a_restored_backup_is_re_shredded_from_the_deletion_ledger() {
         read_email(&v, "cust-2"),
         Ok(ReadOutcome::Value(_))
     ));
-    let actions: Vec<String> = v
-        .store()
-        .scan_prefix(Cf::Audit, &[])
-        .unwrap()
-        .iter()
-        .map(|(_, r)| {
-            serde_json::from_slice::<privault::audit::AuditRecord>(r)
-                .unwrap()
-                .action
-        })
-        .collect();
+    let actions = audit_actions(v.store());
     assert!(
         actions.contains(&"ledger_reshred".to_owned()),
         "{actions:?}"

@@ -8,7 +8,7 @@ use privault::domain::{FieldName, Principal, PrincipalKind, Purpose, SubjectId};
 use privault::vault::{CallContext, ReadOutcome, Vault};
 use secrecy::SecretString;
 
-use crate::support::TestVault;
+use crate::support::{TestVault, audit_actions};
 
 const DAY_MS: u64 = 86_400_000;
 
@@ -96,18 +96,9 @@ fn the_sweeper_deletes_expired_fields_in_bounded_slices_and_audits_it() {
         .map(|(k, _)| k[32..].to_vec())
         .collect();
     assert_eq!(stored, vec![b"email".to_vec(); 5]);
-    let records = v
-        .store()
-        .scan_prefix(privault::store::Cf::Audit, &[])
-        .unwrap();
-    let sweeps = records
+    let sweeps = audit_actions(v.store())
         .iter()
-        .filter(|(_, r)| {
-            serde_json::from_slice::<privault::audit::AuditRecord>(r)
-                .unwrap()
-                .action
-                == "retention_delete"
-        })
+        .filter(|a| *a == "retention_delete")
         .count();
     assert_eq!(sweeps, 5, "one audit record per subject swept");
 }
@@ -155,16 +146,7 @@ fn a_subject_whose_last_field_expires_is_shredded_when_the_catalog_says_so() {
     assert_eq!(report.deleted, 2);
 
     let store = v.store();
-    let actions: Vec<String> = store
-        .scan_prefix(privault::store::Cf::Audit, &[])
-        .unwrap()
-        .iter()
-        .map(|(_, r)| {
-            serde_json::from_slice::<privault::audit::AuditRecord>(r)
-                .unwrap()
-                .action
-        })
-        .collect();
+    let actions = audit_actions(store);
     assert_eq!(
         actions
             .iter()

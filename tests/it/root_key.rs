@@ -114,16 +114,7 @@ fn changing_the_passphrase_rewraps_the_keyring_and_keeps_the_data() {
     let read = v.get(&account, &subject, &purpose, &[email]).unwrap();
     assert!(matches!(&read[0].outcome, ReadOutcome::Value(x) if x.as_str() == "a@example.com"));
     assert!(!db_files_before.is_empty());
-    let audit = v
-        .store()
-        .scan_prefix(privault::store::Cf::Audit, &[])
-        .unwrap();
-    assert!(audit.iter().any(|(_, r)| {
-        serde_json::from_slice::<privault::audit::AuditRecord>(r)
-            .unwrap()
-            .action
-            == "key_change_passphrase"
-    }));
+    assert!(audit_actions(v.store()).contains(&"key_change_passphrase".to_owned()));
     drop(v);
     with_passphrase(&mut vault, "old guess");
     assert!(vault.open().is_err());

@@ -306,3 +306,17 @@ pub async fn audit_query(
     }
     (records, next)
 }
+
+/// The action of every audit record in `store`, in order.
+pub fn audit_actions(store: &privault::store::Store) -> Vec<String> {
+    store
+        .scan_prefix(privault::store::Cf::Audit, &[])
+        .unwrap()
+        .iter()
+        .map(|(_, r)| {
+            serde_json::from_slice::<privault::audit::AuditRecord>(r)
+                .unwrap()
+                .action
+        })
+        .collect()
+}
