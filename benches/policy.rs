@@ -17,15 +17,15 @@ fn decisions(c: &mut Criterion) {
     group.bench_function("cold", |b| {
         b.iter(|| {
             // A fresh context per call, as each call of the vault builds one.
-            let ctx = set.field_context(&purpose, &[]);
+            let ctx = set.field_context(&purpose, Default::default());
             set.evaluate_field(black_box(&support), FieldAction::ReadMasked, &email, &ctx)
         });
     });
-    let ctx = set.field_context(&purpose, &[]);
+    let ctx = set.field_context(&purpose, Default::default());
     set.decide_field(&support, FieldAction::ReadMasked, &email, &ctx);
     group.bench_function("cached", |b| {
         b.iter(|| {
-            let ctx = set.field_context(&purpose, &[]);
+            let ctx = set.field_context(&purpose, Default::default());
             set.decide_field(black_box(&support), FieldAction::ReadMasked, &email, &ctx)
         });
     });

@@ -49,27 +49,21 @@ impl Clock for ManualClock {
 }
 
 /// Formats `ms` since the epoch as RFC 3339 UTC with milliseconds (`2026-11-29T02:46:37.123Z`).
+/// An instant past the calendar `jiff` knows (year 9999) is written as its last millisecond.
 pub fn rfc3339(ms: Millis) -> String {
-    let secs = ms / 1000;
-    let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX);
-    let rem = secs % 86_400;
-    // Civil-from-days (H. Hinnant), valid for every date after 1970.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60,
-        ms % 1000
-    )
+    let ts = i64::try_from(ms)
+        .ok()
+        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+        .unwrap_or(jiff::Timestamp::MAX);
+    ts.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+/// Parses an RFC 3339 instant (`2026-11-30T02:46:37Z`, fractions and offsets allowed) into
+/// milliseconds since the epoch; `None` for anything else, an impossible date (`2026-02-31`), or
+/// an instant before 1970.
+pub fn parse_rfc3339(text: &str) -> Option<Millis> {
+    let ts: jiff::Timestamp = text.parse().ok()?;
+    u64::try_from(ts.as_millisecond()).ok()
 }
 
 #[cfg(test)]
@@ -82,38 +76,9 @@ mod tests {
         assert_eq!(rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
         assert_eq!(rfc3339(1_796_006_797_000), "2026-11-30T02:46:37.000Z");
     }
-}
-
-/// Parses `YYYY-MM-DDTHH:MM:SS[.fff]Z` (the form [`rfc3339`] writes) into milliseconds.
-pub fn parse_rfc3339(text: &str) -> Option<Millis> {
-    let text = text.strip_suffix('Z')?;
-    let (date, time) = text.split_once('T')?;
-    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
-    let (year, month, day) = (d.next()??, d.next()??, d.next()??);
-    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
-    let mut t = hms.splitn(3, ':').map(|p| p.parse::<u64>().ok());
-    let (h, m, s) = (t.next()??, t.next()??, t.next()??);
-    let ms: u64 = format!("{frac:0<3}").get(..3)?.parse().ok()?;
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || h > 23 || m > 59 || s > 60 {
-        return None;
-    }
-    // Days-from-civil (H. Hinnant).
-    let y = year - i64::from(month <= 2);
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = u64::try_from(era * 146_097 + doe - 719_468).ok()?;
-    Some(((days * 86_400 + h * 3600 + m * 60 + s) * 1000) + ms)
-}
-
-#[cfg(test)]
-mod parse_tests {
-    use super::*;
 
     #[test]
-    fn parse_inverts_format() {
+    fn parse_inverts_format_and_refuses_impossible_dates() {
         for ms in [0, 951_782_400_123, 1_796_006_797_000] {
             assert_eq!(parse_rfc3339(&rfc3339(ms)), Some(ms));
         }
@@ -122,6 +87,17 @@ mod parse_tests {
             Some(1_796_006_797_000)
         );
         assert_eq!(parse_rfc3339("2026-13-01T00:00:00Z"), None);
+        assert_eq!(parse_rfc3339("2026-02-31T00:00:00Z"), None);
+        assert_eq!(parse_rfc3339("2025-02-29T00:00:00Z"), None);
+        assert_eq!(parse_rfc3339("99999999999-01-01T00:00:00Z"), None);
+        assert_eq!(parse_rfc3339("1969-12-31T23:59:59Z"), None);
         assert_eq!(parse_rfc3339("yesterday"), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics(text in ".{0,40}") {
+            let _ = parse_rfc3339(&text);
+        }
     }
 }

@@ -1,9 +1,12 @@
 //! The deletion ledger: an append-only file beside `db/` (kept apart from data backups, like the
-//! keyring) with one synced line per shredded subject handle. Every start replays it, so a backup
-//! of `db/` restored from before a shred never brings the subject back. It holds sids (keyed
-//! hashes) and times only: no identifier, no value.
+//! keyring) with one synced line per shred: the subject handle, the time and the incarnation that
+//! was erased. Every start replays it, so a backup of `db/` restored from before a shred never
+//! brings the subject back, while a customer who came back after the shred (a new incarnation)
+//! keeps the new data. It holds sids (keyed hashes), random incarnation ids and times only: no
+//! identifier, no value. A line torn by a crash mid-append is cut off at open (that shred never
+//! committed: the line is synced before the shred's batch is written).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -41,6 +44,34 @@ pub enum LedgerError {
 struct Entry {
     sid: String,
     shredded_ms: Millis,
+    // Absent in lines written before incarnations, and for shreds of a subject that had none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    incarnation: Option<String>,
+}
+
+/// What the ledger says of one subject handle.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Shreds {
+    /// The incarnations that were shredded.
+    pub incarnations: BTreeSet<[u8; 16]>,
+    /// The latest shred of any kind.
+    pub latest_ms: Millis,
+    /// The latest shred that named no incarnation, if any.
+    pub latest_untracked_ms: Option<Millis>,
+}
+
+impl Shreds {
+    /// Whether an incarnation `incarnation` (when known) created at `created_ms` was shredded:
+    /// named by a shred, or older than a shred that named none.
+    pub fn covers(&self, incarnation: Option<&[u8; 16]>, created_ms: Millis) -> bool {
+        match incarnation {
+            Some(i) => {
+                self.incarnations.contains(i)
+                    || self.latest_untracked_ms.is_some_and(|t| t > created_ms)
+            }
+            None => self.latest_ms > created_ms,
+        }
+    }
 }
 
 /// The open ledger, appended to by shreds.
@@ -51,31 +82,35 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    /// Opens (creating, mode 0600) the ledger at `path`.
+    /// Opens (creating, mode 0600) the ledger at `path`, cutting off a line torn by a crash.
     pub fn open(path: &Path) -> Result<Self, LedgerError> {
+        let io = |source| LedgerError::Io {
+            path: path.to_owned(),
+            source,
+        };
         let file = OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(path)
-            .map_err(|source| LedgerError::Io {
-                path: path.to_owned(),
-                source,
-            })?;
+            .map_err(io)?;
+        repair_tail(&file).map_err(io)?;
         Ok(Self {
             path: path.to_owned(),
             file: Mutex::new(file),
         })
     }
 
-    /// Every sid the ledger names.
-    pub fn sids(&self) -> Result<BTreeSet<Sid>, LedgerError> {
+    /// Every subject handle the ledger names, with its shreds.
+    pub fn entries(&self) -> Result<BTreeMap<Sid, Shreds>, LedgerError> {
         let io = |source| LedgerError::Io {
             path: self.path.clone(),
             source,
         };
         let reader = BufReader::new(File::open(&self.path).map_err(io)?);
-        let mut sids = BTreeSet::new();
+        let mut out: BTreeMap<Sid, Shreds> = BTreeMap::new();
         for (i, line) in reader.lines().enumerate() {
             let line = line.map_err(io)?;
             if line.trim().is_empty() {
@@ -90,13 +125,40 @@ impl Ledger {
                 .ok()
                 .and_then(|b| b.try_into().ok())
                 .ok_or_else(malformed)?;
-            sids.insert(Sid(bytes));
+            let shreds = out.entry(Sid(bytes)).or_default();
+            shreds.latest_ms = shreds.latest_ms.max(entry.shredded_ms);
+            match entry.incarnation {
+                Some(hex_id) => {
+                    let id: [u8; 16] = hex::decode(&hex_id)
+                        .ok()
+                        .and_then(|b| b.try_into().ok())
+                        .ok_or_else(malformed)?;
+                    shreds.incarnations.insert(id);
+                }
+                None => {
+                    shreds.latest_untracked_ms = Some(
+                        shreds
+                            .latest_untracked_ms
+                            .map_or(entry.shredded_ms, |t| t.max(entry.shredded_ms)),
+                    );
+                }
+            }
         }
-        Ok(sids)
+        Ok(out)
     }
 
-    /// Appends `sid` and syncs before returning.
-    pub fn append(&self, sid: &Sid, shredded_ms: Millis) -> Result<(), LedgerError> {
+    /// Every sid the ledger names.
+    pub fn sids(&self) -> Result<BTreeSet<Sid>, LedgerError> {
+        Ok(self.entries()?.into_keys().collect())
+    }
+
+    /// Appends the shred of `sid`'s `incarnation` (when it had one) and syncs before returning.
+    pub fn append(
+        &self,
+        sid: &Sid,
+        incarnation: Option<&[u8; 16]>,
+        shredded_ms: Millis,
+    ) -> Result<(), LedgerError> {
         let io = |source| LedgerError::Io {
             path: self.path.clone(),
             source,
@@ -104,6 +166,7 @@ impl Ledger {
         let line = serde_json::to_string(&Entry {
             sid: hex::encode(sid.0),
             shredded_ms,
+            incarnation: incarnation.map(hex::encode),
         })
         .unwrap_or_default()
             + "\n";
@@ -116,6 +179,32 @@ impl Ledger {
     }
 }
 
+/// Cuts a last line that has no newline (an append torn by a crash), keeping every whole line.
+fn repair_tail(file: &File) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let mut reader = file;
+    let mut last = [0u8; 1];
+    reader.seek(SeekFrom::Start(len - 1))?;
+    reader.read_exact(&mut last)?;
+    if last[0] == b'\n' {
+        return Ok(());
+    }
+    let mut text = Vec::new();
+    reader.seek(SeekFrom::Start(0))?;
+    reader.read_to_end(&mut text)?;
+    let keep = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    tracing::warn!(
+        bytes = text.len() - keep,
+        "the deletion ledger ends in a torn line (a crash mid-append); cutting it off"
+    );
+    file.set_len(keep as u64)?;
+    file.sync_data()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,12 +214,57 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ledger");
         let ledger = Ledger::open(&path).unwrap();
-        ledger.append(&Sid([1; 32]), 5).unwrap();
-        ledger.append(&Sid([2; 32]), 6).unwrap();
+        ledger.append(&Sid([1; 32]), None, 5).unwrap();
+        ledger.append(&Sid([2; 32]), Some(&[9; 16]), 6).unwrap();
         drop(ledger);
         let sids = Ledger::open(&path).unwrap().sids().unwrap();
         assert_eq!(sids, BTreeSet::from([Sid([1; 32]), Sid([2; 32])]));
         std::fs::write(&path, "not json\n").unwrap();
         assert!(Ledger::open(&path).unwrap().sids().is_err());
+    }
+
+    #[test]
+    fn shreds_cover_only_what_they_erased() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(&dir.path().join("ledger")).unwrap();
+        ledger.append(&Sid([1; 32]), Some(&[7; 16]), 100).unwrap();
+        ledger.append(&Sid([2; 32]), None, 100).unwrap();
+        let entries = ledger.entries().unwrap();
+        let tracked = &entries[&Sid([1; 32])];
+        assert!(tracked.covers(Some(&[7; 16]), 50));
+        assert!(!tracked.covers(Some(&[8; 16]), 50), "another incarnation");
+        assert!(tracked.covers(None, 50), "format 1: older than the shred");
+        assert!(
+            !tracked.covers(None, 150),
+            "format 1: created after the shred"
+        );
+        let untracked = &entries[&Sid([2; 32])];
+        assert!(
+            untracked.covers(Some(&[8; 16]), 50),
+            "older than a shred of nothing"
+        );
+        assert!(
+            !untracked.covers(Some(&[8; 16]), 100),
+            "created at or after it"
+        );
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_and_every_whole_line_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger");
+        let ledger = Ledger::open(&path).unwrap();
+        ledger.append(&Sid([1; 32]), None, 5).unwrap();
+        drop(ledger);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(b"{\"sid\":\"02");
+        std::fs::write(&path, &bytes).unwrap();
+        let ledger = Ledger::open(&path).unwrap();
+        assert_eq!(ledger.sids().unwrap(), BTreeSet::from([Sid([1; 32])]));
+        ledger.append(&Sid([3; 32]), None, 6).unwrap();
+        assert_eq!(
+            ledger.sids().unwrap(),
+            BTreeSet::from([Sid([1; 32]), Sid([3; 32])])
+        );
     }
 }

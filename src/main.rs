@@ -58,6 +58,9 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
+    // Every command may hold keys or values (exports, audit tools with the root key, remote reads,
+    // tokens): none may leave a core dump.
+    cli::hardening::disable_core_dumps();
     let result = match cli.command {
         Command::Serve(args) => cli::serve::run(args).map(|()| ExitCode::SUCCESS),
         Command::Policy(command) => cli::policy::run(command),

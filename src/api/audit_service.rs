@@ -47,6 +47,7 @@ fn record(r: AuditRecord) -> pb::AuditRecord {
         policy_version: r.policy_version,
         peer: r.peer.unwrap_or_default(),
         consents: r.consents,
+        withdrawn: r.withdrawn,
         prev_hash: r.prev_hash,
         hash: r.hash,
     }

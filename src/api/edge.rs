@@ -30,6 +30,7 @@ pub struct Edge {
 #[derive(Debug)]
 pub struct Authorized {
     call: CallContext,
+    action: &'static str,
     _permit: Option<PeerPermit>,
 }
 
@@ -80,6 +81,7 @@ impl Edge {
                     request_id,
                     peer,
                 },
+                action,
                 _permit: permit,
             }),
             Err(status) => {
@@ -96,6 +98,30 @@ impl Edge {
         }
     }
 
+    /// Passes a converted request through; a request that failed to convert (bad syntax) is
+    /// refused with its status, and the refusal is audited like every other call.
+    pub async fn admit<T>(
+        &self,
+        ctx: &Authorized,
+        converted: Result<T, Status>,
+    ) -> Result<T, Status> {
+        let status = match converted {
+            Ok(call) => return Ok(call),
+            Err(status) => status,
+        };
+        let vault = Arc::clone(&self.vault);
+        let (call, action) = (ctx.call.clone(), ctx.action);
+        let audited =
+            tokio::task::spawn_blocking(move || vault.record_refused(&call, action)).await;
+        if !matches!(audited, Ok(Ok(_))) {
+            tracing::error!(
+                request_id = ctx.request_id,
+                "could not audit a refused call"
+            );
+        }
+        Err(status)
+    }
+
     /// Runs a read whose audit records are queued rather than awaited: first on the async
     /// runtime itself with reads limited to memory (the common case costs no thread hand-off),
     /// and only when that needs the disk again on the blocking pool. Then awaits the records'
@@ -110,7 +136,7 @@ impl Edge {
     where
         T: Send + 'static,
     {
-        let Authorized { call, _permit } = ctx;
+        let Authorized { call, _permit, .. } = ctx;
         let request_id = call.request_id.clone();
         let queued = match memory_only(|| op(&self.vault, &call)) {
             Queued::NeedsDisk => {
@@ -156,7 +182,7 @@ impl Edge {
         T: Send + 'static,
     {
         let vault = Arc::clone(&self.vault);
-        let Authorized { call, _permit } = ctx;
+        let Authorized { call, _permit, .. } = ctx;
         let request_id = call.request_id.clone();
         let result = tokio::task::spawn_blocking(move || op(&vault, &call))
             .await

@@ -74,7 +74,13 @@ impl pb::key_admin_server::KeyAdmin for KeyService {
     ) -> Result<Response<pb::RotateSubjectKeyResponse>, Status> {
         let ctx = self.edge.context(&request, "key_rotate_dek").await?;
         let pb::RotateSubjectKeyRequest { subject_id } = request.into_inner();
-        let subject = SubjectId::new(subject_id).map_err(|e| Status::invalid_argument(e.0))?;
+        let subject = self
+            .edge
+            .admit(
+                &ctx,
+                SubjectId::new(subject_id).map_err(|e| Status::invalid_argument(e.0)),
+            )
+            .await?;
         self.edge
             .run(
                 ctx,

@@ -65,6 +65,9 @@ fn incoming(
     })
 }
 
+/// What a response may carry beyond its values (field names, policy ids, framing).
+const RESPONSE_SLACK_BYTES: usize = 1024 * 1024;
+
 /// How the server meets its callers.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -78,6 +81,8 @@ pub struct ServeOptions {
     pub max_concurrent_per_peer: usize,
     /// Longest a call may run; a client's shorter `grpc-timeout` wins.
     pub request_timeout: Duration,
+    /// How long in-flight calls may drain after shutdown begins; then the rest are cut off.
+    pub shutdown_grace: Duration,
 }
 
 impl ServeOptions {
@@ -89,6 +94,7 @@ impl ServeOptions {
             max_message_bytes: 4 * 1024 * 1024,
             max_concurrent_per_peer: 256,
             request_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(20),
         }
     }
 }
@@ -116,12 +122,11 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let (reporter, health) = tonic_health::server::health_reporter();
-    reporter
-        .set_serving::<pb::vault_server::VaultServer<VaultService>>()
-        .await;
-    reporter
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
+    for name in HEALTH_SERVICES {
+        reporter
+            .set_service_status(name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -130,22 +135,39 @@ pub async fn serve_with(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
+    // Responses are bounded too: the vault refuses a read past its byte budget of values, and
+    // names, policy ids and framing get the slack on top.
+    let max_out = vault
+        .limits()
+        .max_response_bytes
+        .saturating_add(RESPONSE_SLACK_BYTES)
+        .max(options.max_message_bytes);
     let edge = Edge::new(vault, options.identity, options.max_concurrent_per_peer);
     let max = options.max_message_bytes;
     let policy_service =
         pb::policy_admin_server::PolicyAdminServer::new(PolicyAdminService::new(edge.clone()))
-            .max_decoding_message_size(max);
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max_out);
     let audit_service = pb::audit_server::AuditServer::new(AuditService::new(edge.clone()))
-        .max_decoding_message_size(max);
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max_out);
     let key_service = pb::key_admin_server::KeyAdminServer::new(KeyService::new(edge.clone()))
-        .max_decoding_message_size(max);
-    let vault_service =
-        pb::vault_server::VaultServer::new(VaultService::new(edge)).max_decoding_message_size(max);
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max_out);
+    let vault_service = pb::vault_server::VaultServer::new(VaultService::new(edge))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max_out);
     let mut builder = Server::builder().timeout(options.request_timeout);
     if let Some(tls) = options.tls {
         builder = builder.tls_config(tls)?;
     }
-    builder
+    let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        shutdown.await;
+        drain_health(reporter).await;
+        let _ = draining.send(());
+    };
+    let serve = builder
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -153,7 +175,43 @@ pub async fn serve_with(
         .add_service(policy_service)
         .add_service(audit_service)
         .add_service(key_service)
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
-        .await?;
+        .serve_with_incoming_shutdown(incoming(listener), shutdown);
+    let grace = options.shutdown_grace;
+    let grace_over = async move {
+        if drain_started.await.is_ok() {
+            tokio::time::sleep(grace).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        served = serve => served?,
+        () = grace_over => {
+            tracing::warn!(
+                grace_secs = grace.as_secs(),
+                "calls still open after the shutdown grace period; closing them"
+            );
+        }
+    }
     Ok(())
+}
+
+/// The names `grpc.health.v1.Health` answers for: the server as a whole and the vault.
+const HEALTH_SERVICES: [&str; 2] = [
+    "",
+    <pb::vault_server::VaultServer<VaultService> as tonic::server::NamedService>::NAME,
+];
+
+/// The first step of a shutdown: every health status turns NOT_SERVING (load balancers stop
+/// sending calls), then the statuses are cleared, which ends every `Health/Watch` stream: an open
+/// watch would otherwise hold its connection, and the drain, forever.
+async fn drain_health(mut reporter: tonic_health::server::HealthReporter) {
+    for name in HEALTH_SERVICES {
+        reporter
+            .set_service_status(name, tonic_health::ServingStatus::NotServing)
+            .await;
+    }
+    for name in HEALTH_SERVICES {
+        reporter.clear_service_status(name).await;
+    }
 }

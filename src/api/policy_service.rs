@@ -238,6 +238,7 @@ impl pb::policy_admin_server::PolicyAdmin for PolicyAdminService {
             purpose,
             consents,
             reason,
+            withdrawn,
         } = request.into_inner();
         let some = |s: String| (!s.is_empty()).then_some(s);
         let (field, purpose, reason) = (some(field), some(purpose), some(reason));
@@ -253,6 +254,7 @@ impl pb::policy_admin_server::PolicyAdmin for PolicyAdminService {
                             field.as_deref(),
                             purpose.as_deref(),
                             &consents,
+                            &withdrawn,
                             reason.as_deref(),
                         )
                     })

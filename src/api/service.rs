@@ -31,7 +31,10 @@ impl pb::vault_server::Vault for VaultService {
         request: Request<pb::PutFieldsRequest>,
     ) -> Result<Response<pb::PutFieldsResponse>, Status> {
         let ctx = self.edge.context(&request, "write").await?;
-        let call = PutFields::try_from(request.into_inner())?;
+        let call = self
+            .edge
+            .admit(&ctx, PutFields::try_from(request.into_inner()))
+            .await?;
         self.edge
             .run(
                 ctx,
@@ -48,7 +51,10 @@ impl pb::vault_server::Vault for VaultService {
         request: Request<pb::GetFieldsRequest>,
     ) -> Result<Response<pb::GetFieldsResponse>, Status> {
         let ctx = self.edge.context(&request, "read").await?;
-        let call = FieldsCall::try_from(request.into_inner())?;
+        let call = self
+            .edge
+            .admit(&ctx, FieldsCall::try_from(request.into_inner()))
+            .await?;
         self.edge
             .run_queued(
                 ctx,
@@ -67,7 +73,10 @@ impl pb::vault_server::Vault for VaultService {
         request: Request<pb::DeleteFieldsRequest>,
     ) -> Result<Response<pb::DeleteFieldsResponse>, Status> {
         let ctx = self.edge.context(&request, "delete").await?;
-        let call = FieldsCall::try_from(request.into_inner())?;
+        let call = self
+            .edge
+            .admit(&ctx, FieldsCall::try_from(request.into_inner()))
+            .await?;
         self.edge
             .run(
                 ctx,
@@ -84,7 +93,10 @@ impl pb::vault_server::Vault for VaultService {
         request: Request<pb::ShredSubjectRequest>,
     ) -> Result<Response<pb::ShredSubjectResponse>, Status> {
         let ctx = self.edge.context(&request, "shred").await?;
-        let call = Shred::try_from(request.into_inner())?;
+        let call = self
+            .edge
+            .admit(&ctx, Shred::try_from(request.into_inner()))
+            .await?;
         self.edge
             .run(
                 ctx,
@@ -108,8 +120,10 @@ impl pb::vault_server::Vault for VaultService {
             purpose,
             granted,
         } = request.into_inner();
-        let subject = SubjectId::new(subject_id).map_err(|e| Status::invalid_argument(e.0))?;
-        let purpose = Purpose::new(purpose).map_err(|e| Status::invalid_argument(e.0))?;
+        let parsed = SubjectId::new(subject_id)
+            .and_then(|s| Ok((s, Purpose::new(purpose)?)))
+            .map_err(|e| Status::invalid_argument(e.0));
+        let (subject, purpose) = self.edge.admit(&ctx, parsed).await?;
         self.edge
             .run(
                 ctx,
@@ -125,7 +139,13 @@ impl pb::vault_server::Vault for VaultService {
     ) -> Result<Response<pb::GetConsentsResponse>, Status> {
         let ctx = self.edge.context(&request, "consent_read").await?;
         let pb::GetConsentsRequest { subject_id } = request.into_inner();
-        let subject = SubjectId::new(subject_id).map_err(|e| Status::invalid_argument(e.0))?;
+        let subject = self
+            .edge
+            .admit(
+                &ctx,
+                SubjectId::new(subject_id).map_err(|e| Status::invalid_argument(e.0)),
+            )
+            .await?;
         self.edge
             .run(
                 ctx,
@@ -143,7 +163,13 @@ impl pb::vault_server::Vault for VaultService {
     ) -> Result<Response<pb::ExportSubjectResponse>, Status> {
         let ctx = self.edge.context(&request, "export").await?;
         let pb::ExportSubjectRequest { subject_id } = request.into_inner();
-        let subject = SubjectId::new(subject_id).map_err(|e| Status::invalid_argument(e.0))?;
+        let subject = self
+            .edge
+            .admit(
+                &ctx,
+                SubjectId::new(subject_id).map_err(|e| Status::invalid_argument(e.0)),
+            )
+            .await?;
         self.edge
             .run(
                 ctx,
@@ -158,7 +184,10 @@ impl pb::vault_server::Vault for VaultService {
         request: Request<pb::BatchGetFieldsRequest>,
     ) -> Result<Response<pb::BatchGetFieldsResponse>, Status> {
         let ctx = self.edge.context(&request, "read").await?;
-        let call = BatchCall::try_from(request.into_inner())?;
+        let call = self
+            .edge
+            .admit(&ctx, BatchCall::try_from(request.into_inner()))
+            .await?;
         let BatchCall {
             subject_ids,
             subjects,
@@ -202,8 +231,10 @@ impl pb::vault_server::Vault for VaultService {
             value,
             purpose,
         } = request.into_inner();
-        let field = FieldName::new(field).map_err(|e| Status::invalid_argument(e.0))?;
-        let purpose = Purpose::new(purpose).map_err(|e| Status::invalid_argument(e.0))?;
+        let parsed = FieldName::new(field)
+            .and_then(|f| Ok((f, Purpose::new(purpose)?)))
+            .map_err(|e| Status::invalid_argument(e.0));
+        let (field, purpose) = self.edge.admit(&ctx, parsed).await?;
         let value = SecretString::from(value);
         self.edge
             .run(

@@ -34,6 +34,7 @@ pub fn to_status(err: VaultError, request_id: &str) -> Status {
             tracing::error!(request_id, error = %msg, "integrity failure");
             Status::new(Code::DataLoss, format!("{msg} (request id {request_id})"))
         }
+        err @ VaultError::ResponseTooLarge { .. } => Status::resource_exhausted(err.to_string()),
         VaultError::NeedsDisk => {
             tracing::error!(request_id, "a memory-only read escaped its retry");
             Status::internal(format!("internal error (request id {request_id})"))

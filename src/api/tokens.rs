@@ -1,8 +1,11 @@
 //! Bearer-token authentication, the second identity mode: a token file maps each principal to the
 //! Argon2id hash (PHC string) of its token. The caller names itself in `x-privault-principal` and
 //! proves it with `authorization: Bearer <token>`; the token is compared only through its hash and
-//! never logged. Failed attempts are rate limited per peer address, so guessing is slow and a
-//! flood of wrong tokens cannot burn the CPU on Argon2.
+//! never logged. Attempts are rate limited per peer address, so guessing is slow and a flood of
+//! wrong tokens cannot burn the CPU on Argon2: an attempt is reserved before Argon2 runs (so
+//! concurrent attempts cannot all slip under the limit), the verifications running at once are
+//! bounded for the whole server, and an unknown principal costs one Argon2 run like a known one
+//! (its timing tells nothing about which principals exist).
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -24,6 +27,8 @@ const FAILURES_PER_WINDOW: u32 = 5;
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// Verified (principal, token) pairs remembered, so Argon2 runs once per token, not per call.
 const VERIFIED_CACHE: usize = 10_000;
+/// Argon2 verifications the whole server runs at once (19 MiB each); more are refused at once.
+const CONCURRENT_VERIFICATIONS: usize = 4;
 
 /// What can go wrong loading a token file.
 #[derive(Debug, thiserror::Error)]
@@ -63,12 +68,24 @@ struct Inner {
     verified: HashSet<[u8; 32]>,
 }
 
+/// One peer's attempts in the current window: failed, and reserved but not yet decided.
+#[derive(Debug, Clone, Copy)]
+struct Attempts {
+    since: Instant,
+    failed: u32,
+    pending: u32,
+}
+
 /// The loaded token file and what it has verified.
 pub struct TokenVerifier {
     path: PathBuf,
     salt: [u8; 32],
     inner: RwLock<Inner>,
-    failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    attempts: Mutex<HashMap<IpAddr, Attempts>>,
+    // The hash an unknown principal's token is checked against: same parameters, no token.
+    decoy: String,
+    running: std::sync::atomic::AtomicUsize,
+    argon2_runs: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for TokenVerifier {
@@ -105,11 +122,13 @@ impl TokenVerifier {
     /// Loads the token file at `path`.
     pub fn load(path: &Path) -> Result<Self, TokenFileError> {
         let hashes = parse(path)?;
-        let mut salt = [0u8; 32];
-        random_bytes(&mut salt).map_err(|e| TokenFileError {
+        let fail = |reason: String| TokenFileError {
             path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        let mut salt = [0u8; 32];
+        random_bytes(&mut salt).map_err(|e| fail(e.to_string()))?;
+        let (_, decoy) = new_token().map_err(fail)?;
         Ok(Self {
             path: path.to_owned(),
             salt,
@@ -117,7 +136,10 @@ impl TokenVerifier {
                 hashes,
                 verified: HashSet::new(),
             }),
-            failures: Mutex::new(HashMap::new()),
+            attempts: Mutex::new(HashMap::new()),
+            decoy,
+            running: std::sync::atomic::AtomicUsize::new(0),
+            argon2_runs: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -143,9 +165,7 @@ impl TokenVerifier {
         token: &str,
         peer: Option<IpAddr>,
     ) -> Result<(), TokenRejection> {
-        if peer.is_some_and(|p| self.is_limited(p)) {
-            return Err(TokenRejection::RateLimited);
-        }
+        use std::sync::atomic::Ordering;
         let uid = principal.to_string();
         let fingerprint: [u8; 32] = Sha256::new()
             .chain_update(self.salt)
@@ -154,49 +174,130 @@ impl TokenVerifier {
             .chain_update(token.as_bytes())
             .finalize()
             .into();
+        if peer.is_some_and(|p| self.is_limited(p)) {
+            return Err(TokenRejection::RateLimited);
+        }
         let hash = match self.inner.read() {
             Ok(inner) if inner.verified.contains(&fingerprint) => return Ok(()),
             Ok(inner) => inner.hashes.get(&uid).cloned(),
             Err(_) => None,
         };
-        let ok = hash.is_some_and(|h| verify_secret(token.as_bytes(), &h));
-        if ok {
-            if let Ok(mut inner) = self.inner.write() {
-                if inner.verified.len() >= VERIFIED_CACHE {
-                    inner.verified.clear();
-                }
-                inner.verified.insert(fingerprint);
-            }
-            Ok(())
-        } else {
-            if let Some(p) = peer {
-                self.count_failure(p);
-            }
-            Err(TokenRejection::Invalid(format!(
-                "invalid token for {principal}"
-            )))
+        // Reserve the attempt first: concurrent attempts of one peer count before any finishes.
+        if let Some(p) = peer
+            && !self.reserve(p)
+        {
+            return Err(TokenRejection::RateLimited);
         }
+        let running = RunningGuard::enter(&self.running);
+        if !running.admitted {
+            // The server is busy verifying: refused, and not held against this peer.
+            if let Some(p) = peer {
+                self.settle(p, true);
+            }
+            return Err(TokenRejection::RateLimited);
+        }
+        self.argon2_runs.fetch_add(1, Ordering::Relaxed);
+        let ok = match &hash {
+            Some(h) => verify_secret(token.as_bytes(), h),
+            None => {
+                // Same cost as a known principal's check; never a match.
+                let _ = verify_secret(token.as_bytes(), &self.decoy);
+                false
+            }
+        };
+        drop(running);
+        if let Some(p) = peer {
+            self.settle(p, ok);
+        }
+        if !ok {
+            return Err(TokenRejection::Invalid(format!(
+                "invalid token for {principal}"
+            )));
+        }
+        if let Ok(mut inner) = self.inner.write() {
+            if inner.verified.len() >= VERIFIED_CACHE {
+                inner.verified.clear();
+            }
+            inner.verified.insert(fingerprint);
+        }
+        Ok(())
+    }
+
+    /// How many Argon2 verifications this verifier has run.
+    pub fn argon2_runs(&self) -> u64 {
+        self.argon2_runs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn is_limited(&self, peer: IpAddr) -> bool {
-        let Ok(failures) = self.failures.lock() else {
+        let Ok(attempts) = self.attempts.lock() else {
             return true;
         };
-        failures
-            .get(&peer)
-            .is_some_and(|(since, n)| since.elapsed() < FAILURE_WINDOW && *n >= FAILURES_PER_WINDOW)
+        attempts.get(&peer).is_some_and(|a| {
+            a.since.elapsed() < FAILURE_WINDOW && a.failed + a.pending >= FAILURES_PER_WINDOW
+        })
     }
 
-    fn count_failure(&self, peer: IpAddr) {
-        if let Ok(mut failures) = self.failures.lock() {
-            if failures.len() > 100_000 {
-                failures.retain(|_, (since, _)| since.elapsed() < FAILURE_WINDOW);
+    /// Counts an attempt of `peer` as pending; false when its window is already used up.
+    fn reserve(&self, peer: IpAddr) -> bool {
+        let Ok(mut attempts) = self.attempts.lock() else {
+            return false;
+        };
+        if attempts.len() > 100_000 {
+            attempts.retain(|_, a| a.since.elapsed() < FAILURE_WINDOW || a.pending > 0);
+        }
+        let entry = attempts.entry(peer).or_insert(Attempts {
+            since: Instant::now(),
+            failed: 0,
+            pending: 0,
+        });
+        if entry.since.elapsed() >= FAILURE_WINDOW {
+            entry.since = Instant::now();
+            entry.failed = 0;
+        }
+        if entry.failed + entry.pending >= FAILURES_PER_WINDOW {
+            return false;
+        }
+        entry.pending += 1;
+        true
+    }
+
+    /// Turns a reserved attempt into a failure, or releases it after a success.
+    fn settle(&self, peer: IpAddr, ok: bool) {
+        if let Ok(mut attempts) = self.attempts.lock()
+            && let Some(entry) = attempts.get_mut(&peer)
+        {
+            entry.pending = entry.pending.saturating_sub(1);
+            if !ok {
+                entry.failed += 1;
             }
-            let entry = failures.entry(peer).or_insert((Instant::now(), 0));
-            if entry.0.elapsed() >= FAILURE_WINDOW {
-                *entry = (Instant::now(), 0);
-            }
-            entry.1 += 1;
+        }
+    }
+}
+
+/// One Argon2 verification in progress, admitted only while fewer than
+/// [`CONCURRENT_VERIFICATIONS`] run; a refused one fails like a wrong token (and counts as one).
+struct RunningGuard<'a> {
+    running: &'a std::sync::atomic::AtomicUsize,
+    admitted: bool,
+}
+
+impl<'a> RunningGuard<'a> {
+    fn enter(running: &'a std::sync::atomic::AtomicUsize) -> Self {
+        use std::sync::atomic::Ordering;
+        let admitted = running
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < CONCURRENT_VERIFICATIONS).then_some(n + 1)
+            })
+            .is_ok();
+        Self { running, admitted }
+    }
+}
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        if self.admitted {
+            self.running
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         }
     }
 }
@@ -253,5 +354,83 @@ mod tests {
         );
         let elsewhere: IpAddr = "127.0.0.2".parse().unwrap();
         assert_eq!(verifier.verify(&checkout, &token, Some(elsewhere)), Ok(()));
+    }
+
+    fn verifier_with_one_token() -> (tempfile::TempDir, TokenVerifier, Zeroizing<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.toml");
+        let (token, hash) = new_token().unwrap();
+        std::fs::write(
+            &path,
+            format!("[[tokens]]\nprincipal = 'Service::\"checkout\"'\nhash = \"{hash}\"\n"),
+        )
+        .unwrap();
+        let verifier = TokenVerifier::load(&path).unwrap();
+        (dir, verifier, token)
+    }
+
+    #[test]
+    fn concurrent_wrong_tokens_cannot_bypass_the_failure_limit() {
+        let (_dir, verifier, _) = verifier_with_one_token();
+        let checkout = Principal::parse_uid("Service::\"checkout\"").unwrap();
+        let peer: IpAddr = "127.0.0.9".parse().unwrap();
+        let barrier = std::sync::Barrier::new(24);
+        // Every `Invalid` answer is one Argon2 run that checked a wrong token.
+        let checked = std::sync::atomic::AtomicU32::new(0);
+        std::thread::scope(|s| {
+            for i in 0..24 {
+                let (verifier, checkout, barrier, checked) =
+                    (&verifier, &checkout, &barrier, &checked);
+                s.spawn(move || {
+                    barrier.wait();
+                    let answer = verifier.verify(checkout, &format!("wrong-{i}"), Some(peer));
+                    if matches!(answer, Err(TokenRejection::Invalid(_))) {
+                        checked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        assert!(
+            checked.into_inner() <= FAILURES_PER_WINDOW,
+            "concurrent attempts slipped under the failure limit"
+        );
+        // Then one at a time until refused: the window's whole budget, concurrent or not.
+        for _ in 0..FAILURES_PER_WINDOW {
+            if verifier.verify(&checkout, "wrong-again", Some(peer))
+                == Err(TokenRejection::RateLimited)
+            {
+                break;
+            }
+        }
+        assert_eq!(
+            verifier.verify(&checkout, "wrong-again", Some(peer)),
+            Err(TokenRejection::RateLimited)
+        );
+        assert!(
+            verifier.argon2_runs() <= u64::from(FAILURES_PER_WINDOW),
+            "{} Argon2 runs for one peer in one window",
+            verifier.argon2_runs()
+        );
+    }
+
+    #[test]
+    fn an_unknown_principal_costs_one_argon2_run_like_a_known_one() {
+        let (_dir, verifier, _) = verifier_with_one_token();
+        let known = Principal::parse_uid("Service::\"checkout\"").unwrap();
+        let unknown = Principal::parse_uid("Service::\"nobody\"").unwrap();
+        let _ = verifier.verify(&known, "wrong", None);
+        assert_eq!(verifier.argon2_runs(), 1);
+        let answer = verifier.verify(&unknown, "wrong", None);
+        assert_eq!(
+            verifier.argon2_runs(),
+            2,
+            "the unknown principal ran Argon2 too"
+        );
+        assert_eq!(
+            answer,
+            Err(TokenRejection::Invalid(
+                "invalid token for Service::\"nobody\"".into()
+            ))
+        );
     }
 }

@@ -364,6 +364,9 @@ pub struct VerifyError {
     pub seq: u64,
     /// What is wrong with it.
     pub reason: String,
+    /// The log could not be read there (a storage error): nothing is known to be wrong with the
+    /// chain, and no tampering may be reported.
+    pub unreadable: bool,
 }
 
 /// The hash stored in record `seq`, if it exists and parses.
@@ -371,10 +374,14 @@ fn stored_hash(store: &Store, seq: u64) -> Result<[u8; 32], VerifyError> {
     let fail = |reason: &str| VerifyError {
         seq,
         reason: reason.to_owned(),
+        unreadable: false,
     };
     let bytes = store
         .get(Cf::Audit, &audit_key(seq))
-        .map_err(|e| fail(&e.to_string()))?
+        .map_err(|e| VerifyError {
+            unreadable: true,
+            ..fail(&e.to_string())
+        })?
         .ok_or_else(|| fail("missing"))?;
     let record: AuditRecord =
         serde_json::from_slice(&bytes).map_err(|_| fail("unreadable record"))?;
@@ -399,6 +406,7 @@ pub fn verify_range(
     let fail = |seq, reason: &str| VerifyError {
         seq,
         reason: reason.to_owned(),
+        unreadable: false,
     };
     let from = from.max(1);
     let mut prev = if from == 1 {
@@ -410,7 +418,10 @@ pub fn verify_range(
     'pages: loop {
         let page = store
             .scan_from(Cf::Audit, &audit_key(expected), 1024)
-            .map_err(|e| fail(expected, &e.to_string()))?;
+            .map_err(|e| VerifyError {
+                unreadable: true,
+                ..fail(expected, &e.to_string())
+            })?;
         if page.is_empty() {
             break;
         }

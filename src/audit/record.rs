@@ -36,8 +36,10 @@ pub struct AuditEvent {
     pub policy_version: String,
     /// The caller's network address, when known.
     pub peer: Option<String>,
-    /// The purposes the subject had consented to when the call was decided.
+    /// The purposes the subject effectively consented to when the call was decided.
     pub consents: Vec<String>,
+    /// The purposes the subject had effectively withdrawn when the call was decided.
+    pub withdrawn: Vec<String>,
 }
 
 /// One stored audit record.
@@ -71,6 +73,10 @@ pub struct AuditRecord {
     /// before consents existed keep their hash).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub consents: Vec<String>,
+    /// The withdrawals that were part of the decision (omitted when none, so that records written
+    /// before consent precedence keep their hash).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub withdrawn: Vec<String>,
     /// Hex hash of the previous record (64 zeros for the first).
     pub prev_hash: String,
     /// Hex `SHA-256(prev_hash ‖ canonical bytes)`.
@@ -118,6 +124,7 @@ impl AuditRecord {
             policy_version: event.policy_version,
             peer: event.peer,
             consents: event.consents,
+            withdrawn: event.withdrawn,
             prev_hash: hex::encode(prev_hash),
             hash: String::new(),
         }
@@ -162,6 +169,7 @@ mod tests {
             policy_version: "3".into(),
             peer: Some("127.0.0.1:1".into()),
             consents: vec!["marketing".into()],
+            withdrawn: vec!["email_marketing".into()],
         };
         for event in [full, AuditEvent::default()] {
             let (hash, bytes) = AuditRecord::seal(9, "t".into(), event, &prev).unwrap();

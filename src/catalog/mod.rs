@@ -3,6 +3,7 @@
 //! the services with the purposes they are registered for, and the subject lifecycle. Whatever is
 //! not declared here is refused at the edge.
 
+mod consent;
 mod lookup;
 pub mod mask;
 mod retention;
@@ -15,6 +16,7 @@ use toml::Spanned;
 use crate::clock::Millis;
 use crate::diagnostic::{SourceError, SourceErrors};
 use crate::domain::{FieldName, KeyClass, Purpose};
+pub use consent::EffectiveConsents;
 pub use mask::MaskRule;
 pub use retention::{format_retention, parse_retention};
 
@@ -254,6 +256,21 @@ impl Catalog {
     /// Every category some field belongs to.
     pub fn categories(&self) -> BTreeSet<&str> {
         self.fields.values().map(|f| f.category.as_str()).collect()
+    }
+
+    /// The fields that `next` seals under another key class than this catalog: their stored values
+    /// would no longer open (their DEK is looked up by class), so such a change is refused.
+    pub fn key_class_changes<'a>(
+        &'a self,
+        next: &'a Catalog,
+    ) -> Vec<(&'a FieldName, &'a KeyClass, &'a KeyClass)> {
+        self.fields
+            .iter()
+            .filter_map(|(name, spec)| {
+                let now = &next.fields.get(name)?.key_class;
+                (now != &spec.key_class).then_some((name, &spec.key_class, now))
+            })
+            .collect()
     }
 
     /// Every key class some field is sealed under.

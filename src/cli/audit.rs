@@ -140,6 +140,13 @@ pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             let store = open_store_read_only(&data_dir)?;
             let (seq, hash) = match verify_range(&store, from_seq, to_seq) {
                 Ok(h) => h,
+                Err(e) if e.unreadable => {
+                    eprintln!(
+                        "cannot read a consistent view of the log at seq {}: {}",
+                        e.seq, e.reason
+                    );
+                    return Ok(ExitCode::FAILURE);
+                }
                 Err(e) => {
                     eprintln!("{e}");
                     println!("bad seq {}", e.seq);
@@ -257,6 +264,6 @@ fn record_json(r: pb::AuditRecord) -> serde_json::Value {
         "seq": r.seq, "time": r.time, "principal": r.principal, "action": r.action,
         "subject": opt(r.subject), "purpose": opt(r.purpose), "fields": fields,
         "outcome": r.outcome, "request_id": r.request_id, "policy_version": r.policy_version,
-        "peer": opt(r.peer), "consents": r.consents, "prev_hash": r.prev_hash, "hash": r.hash,
+        "peer": opt(r.peer), "consents": r.consents, "withdrawn": r.withdrawn, "prev_hash": r.prev_hash, "hash": r.hash,
     })
 }

@@ -64,7 +64,6 @@ pub enum KeysCommand {
 }
 
 pub fn run(command: KeysCommand) -> anyhow::Result<ExitCode> {
-    super::hardening::disable_core_dumps();
     match command {
         KeysCommand::RollEpoch { remote } => remotely(async move {
             let mut client = KeyAdminClient::new(remote.channel().await?);

@@ -45,6 +45,9 @@ pub enum PolicyCommand {
         /// A purpose the subject consented to; repeat for several.
         #[arg(long = "consent")]
         consents: Vec<String>,
+        /// A purpose the subject withdrew; repeat for several.
+        #[arg(long = "withdrawn")]
+        withdrawn: Vec<String>,
         /// The stated reason (shred).
         #[arg(long)]
         reason: Option<String>,
@@ -68,6 +71,7 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
             field,
             purpose,
             consents,
+            withdrawn,
             reason,
         } => {
             let Some(set) = load(&policies)? else {
@@ -80,6 +84,7 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
                 field.as_deref(),
                 purpose.as_deref(),
                 &consents,
+                &withdrawn,
                 reason.as_deref(),
             )
             .map_err(anyhow::Error::msg)?;
@@ -198,6 +203,7 @@ fn explain(set: &Policies, request: AccessRequest) {
         field,
         purpose,
         consents,
+        withdrawn,
     } = request
         && !decision.allowed
     {
@@ -207,6 +213,7 @@ fn explain(set: &Policies, request: AccessRequest) {
             field,
             purpose,
             consents,
+            withdrawn,
         };
         println!("read denied, so the vault asks: {masked}");
         let masked_decision = set.evaluate(&masked);

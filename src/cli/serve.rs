@@ -63,7 +63,7 @@ pub struct Settings {
     /// CA that signs client certificates (PEM): mTLS, the principal from the certificate.
     #[arg(long, env = "PRIVAULT_CLIENT_CA")]
     client_ca: Option<PathBuf>,
-    /// SPIFFE trust domain client certificates must name [default: any]
+    /// SPIFFE trust domain client certificates must name (required with --client-ca)
     #[arg(long, env = "PRIVAULT_TRUST_DOMAIN")]
     trust_domain: Option<String>,
     /// Token file (TOML, principal → Argon2id hash): bearer-token authentication.
@@ -72,6 +72,9 @@ pub struct Settings {
     /// Largest request message in bytes [default: 4194304]
     #[arg(long, env = "PRIVAULT_MAX_MESSAGE_BYTES")]
     max_message_bytes: Option<usize>,
+    /// Most bytes of values one call may return, all subjects of a batch together [default: 4194304]
+    #[arg(long, env = "PRIVAULT_MAX_RESPONSE_BYTES")]
+    max_response_bytes: Option<usize>,
     /// Most fields in one call [default: 64]
     #[arg(long, env = "PRIVAULT_MAX_FIELDS_PER_CALL")]
     max_fields_per_call: Option<usize>,
@@ -90,6 +93,9 @@ pub struct Settings {
     /// Longest a call may run, in seconds; a client's shorter deadline wins [default: 30]
     #[arg(long, env = "PRIVAULT_REQUEST_TIMEOUT_SECS")]
     request_timeout_secs: Option<u64>,
+    /// Seconds in-flight calls may drain after SIGTERM before the rest are cut off [default: 20]
+    #[arg(long, env = "PRIVAULT_SHUTDOWN_GRACE_SECS")]
+    shutdown_grace_secs: Option<u64>,
     /// Subjects whose unwrapped keys stay cached [default: 10000]
     #[arg(long, env = "PRIVAULT_KEY_CACHE_SUBJECTS")]
     key_cache_subjects: Option<usize>,
@@ -119,12 +125,14 @@ impl Settings {
             trust_domain,
             token_file,
             max_message_bytes,
+            max_response_bytes,
             max_fields_per_call,
             max_value_bytes,
             max_subject_id_bytes,
             max_purpose_bytes,
             max_concurrent_per_peer,
             request_timeout_secs,
+            shutdown_grace_secs,
             key_cache_subjects,
             block_cache_mib
         )
@@ -179,6 +187,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Resolved> {
             .max_subject_id_bytes
             .unwrap_or(defaults.max_subject_id_bytes),
         max_purpose_bytes: s.max_purpose_bytes.unwrap_or(defaults.max_purpose_bytes),
+        max_response_bytes: s.max_response_bytes.unwrap_or(defaults.max_response_bytes),
         ..defaults
     };
     if limits.max_subject_id_bytes > defaults.max_subject_id_bytes
@@ -210,8 +219,15 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Resolved> {
     let identity = match (&s.client_ca, &tokens) {
         (Some(_), Some(_)) => bail!("choose one identity mode: --client-ca (mTLS) or --token-file"),
         (Some(_), None) if tls.is_none() => bail!("--client-ca needs --tls-cert and --tls-key"),
-        (Some(_), None) => Identity::Certificate {
-            trust_domain: s.trust_domain.clone(),
+        (Some(_), None) => match &s.trust_domain {
+            // Without it, any SPIFFE id the client CA signs would name a principal, whatever
+            // trust domain it belongs to.
+            None => bail!(
+                "--client-ca needs --trust-domain: the SPIFFE trust domain client certificates must name"
+            ),
+            Some(domain) => Identity::Certificate {
+                trust_domain: Some(domain.clone()),
+            },
         },
         (None, Some(verifier)) => Identity::Token(Arc::clone(verifier)),
         (None, None) if tls.is_some() => bail!(
@@ -244,6 +260,9 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Resolved> {
         request_timeout: s
             .request_timeout_secs
             .map_or(dev.request_timeout, Duration::from_secs),
+        shutdown_grace: s
+            .shutdown_grace_secs
+            .map_or(dev.shutdown_grace, Duration::from_secs),
     };
     Ok(Resolved {
         vault,
@@ -256,7 +275,6 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Resolved> {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    super::hardening::disable_core_dumps();
     let resolved = resolve(args)?;
     if resolved.lock_memory {
         super::hardening::lock_memory();
@@ -430,5 +448,29 @@ mod tests {
             toml::from_str(include_str!("../../docs/privault.example.toml")).unwrap();
         assert_eq!(example.trust_domain.as_deref(), Some("shop.example"));
         assert_eq!(example.epoch_roll_days, Some(90));
+    }
+
+    #[test]
+    fn a_client_ca_without_a_trust_domain_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, "").unwrap();
+            path
+        };
+        let settings = Settings {
+            tls_cert: Some(file("cert.pem")),
+            tls_key: Some(file("key.pem")),
+            client_ca: Some(file("ca.pem")),
+            ..Settings::default()
+        };
+        let err = resolve(ServeArgs {
+            config: None,
+            settings,
+        })
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("--trust-domain"), "{err}");
     }
 }

@@ -7,6 +7,8 @@ use super::{CryptoError, Key256, random_bytes};
 
 /// Nonce length of AES-GCM.
 pub const NONCE_LEN: usize = 12;
+/// Bytes of a GCM tag: a ciphertext is this much longer than its plaintext.
+pub const GCM_TAG_LEN: usize = 16;
 
 /// A keyed AES-256-GCM instance; the key schedule is wiped on drop.
 pub struct Cipher(Aes256Gcm);

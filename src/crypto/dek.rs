@@ -10,6 +10,7 @@ use crate::domain::{KeyClass, Sid};
 
 const DEK_LABEL: &str = "privault/dek/v1";
 const SUBJECT_ID_LABEL: &str = "privault/subject-id/v1";
+const PSEUDONYM_LABEL: &str = "privault/pseudonym/v1";
 
 /// A key-encryption key of one epoch.
 pub struct Kek {
@@ -83,15 +84,39 @@ impl Kek {
     }
 }
 
+/// A per-subject secret other than a DEK that is wrapped under the KEK, so that the shred destroys
+/// it and the epoch roll kills its stale copies: each has its own AAD label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubjectSecret {
+    /// The raw subject id, kept so that a lookup can answer with it.
+    Id,
+    /// The audit pseudonym, the only link between the subject and its audit records.
+    Pseudonym,
+}
+
+impl SubjectSecret {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Id => SUBJECT_ID_LABEL,
+            Self::Pseudonym => PSEUDONYM_LABEL,
+        }
+    }
+}
+
 impl Kek {
-    fn subject_id_aad(&self, sid: &Sid) -> Vec<u8> {
-        aad(SUBJECT_ID_LABEL, &[&self.epoch.to_be_bytes(), &sid.0])
+    fn secret_aad(&self, kind: SubjectSecret, sid: &Sid) -> Vec<u8> {
+        aad(kind.label(), &[&self.epoch.to_be_bytes(), &sid.0])
     }
 
-    /// Wraps the raw subject id of `sid`, kept so that a lookup can answer with it. Wrapped like a
-    /// DEK, it is destroyed by the shred and its stale copies die with the epoch.
-    pub fn wrap_subject_id(&self, sid: &Sid, id: &[u8]) -> Result<WrappedDek, CryptoError> {
-        let (nonce, ciphertext) = self.cipher.seal(&self.subject_id_aad(sid), id)?;
+    /// Wraps `secret` of `sid`. Wrapped like a DEK, it is destroyed by the shred and its stale
+    /// copies die with the epoch.
+    pub fn wrap_secret(
+        &self,
+        kind: SubjectSecret,
+        sid: &Sid,
+        secret: &[u8],
+    ) -> Result<WrappedDek, CryptoError> {
+        let (nonce, ciphertext) = self.cipher.seal(&self.secret_aad(kind, sid), secret)?;
         Ok(WrappedDek {
             epoch: self.epoch,
             nonce,
@@ -99,9 +124,10 @@ impl Kek {
         })
     }
 
-    /// Unwraps the subject id of `sid`.
-    pub fn unwrap_subject_id(
+    /// Unwraps a secret of `sid` wrapped by [`Kek::wrap_secret`] with the same `kind`.
+    pub fn unwrap_secret(
         &self,
+        kind: SubjectSecret,
         wrapped: &WrappedDek,
         sid: &Sid,
     ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
@@ -110,7 +136,7 @@ impl Kek {
         }
         self.cipher
             .open(
-                &self.subject_id_aad(sid),
+                &self.secret_aad(kind, sid),
                 &wrapped.nonce,
                 &wrapped.ciphertext,
             )
@@ -168,14 +194,26 @@ mod tests {
     }
 
     #[test]
-    fn subject_id_is_bound_to_its_sid() {
+    fn subject_secrets_are_bound_to_their_sid_and_kind() {
         let kek = Kek::new(1, &Key256::random().unwrap());
-        let wrapped = kek.wrap_subject_id(&sid(1), b"cust-1").unwrap();
+        let wrapped = kek
+            .wrap_secret(SubjectSecret::Id, &sid(1), b"cust-1")
+            .unwrap();
         assert_eq!(
-            &*kek.unwrap_subject_id(&wrapped, &sid(1)).unwrap(),
+            &*kek
+                .unwrap_secret(SubjectSecret::Id, &wrapped, &sid(1))
+                .unwrap(),
             b"cust-1"
         );
-        assert!(kek.unwrap_subject_id(&wrapped, &sid(2)).is_err());
+        assert!(
+            kek.unwrap_secret(SubjectSecret::Id, &wrapped, &sid(2))
+                .is_err()
+        );
+        // A pseudonym and a subject id never open as each other.
+        assert!(
+            kek.unwrap_secret(SubjectSecret::Pseudonym, &wrapped, &sid(1))
+                .is_err()
+        );
         // A DEK wrap and a subject-id wrap never open as each other.
         assert!(
             kek.unwrap(&wrapped, &sid(1), &KeyClass::default_class())

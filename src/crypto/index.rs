@@ -8,10 +8,22 @@ use super::Key256;
 use crate::domain::{Sid, SubjectId};
 
 const SID_LABEL: &[u8] = b"privault/sid/v1";
+const RECORD_LABEL: &[u8] = b"privault/record-tag/v1";
 
-/// The keyed hash that turns subject ids into on-disk handles.
+/// The keyed hash that turns subject ids into on-disk handles, and authenticates the vault's own
+/// records in `db/` (policy versions), each under its own label.
 pub struct IndexKey {
     mac: Hmac<Sha256>,
+    records: Hmac<Sha256>,
+}
+
+/// A kind of record [`IndexKey::record_tag`] authenticates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    /// A stored policy version.
+    PolicyVersion,
+    /// The pointer to the active policy version.
+    ActivePolicy,
 }
 
 impl IndexKey {
@@ -19,8 +31,35 @@ impl IndexKey {
     pub fn new(key: &Key256) -> Self {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key.expose())
             .unwrap_or_else(|_| super::root::unreachable_hmac());
+        let mut records = mac.clone();
         mac.update(SID_LABEL);
-        Self { mac }
+        records.update(RECORD_LABEL);
+        Self { mac, records }
+    }
+
+    /// The tag of record `number` of `kind` with content `bytes`: a copy of `db/` edited without
+    /// the keyring cannot make a record that passes [`IndexKey::check_record_tag`].
+    pub fn record_tag(&self, kind: RecordKind, number: u64, bytes: &[u8]) -> [u8; 32] {
+        let mut mac = self.records.clone();
+        mac.update(&[kind as u8]);
+        mac.update(&number.to_be_bytes());
+        mac.update(bytes);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Whether `tag` is the record's tag, compared in constant time.
+    pub fn check_record_tag(
+        &self,
+        kind: RecordKind,
+        number: u64,
+        bytes: &[u8],
+        tag: &[u8],
+    ) -> bool {
+        let mut mac = self.records.clone();
+        mac.update(&[kind as u8]);
+        mac.update(&number.to_be_bytes());
+        mac.update(bytes);
+        mac.verify_slice(tag).is_ok()
     }
 
     /// The on-disk handle of `subject`.

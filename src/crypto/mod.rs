@@ -12,10 +12,11 @@ pub mod password;
 pub mod root;
 pub mod secret;
 
+pub use aead::GCM_TAG_LEN;
 pub use audit_sign::{AuditSigner, verify_head};
-pub use dek::{DekCipher, Kek, WrappedDek};
+pub use dek::{DekCipher, Kek, SubjectSecret, WrappedDek};
 pub use field::Sealed;
-pub use index::IndexKey;
+pub use index::{IndexKey, RecordKind};
 pub use lookup::{LookupKey, TAG_LEN};
 pub use password::{KdfParams, Passphrase};
 pub use root::RootKey;

@@ -464,23 +464,21 @@ fn unreachable_no_kek() -> Arc<Kek> {
 }
 
 /// Writes `bytes` to `path` through a synced temporary file and a rename, mode 0600, so that a
-/// crash leaves either the old file or the new one.
+/// crash leaves either the old file or the new one. The temporary file is `tempfile`'s: a fresh
+/// random name opened with `O_CREAT | O_EXCL` (never an existing file or a planted symlink).
 pub(crate) fn write_private_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut file = tempfile::Builder::new()
+        .prefix(".keyring-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .tempfile_in(dir)?;
     file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        fs::File::open(dir)?.sync_all()?;
-    }
+    file.as_file().sync_all()?;
+    file.persist(path).map_err(|e| e.error)?;
+    fs::File::open(dir)?.sync_all()?;
     Ok(())
 }
 

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use lru::LruCache;
 
 use super::{Decision, FieldAction, FieldContext};
+use crate::catalog::EffectiveConsents;
 use crate::domain::{FieldName, Principal, Purpose};
 
 /// Decisions kept per policy set.
@@ -19,7 +20,7 @@ pub(super) struct DecisionKey {
     action: FieldAction,
     field: FieldName,
     purpose: Purpose,
-    consents: Vec<Purpose>,
+    consents: EffectiveConsents,
 }
 
 impl DecisionKey {
@@ -34,7 +35,7 @@ impl DecisionKey {
             action,
             field: field.clone(),
             purpose: context.purpose().clone(),
-            consents: context.consents().to_vec(),
+            consents: context.consents().clone(),
         }
     }
 }
@@ -79,8 +80,13 @@ mod tests {
         let mailer = Principal::new(PrincipalKind::Service, "mailer").unwrap();
         let email = FieldName::new("email").unwrap();
         let purpose = Purpose::new("email_marketing").unwrap();
-        let without = set.field_context(&purpose, &[]);
-        let with = set.field_context(&purpose, &[Purpose::new("marketing").unwrap()]);
+        let without = set.field_context(&purpose, Default::default());
+        let marketing = Purpose::new("marketing").unwrap();
+        let with = set.field_context(
+            &purpose,
+            set.catalog()
+                .resolve_consents(std::iter::once((&marketing, true))),
+        );
         for _ in 0..2 {
             let denied = set.decide_field(&mailer, FieldAction::Read, &email, &without);
             assert!(!denied.allowed);
@@ -101,7 +107,7 @@ mod tests {
         let old = shipped();
         let checkout = Principal::new(PrincipalKind::Service, "checkout").unwrap();
         let email = FieldName::new("email").unwrap();
-        let ctx = old.field_context(&Purpose::new("fulfillment").unwrap(), &[]);
+        let ctx = old.field_context(&Purpose::new("fulfillment").unwrap(), Default::default());
         assert!(
             old.decide_field(&checkout, FieldAction::Read, &email, &ctx)
                 .allowed
@@ -112,7 +118,7 @@ mod tests {
         sources.policies.remove("shop.cedar");
         let new = Policies::from_sources(&sources).unwrap();
         assert_ne!(old.version(), new.version());
-        let ctx = new.field_context(&Purpose::new("fulfillment").unwrap(), &[]);
+        let ctx = new.field_context(&Purpose::new("fulfillment").unwrap(), Default::default());
         assert!(
             !new.decide_field(&checkout, FieldAction::Read, &email, &ctx)
                 .allowed

@@ -31,6 +31,8 @@ struct RawCase {
     purpose: Option<String>,
     #[serde(default)]
     consents: Vec<String>,
+    #[serde(default)]
+    withdrawn: Vec<String>,
     reason: Option<String>,
     expect: Expect,
     policies: Option<Vec<String>>,
@@ -131,6 +133,7 @@ pub fn load_cases(dir: &Path, policies: &Policies) -> Result<Vec<TestCase>, Poli
                 raw.field.as_deref(),
                 raw.purpose.as_deref(),
                 &raw.consents,
+                &raw.withdrawn,
                 raw.reason.as_deref(),
             ) {
                 Ok(request) => cases.push(TestCase {

@@ -12,6 +12,7 @@ use cedar_policy::{
 use super::cache::DecisionKey;
 use super::entities::uid;
 use super::{Permit, Policies};
+use crate::catalog::EffectiveConsents;
 use crate::domain::{FieldName, Principal, PrincipalKind, Purpose};
 
 /// The per-field actions of the schema.
@@ -113,12 +114,14 @@ impl AdminAction {
     }
 }
 
-/// The context of every per-field request of one call: `{ purpose, consents }`. The Cedar context
-/// is built only when a decision is not cached, and then once per call.
+/// The context of every per-field request of one call: `{ purpose, consents, withdrawn }`, the
+/// subject's consents already resolved over the purpose hierarchy. The Cedar context is built only
+/// when a decision is not cached, and then once per call.
 #[derive(Debug)]
 pub struct FieldContext {
     purpose: Purpose,
-    consents: Vec<Purpose>,
+    consents: EffectiveConsents,
+    with_withdrawn: bool,
     cedar: OnceLock<Result<Context, String>>,
 }
 
@@ -128,8 +131,8 @@ impl FieldContext {
         &self.purpose
     }
 
-    /// The purposes the subject consented to, sorted.
-    pub fn consents(&self) -> &[Purpose] {
+    /// The subject's effective consents, sorted.
+    pub fn consents(&self) -> &EffectiveConsents {
         &self.consents
     }
 
@@ -139,22 +142,51 @@ impl FieldContext {
                 let purpose_uid = |p: &Purpose| {
                     uid("Purpose", p.as_str()).map(RestrictedExpression::new_entity_uid)
                 };
-                let consents = self
-                    .consents
-                    .iter()
-                    .map(purpose_uid)
-                    .collect::<Result<Vec<_>, _>>()?;
-                Context::from_pairs([
+                let set = |list: &[Purpose]| {
+                    list.iter()
+                        .map(purpose_uid)
+                        .collect::<Result<Vec<_>, _>>()
+                        .map(RestrictedExpression::new_set)
+                };
+                let mut pairs = vec![
                     ("purpose".to_owned(), purpose_uid(&self.purpose)?),
-                    (
-                        "consents".to_owned(),
-                        RestrictedExpression::new_set(consents),
-                    ),
-                ])
-                .map_err(|e| e.to_string())
+                    ("consents".to_owned(), set(&self.consents.granted)?),
+                ];
+                if self.with_withdrawn {
+                    pairs.push(("withdrawn".to_owned(), set(&self.consents.withdrawn)?));
+                }
+                Context::from_pairs(pairs).map_err(|e| e.to_string())
             })
             .clone()
     }
+}
+
+/// Whether `schema` accepts a read context carrying `withdrawn`, tried on a request like the vault
+/// makes (a service reading a declared field for a declared purpose).
+pub(super) fn schema_declares_withdrawn(
+    schema: &cedar_policy::Schema,
+    catalog: &crate::catalog::Catalog,
+) -> bool {
+    let (Some((field, _)), Some((purpose, _))) =
+        (catalog.fields().next(), catalog.purposes().next())
+    else {
+        return true;
+    };
+    let context = FieldContext {
+        purpose: purpose.clone(),
+        consents: EffectiveConsents::default(),
+        with_withdrawn: true,
+        cedar: OnceLock::new(),
+    };
+    let (Ok(context), Ok(principal), Ok(action), Ok(resource)) = (
+        context.cedar(),
+        uid("Service", "probe"),
+        uid("Action", "read"),
+        uid("Field", field.as_str()),
+    ) else {
+        return false;
+    };
+    Request::new(principal, action, resource, context, Some(schema)).is_ok()
 }
 
 /// One authorization decision.
@@ -190,14 +222,12 @@ pub enum ReadDecision {
 }
 
 impl Policies {
-    /// The context for the requests of one call.
-    pub fn field_context(&self, purpose: &Purpose, consents: &[Purpose]) -> FieldContext {
-        let mut consents = consents.to_vec();
-        consents.sort();
-        consents.dedup();
+    /// The context for the requests of one call, from the subject's effective consents.
+    pub fn field_context(&self, purpose: &Purpose, consents: EffectiveConsents) -> FieldContext {
         FieldContext {
             purpose: purpose.clone(),
             consents,
+            with_withdrawn: self.context_has_withdrawn,
             cedar: OnceLock::new(),
         }
     }

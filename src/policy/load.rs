@@ -170,8 +170,16 @@ impl Policies {
                 )]))
             })
         };
+        let context_has_withdrawn = decide::schema_declares_withdrawn(&schema, &catalog);
+        if !context_has_withdrawn {
+            tracing::warn!(
+                "the schema's read context has no `withdrawn`: policies cannot see withdrawals \
+                 (declare `withdrawn: Set<Purpose>` in the field context, as the shipped schema does)"
+            );
+        }
         Ok(Self {
             hash: hash_of(sources),
+            context_has_withdrawn,
             number: 0,
             policy_count: set.policies().count(),
             uids: decide::Uids::new().map_err(|e| {

@@ -19,8 +19,10 @@ pub enum AccessRequest {
         field: FieldName,
         /// The stated purpose.
         purpose: Purpose,
-        /// The purposes the subject consented to.
+        /// The purposes the subject recorded a grant for.
         consents: Vec<Purpose>,
+        /// The purposes the subject recorded a withdrawal for.
+        withdrawn: Vec<Purpose>,
     },
     /// A policy administration action.
     Admin {
@@ -72,6 +74,7 @@ impl AccessRequest {
         field: Option<&str>,
         purpose: Option<&str>,
         consents: &[String],
+        withdrawn: &[String],
         reason: Option<&str>,
     ) -> Result<Self, String> {
         let principal = Principal::parse_uid(principal).map_err(|e| e.0)?;
@@ -138,6 +141,10 @@ impl AccessRequest {
                 .iter()
                 .map(|c| declared(c))
                 .collect::<Result<_, _>>()?,
+            withdrawn: withdrawn
+                .iter()
+                .map(|c| declared(c))
+                .collect::<Result<_, _>>()?,
         })
     }
 }
@@ -151,14 +158,21 @@ impl fmt::Display for AccessRequest {
                 field,
                 purpose,
                 consents,
+                withdrawn,
             } => {
-                let consents: Vec<&str> = consents.iter().map(Purpose::as_str).collect();
+                fn names(l: &[Purpose]) -> Vec<&str> {
+                    l.iter().map(Purpose::as_str).collect()
+                }
                 write!(
                     f,
-                    "{principal} {} Field::\"{field}\" for `{purpose}` (consents: [{}])",
+                    "{principal} {} Field::\"{field}\" for `{purpose}` (consents: [{}]",
                     action.name(),
-                    consents.join(", ")
-                )
+                    names(consents).join(", ")
+                )?;
+                if !withdrawn.is_empty() {
+                    write!(f, ", withdrawn: [{}]", names(withdrawn).join(", "))?;
+                }
+                f.write_str(")")
             }
             Self::Admin { principal, action } => write!(f, "{principal} {}", action.name()),
             Self::Export { principal } => write!(f, "{principal} export"),
@@ -187,12 +201,20 @@ impl Policies {
                 field,
                 purpose,
                 consents,
-            } => self.evaluate_field(
-                principal,
-                *action,
-                field,
-                &self.field_context(purpose, consents),
-            ),
+                withdrawn,
+            } => {
+                let records = consents
+                    .iter()
+                    .map(|p| (p, true))
+                    .chain(withdrawn.iter().map(|p| (p, false)));
+                let effective = self.catalog().resolve_consents(records);
+                self.evaluate_field(
+                    principal,
+                    *action,
+                    field,
+                    &self.field_context(purpose, effective),
+                )
+            }
             AccessRequest::Admin { principal, action } => self.decide_admin(principal, *action),
             AccessRequest::Export { principal } => self.decide_export(principal),
             AccessRequest::Consent { principal, write } => match write {

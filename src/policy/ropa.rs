@@ -100,8 +100,12 @@ impl Policies {
         field: &crate::domain::FieldName,
         purpose: &Purpose,
     ) -> Option<(&'static str, bool)> {
-        let without = self.field_context(purpose, &[]);
-        let with = self.field_context(purpose, std::slice::from_ref(purpose));
+        let without = self.field_context(purpose, Default::default());
+        let with = self.field_context(
+            purpose,
+            self.catalog()
+                .resolve_consents(std::iter::once((purpose, true))),
+        );
         let allowed =
             |action, context| self.decide_field(principal, action, field, context).allowed;
         [

@@ -29,6 +29,14 @@ pub fn pseudonym_key(sid: &Sid) -> Vec<u8> {
     key
 }
 
+/// The sid of a keys-CF key when it is a pseudonym entry.
+pub fn is_pseudonym_key(key: &[u8]) -> Option<Sid> {
+    let (sid, suffix) = key.split_at_checked(32)?;
+    (suffix == PSEUDONYM_SUFFIX)
+        .then(|| sid.try_into().ok().map(Sid))
+        .flatten()
+}
+
 /// The keys-CF entry holding the subject's wrapped raw id.
 pub fn subject_id_key(sid: &Sid) -> Vec<u8> {
     let mut key = sid.0.to_vec();

@@ -101,6 +101,12 @@ pub fn memory_only<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
+/// Whether this thread runs inside [`memory_only`]: on the async runtime, where a call must not do
+/// heavy work either.
+pub fn in_memory_only() -> bool {
+    MEMORY_ONLY.get()
+}
+
 /// A point read's value, inside [`memory_only`] refusing an empty one. RocksDB's MultiGet answers
 /// a key whose block is not cached with OK and an empty value ("may exist"), not Incomplete as Get
 /// does. Reading an empty value again from the disk is always correct, and only costs a retry
@@ -161,6 +167,8 @@ impl Batch {
 pub struct Store {
     db: DB,
     path: PathBuf,
+    // A secondary instance's own directory (its info log), removed when it closes.
+    _secondary: Option<tempfile::TempDir>,
 }
 
 impl std::fmt::Debug for Store {
@@ -227,6 +235,41 @@ impl Store {
         })
     }
 
+    /// Opens a consistent read-only view of the database, beside a vault that may be running on
+    /// it: a RocksDB secondary instance, caught up with the primary once, holding every table file
+    /// of its view open (a plain read-only open races the primary's flushes and compactions and
+    /// can fail on, or miss, a file the primary just replaced). Retried a few times should the
+    /// primary delete a file between reading the manifest and opening it.
+    pub fn open_snapshot(path: &Path) -> Result<Self, StoreError> {
+        let mut last = None;
+        for attempt in 0..5u32 {
+            let secondary = tempfile::tempdir().map_err(|e| StoreError::Db {
+                path: path.to_owned(),
+                message: format!("cannot create the secondary instance's directory: {e}"),
+            })?;
+            let opened = Self::open_with(path, DEFAULT_BLOCK_CACHE_BYTES, |opts, cfs| {
+                opts.create_if_missing(false);
+                opts.create_missing_column_families(false);
+                // Every table file stays open: the primary may delete it, the view keeps it.
+                opts.set_max_open_files(-1);
+                let db = DB::open_cf_descriptors_as_secondary(opts, path, secondary.path(), cfs)?;
+                db.try_catch_up_with_primary()?;
+                Ok(db)
+            });
+            match opened {
+                Ok(mut store) => {
+                    store._secondary = Some(secondary);
+                    return Ok(store);
+                }
+                Err(e) => {
+                    last = Some(e);
+                    std::thread::sleep(std::time::Duration::from_millis(20 << attempt));
+                }
+            }
+        }
+        Err(last.unwrap_or(StoreError::MissingCf("audit")))
+    }
+
     fn open_with(
         path: &Path,
         block_cache_bytes: usize,
@@ -244,6 +287,7 @@ impl Store {
         let store = Self {
             db,
             path: path.to_owned(),
+            _secondary: None,
         };
         for cf in Cf::ALL {
             store.cf(cf)?;
@@ -381,6 +425,10 @@ impl Store {
     /// INVARIANT: the store holds no long-lived snapshot, iterator or checkpoint that could pin the
     /// old files; iterators here live only inside one call.
     pub fn purge(&self, ranges: &[(Cf, Vec<u8>)]) -> Result<(), StoreError> {
+        fail::fail_point!("store-purge", |_| Err(StoreError::Db {
+            path: self.path.clone(),
+            message: "purge failed (injected)".into(),
+        }));
         let handles = Cf::ALL
             .iter()
             .map(|cf| self.cf(*cf))
@@ -399,6 +447,42 @@ impl Store {
                 .compact_range_cf_opt(self.cf(*cf)?, Some(prefix), end.as_deref(), &compact);
         }
         Ok(())
+    }
+
+    /// The first live table file of `cf` whose key range overlaps `prefix` and whose bytes hold
+    /// `needle`; `None` when no live file does. Table files are uncompressed, and a key's leading
+    /// bytes are written whole at least once per block, so a subject handle or a random id kept in
+    /// a record shows up in any file that still holds the entry.
+    pub fn file_holding(
+        &self,
+        cf: Cf,
+        prefix: &[u8],
+        needle: &[u8],
+    ) -> Result<Option<String>, StoreError> {
+        let end = keys::prefix_end(prefix);
+        let files = self.db.live_files().map_err(|e| self.err(e))?;
+        for file in files.iter().filter(|f| f.column_family_name == cf.name()) {
+            let starts_before_end = match (&file.start_key, &end) {
+                (Some(start), Some(end)) => start.as_slice() < end.as_slice(),
+                _ => true,
+            };
+            let ends_after_start = file
+                .end_key
+                .as_ref()
+                .is_none_or(|last| last.as_slice() >= prefix);
+            if !(starts_before_end && ends_after_start) {
+                continue;
+            }
+            let path = self.path.join(file.name.trim_start_matches('/'));
+            let bytes = std::fs::read(&path).map_err(|e| StoreError::Db {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            if !needle.is_empty() && memchr::memmem::find(&bytes, needle).is_some() {
+                return Ok(Some(file.name.trim_start_matches('/').to_owned()));
+            }
+        }
+        Ok(None)
     }
 
     /// The database directory.

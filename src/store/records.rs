@@ -44,6 +44,45 @@ pub struct SubjectIdRecord {
     pub wrapped: Vec<u8>,
 }
 
+/// The audit pseudonym as stored in the keys CF under `sid ‖ "#pseudonym"`: wrapped under a KEK
+/// epoch (so that an old copy of the database is no link between a subject and its audit records
+/// once the epoch is rolled), with the subject's incarnation: a random id drawn when the subject is
+/// created, which the deletion ledger names so that its replay erases only the incarnation that
+/// was shredded and never a customer who came back after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PseudonymRecord {
+    /// The KEK epoch that wraps it.
+    pub epoch: u32,
+    /// Nonce of the wrap.
+    pub nonce: [u8; 12],
+    /// The wrapped pseudonym and tag.
+    pub wrapped: Vec<u8>,
+    /// The subject's incarnation.
+    pub incarnation: [u8; 16],
+    /// When this incarnation was created.
+    pub created_ms: Millis,
+}
+
+/// A stored pseudonym entry: wrapped, or in clear as data format 1 kept it (upgraded at open).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredPseudonym {
+    /// Data format 2.
+    Wrapped(PseudonymRecord),
+    /// Data format 1: the 16 pseudonym bytes in clear, no incarnation.
+    Clear([u8; 16]),
+}
+
+impl StoredPseudonym {
+    /// Parses a stored pseudonym entry of either format.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        // Format 1 was the bare 16 bytes; every format-2 record is longer.
+        match <[u8; 16]>::try_from(bytes) {
+            Ok(clear) => Ok(Self::Clear(clear)),
+            Err(_) => PseudonymRecord::decode(bytes).map(Self::Wrapped),
+        }
+    }
+}
+
 /// A sealed field value as stored in the fields CF.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldRecord {
@@ -215,6 +254,33 @@ impl SubjectIdRecord {
     }
 }
 
+impl PseudonymRecord {
+    /// The stored bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u32(self.epoch)
+            .raw(&self.nonce)
+            .bytes(&self.wrapped)
+            .raw(&self.incarnation)
+            .u64(self.created_ms);
+        w.0
+    }
+
+    /// Parses stored bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(bytes, "pseudonym")?;
+        let record = Self {
+            epoch: r.u32()?,
+            nonce: r.array()?,
+            wrapped: r.bytes()?.to_vec(),
+            incarnation: r.array()?,
+            created_ms: r.u64()?,
+        };
+        r.finish()?;
+        Ok(record)
+    }
+}
+
 impl FieldRecord {
     /// Whether the catalog's retention has run out by `now`.
     pub fn is_expired(&self, now: Millis) -> bool {
@@ -341,6 +407,21 @@ mod tests {
             wrapped: vec![4; 30],
         };
         assert_eq!(SubjectIdRecord::decode(&id.encode()).unwrap(), id);
+        let pseudonym = PseudonymRecord {
+            epoch: 2,
+            nonce: [5; 12],
+            wrapped: vec![6; 32],
+            incarnation: [7; 16],
+            created_ms: 9,
+        };
+        assert_eq!(
+            StoredPseudonym::decode(&pseudonym.encode()).unwrap(),
+            StoredPseudonym::Wrapped(pseudonym)
+        );
+        assert_eq!(
+            StoredPseudonym::decode(&[1; 16]).unwrap(),
+            StoredPseudonym::Clear([1; 16])
+        );
     }
 
     #[test]
@@ -366,6 +447,7 @@ mod tests {
             let _ = ShredReceipt::decode(&bytes);
             let _ = ConsentRecord::decode(&bytes);
             let _ = SubjectIdRecord::decode(&bytes);
+            let _ = StoredPseudonym::decode(&bytes);
         }
     }
 }

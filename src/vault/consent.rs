@@ -6,8 +6,10 @@ use std::sync::Arc;
 
 use super::{CallContext, Vault, VaultError, require};
 use crate::audit::FieldAudit;
+use crate::catalog::EffectiveConsents;
 use crate::clock::rfc3339;
 use crate::domain::{Purpose, Sid, SubjectId};
+use crate::policy::Policies;
 use crate::store::keys::{name_of, subject_key};
 use crate::store::records::ConsentRecord;
 use crate::store::{Batch, Cf};
@@ -44,16 +46,23 @@ impl Vault {
             .map_err(|e| VaultError::DataLoss(e.to_string()))
     }
 
-    /// The purposes `sid` has granted, as the context of its decisions.
-    pub(super) fn granted_purposes(&self, sid: &Sid) -> Result<Arc<[Purpose]>, VaultError> {
-        self.consents.granted(sid, || {
+    /// `sid`'s consents made effective over `policies`' purpose hierarchy, as the context of its
+    /// decisions.
+    pub(super) fn effective_consents(
+        &self,
+        sid: &Sid,
+        policies: &Policies,
+    ) -> Result<EffectiveConsents, VaultError> {
+        let recorded = self.consents.recorded(sid, || {
             Ok(self
                 .consents_of(sid)?
                 .into_iter()
-                .filter(|c| c.granted)
-                .map(|c| c.purpose)
+                .map(|c| (c.purpose, c.granted))
                 .collect())
-        })
+        })?;
+        Ok(policies
+            .catalog()
+            .resolve_consents(recorded.iter().map(|(p, g)| (p, *g))))
     }
 
     /// Records `subject`'s consent to `purpose` (or its withdrawal). Returns when it was recorded.
@@ -101,7 +110,7 @@ impl Vault {
         })();
         let ((sid, keys, time), _) = self.finish(event, staged)?;
         self.consents.changed();
-        self.keys.insert(sid, Arc::new(keys));
+        self.keys.publish(sid, Arc::new(keys));
         Ok(time)
     }
 

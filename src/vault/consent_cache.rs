@@ -1,5 +1,5 @@
-//! The purposes each recently read subject has granted, so that a read does not scan the consent
-//! column family. Invalidated by generation: any consent change or subject erasure bumps one
+//! The consents each recently read subject has recorded (purpose, granted), so that a read does
+//! not scan the consent column family. Invalidated by generation: any consent change or subject erasure bumps one
 //! counter once it is committed, and an entry is used only if it was loaded under the current
 //! generation. A read that starts after a withdrawal returned can therefore never see the old
 //! consent, without writers and readers sharing a lock.
@@ -13,10 +13,13 @@ use lru::LruCache;
 use super::VaultError;
 use crate::domain::{Purpose, Sid};
 
-/// The generation an entry was loaded under, and the purposes granted then.
-type Entry = (u64, Arc<[Purpose]>);
+/// A subject's recorded consents: each purpose with whether it is granted.
+pub(super) type Recorded = Arc<[(Purpose, bool)]>;
 
-/// Granted purposes per subject, least recently used evicted first.
+/// The generation an entry was loaded under, and the consents recorded then.
+type Entry = (u64, Recorded);
+
+/// Recorded consents per subject, least recently used evicted first.
 pub(super) struct ConsentCache {
     entries: Mutex<LruCache<Sid, Entry>>,
     generation: AtomicU64,
@@ -31,12 +34,12 @@ impl ConsentCache {
         }
     }
 
-    /// The purposes `sid` has granted: cached if loaded since the last change, else `load`ed.
-    pub fn granted(
+    /// The consents `sid` has recorded: cached if loaded since the last change, else `load`ed.
+    pub fn recorded(
         &self,
         sid: &Sid,
-        load: impl FnOnce() -> Result<Vec<Purpose>, VaultError>,
-    ) -> Result<Arc<[Purpose]>, VaultError> {
+        load: impl FnOnce() -> Result<Vec<(Purpose, bool)>, VaultError>,
+    ) -> Result<Recorded, VaultError> {
         // Read before loading: a change committed while loading makes this entry stale at once.
         let generation = self.generation.load(Ordering::Acquire);
         let lock = || self.entries.lock().unwrap_or_else(PoisonError::into_inner);
@@ -45,7 +48,7 @@ impl ConsentCache {
         {
             return Ok(Arc::clone(purposes));
         }
-        let purposes: Arc<[Purpose]> = load()?.into();
+        let purposes: Recorded = load()?.into();
         lock().put(*sid, (generation, Arc::clone(&purposes)));
         Ok(purposes)
     }
@@ -60,8 +63,11 @@ impl ConsentCache {
 mod tests {
     use super::*;
 
-    fn purposes(names: &[&str]) -> Vec<Purpose> {
-        names.iter().map(|n| Purpose::new(*n).unwrap()).collect()
+    fn purposes(names: &[&str]) -> Vec<(Purpose, bool)> {
+        names
+            .iter()
+            .map(|n| (Purpose::new(*n).unwrap(), true))
+            .collect()
     }
 
     #[test]
@@ -69,24 +75,24 @@ mod tests {
         let cache = ConsentCache::new(4);
         let sid = Sid([1; 32]);
         let first = cache
-            .granted(&sid, || Ok(purposes(&["marketing"])))
+            .recorded(&sid, || Ok(purposes(&["marketing"])))
             .unwrap();
         assert_eq!(first.len(), 1);
         // Cached: the loader is not called.
-        let again = cache.granted(&sid, || panic!("cached")).unwrap();
+        let again = cache.recorded(&sid, || panic!("cached")).unwrap();
         assert_eq!(again, first);
         cache.changed();
-        let after = cache.granted(&sid, || Ok(Vec::new())).unwrap();
+        let after = cache.recorded(&sid, || Ok(Vec::new())).unwrap();
         assert!(after.is_empty());
         // A load that raced a change is not served after it.
         cache.changed();
         let racing = cache
-            .granted(&sid, || {
+            .recorded(&sid, || {
                 cache.changed();
                 Ok(purposes(&["marketing"]))
             })
             .unwrap();
         assert_eq!(racing.len(), 1);
-        assert!(cache.granted(&sid, || Ok(Vec::new())).unwrap().is_empty());
+        assert!(cache.recorded(&sid, || Ok(Vec::new())).unwrap().is_empty());
     }
 }

@@ -1,5 +1,5 @@
 //! The KEK epoch roll and DEK rotation on demand. A roll adds a fresh KEK as the current epoch
-//! (new DEKs wrap under it at once), re-wraps every stored DEK and wrapped subject id under it in
+//! (new DEKs wrap under it at once), re-wraps every stored DEK, pseudonym and subject id under it in
 //! bounded slices (each its own synced batch with an audit record; reads and writes go on), and
 //! then destroys the old KEKs, so every stale copy of a shredded DEK — old SST files, backups —
 //! can never be unwrapped again. A roll interrupted by a crash resumes: the keyring still holds
@@ -8,12 +8,13 @@
 use std::collections::BTreeSet;
 
 use super::keys::dek_entry;
+use super::quarantine::Maintenance;
 use super::{CallContext, Vault, VaultError, require};
 use crate::audit::AuditEvent;
-use crate::crypto::WrappedDek;
+use crate::crypto::{Kek, SubjectSecret};
 use crate::domain::{KeyClass, Sid, SubjectId};
 use crate::policy::AdminAction;
-use crate::store::keys::subject_id_key;
+use crate::store::keys::{pseudonym_key, subject_id_key};
 use crate::store::records::{KeyRecord, SubjectIdRecord};
 use crate::store::{Batch, Cf};
 
@@ -34,7 +35,7 @@ pub struct RollProgress {
 }
 
 impl Vault {
-    fn key_event(&self, principal: &str, action: &str) -> AuditEvent {
+    pub(super) fn key_event(&self, principal: &str, action: &str) -> AuditEvent {
         AuditEvent {
             principal: principal.to_owned(),
             action: action.to_owned(),
@@ -210,51 +211,28 @@ impl Vault {
             _ => None,
         };
         let current = self.keyring.current_kek();
+        let now = self.clock.now_ms();
         let mut batch = Batch::new();
         let mut count = 0;
+        let mut unreadable = Vec::new();
         for (key, value) in entries {
-            let sid: [u8; 32] = key
-                .get(..32)
-                .and_then(|s| s.try_into().ok())
-                .ok_or_else(|| VaultError::DataLoss("malformed key entry".into()))?;
+            let Some(sid) = key.get(..32).and_then(|s| <[u8; 32]>::try_from(s).ok()) else {
+                tracing::error!("epoch roll: a keys entry has no subject handle; skipped");
+                continue;
+            };
             let sid = Sid(sid);
-            if key == subject_id_key(&sid) {
-                let mut record = SubjectIdRecord::decode(&value)
-                    .map_err(|e| VaultError::DataLoss(e.to_string()))?;
-                if record.epoch == current.epoch() {
-                    continue;
+            // An entry that fails its integrity check cannot be unwrapped under any epoch, so
+            // destroying the old KEK loses nothing of it: its subject is quarantined and the roll
+            // goes on.
+            match self.rewrapped_entry(&sid, &key, &value, &current, now) {
+                Ok(Some(bytes)) => {
+                    batch.put(Cf::Keys, key, bytes);
+                    count += 1;
                 }
-                let id = self.unwrap_subject_id(&sid, &record)?;
-                let wrapped = current
-                    .wrap_subject_id(&sid, &id)
-                    .map_err(|e| VaultError::Internal(e.to_string()))?;
-                record = SubjectIdRecord {
-                    epoch: wrapped.epoch,
-                    nonce: wrapped.nonce,
-                    wrapped: wrapped.ciphertext,
-                };
-                batch.put(Cf::Keys, key, record.encode());
-                count += 1;
-                continue;
+                Ok(None) => {}
+                Err(err @ VaultError::DataLoss(_)) => unreadable.push((sid, err)),
+                Err(err) => return Err(err),
             }
-            let Some((class, record)) = dek_entry(&key, &value)? else {
-                continue;
-            };
-            if record.epoch == current.epoch() {
-                continue;
-            }
-            let dek = self.unwrap_dek_key(&sid, &class, &record)?;
-            let wrapped = current
-                .wrap(&dek, &sid, &class)
-                .map_err(|e| VaultError::Internal(e.to_string()))?;
-            let record = KeyRecord {
-                epoch: wrapped.epoch,
-                nonce: wrapped.nonce,
-                wrapped: wrapped.ciphertext,
-                ..record
-            };
-            batch.put(Cf::Keys, key, record.encode());
-            count += 1;
         }
         if count > 0 {
             let mut event = self.key_event(principal, "key_rewrap");
@@ -265,23 +243,59 @@ impl Vault {
             }];
             self.commit(batch, event)?;
         }
+        for (sid, err) in unreadable {
+            self.quarantine(&sid, Maintenance::EpochRoll, &err)?;
+        }
         Ok((next, count))
     }
 
-    /// The raw subject id in `record`, unwrapped under its epoch.
-    pub(super) fn unwrap_subject_id(
+    /// A keys-CF entry of `sid` re-wrapped under `current`, or `None` when it already is (or is not
+    /// wrapped at all).
+    fn rewrapped_entry(
         &self,
         sid: &Sid,
-        record: &SubjectIdRecord,
-    ) -> Result<zeroize::Zeroizing<Vec<u8>>, VaultError> {
-        let kek = self.kek_of(record.epoch, "a subject id")?;
-        let wrapped = WrappedDek {
-            epoch: record.epoch,
-            nonce: record.nonce,
-            ciphertext: record.wrapped.clone(),
+        key: &[u8],
+        value: &[u8],
+        current: &Kek,
+        now: crate::clock::Millis,
+    ) -> Result<Option<Vec<u8>>, VaultError> {
+        if key == pseudonym_key(sid) {
+            return self.rewrap_pseudonym(sid, value, now);
+        }
+        if key == subject_id_key(sid) {
+            let record =
+                SubjectIdRecord::decode(value).map_err(|e| VaultError::DataLoss(e.to_string()))?;
+            if record.epoch == current.epoch() {
+                return Ok(None);
+            }
+            let id = self.unwrap_subject_id(sid, &record)?;
+            let wrapped = current
+                .wrap_secret(SubjectSecret::Id, sid, &id)
+                .map_err(|e| VaultError::Internal(e.to_string()))?;
+            let record = SubjectIdRecord {
+                epoch: wrapped.epoch,
+                nonce: wrapped.nonce,
+                wrapped: wrapped.ciphertext,
+            };
+            return Ok(Some(record.encode()));
+        }
+        let Some((class, record)) = dek_entry(key, value)? else {
+            return Ok(None);
         };
-        kek.unwrap_subject_id(&wrapped, sid)
-            .map_err(|_| VaultError::DataLoss("a stored subject id failed to unwrap".into()))
+        if record.epoch == current.epoch() {
+            return Ok(None);
+        }
+        let dek = self.unwrap_dek_key(sid, &class, &record)?;
+        let wrapped = current
+            .wrap(&dek, sid, &class)
+            .map_err(|e| VaultError::Internal(e.to_string()))?;
+        let record = KeyRecord {
+            epoch: wrapped.epoch,
+            nonce: wrapped.nonce,
+            wrapped: wrapped.ciphertext,
+            ..record
+        };
+        Ok(Some(record.encode()))
     }
 
     /// Rotates every DEK of `subject` (re-sealing all its fields), for `ctx` authorized as

@@ -65,8 +65,15 @@ pub enum VaultError {
     /// Anything else; details are in the server log under the request id.
     #[error("{0}")]
     Internal(String),
-    /// A read run in memory only ([`crate::store::memory_only`]) needs the disk. Nothing was done
-    /// or audited; the api runs the call again on the blocking pool, so no caller sees this.
+    /// The response would exceed the per-call byte budget; nothing was returned.
+    #[error("the response would exceed {limit} bytes of values: ask for fewer fields or subjects")]
+    ResponseTooLarge {
+        /// The budget, in bytes of values.
+        limit: usize,
+    },
+    /// A read run in memory only ([`crate::store::memory_only`]) needs the disk, or more
+    /// decryption than the async runtime should do. Nothing was done or audited; the api runs the
+    /// call again on the blocking pool, so no caller sees this.
     #[error("the call needs the disk")]
     NeedsDisk,
 }
@@ -81,6 +88,7 @@ impl VaultError {
             Self::NotFound(_) => "not_found",
             Self::Unavailable(_) => "unavailable",
             Self::DataLoss(_) => "data_loss",
+            Self::ResponseTooLarge { .. } => "resource_exhausted",
             Self::Internal(_) | Self::NeedsDisk => "internal",
         }
     }

@@ -12,7 +12,7 @@ use crate::audit::AuditEvent;
 use crate::clock::Millis;
 use zeroize::Zeroizing;
 
-use crate::crypto::{DekCipher, Kek, Key256, Sealed, WrappedDek, random_bytes};
+use crate::crypto::{DekCipher, Kek, Key256, Sealed, WrappedDek};
 use crate::domain::{FieldName, KeyClass, Pseudonym, Sid, SubjectId};
 use crate::store::keys::{is_subject_entry, name_of, pseudonym_key, subject_key};
 use crate::store::records::{FieldRecord, KeyRecord};
@@ -94,19 +94,33 @@ pub(super) fn decode_field(bytes: &[u8]) -> Result<FieldRecord, VaultError> {
 
 /// Unwrapped subject keys, least recently used evicted first. Dropping the last `Arc` of a
 /// `DekCipher` wipes its key schedule.
+///
+/// Readers fill the cache without the subject's lock, so a fill is generation-checked: every
+/// change a writer publishes and every eviction (a shred) bumps the generation under the cache's
+/// mutex, and a reader's fill is dropped unless the generation is still the one it read before
+/// loading. A read that loaded keys before a shred committed can thus never put them back after
+/// the shred evicted them, nor can keys a rotation replaced come back over the new ones.
 pub(super) struct KeyCache {
-    inner: Mutex<LruCache<Sid, Arc<SubjectKeys>>>,
+    inner: Mutex<Entries>,
+}
+
+struct Entries {
+    generation: u64,
+    lru: LruCache<Sid, Arc<SubjectKeys>>,
 }
 
 impl KeyCache {
     pub fn new(capacity: usize) -> Self {
         let cap = NonZeroUsize::new(capacity.max(1)).unwrap_or(NonZeroUsize::MIN);
         Self {
-            inner: Mutex::new(LruCache::new(cap)),
+            inner: Mutex::new(Entries {
+                generation: 0,
+                lru: LruCache::new(cap),
+            }),
         }
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut LruCache<Sid, Arc<SubjectKeys>>) -> T) -> T {
+    fn with<T>(&self, f: impl FnOnce(&mut Entries) -> T) -> T {
         match self.inner.lock() {
             Ok(mut guard) => f(&mut guard),
             Err(poisoned) => f(&mut poisoned.into_inner()),
@@ -114,15 +128,47 @@ impl KeyCache {
     }
 
     pub fn get(&self, sid: &Sid) -> Option<Arc<SubjectKeys>> {
-        self.with(|c| c.get(sid).cloned())
+        self.with(|c| c.lru.get(sid).cloned())
     }
 
-    pub fn insert(&self, sid: Sid, keys: Arc<SubjectKeys>) {
-        self.with(|c| c.put(sid, keys));
+    /// The generation to pass to [`KeyCache::fill`]; read before loading from the store.
+    pub fn generation(&self) -> u64 {
+        self.with(|c| c.generation)
     }
 
+    /// A reader's fill with keys loaded after reading `loaded_at`: kept only if nothing was
+    /// published or evicted since (`None`: the subject had no keys).
+    pub fn fill(&self, sid: Sid, keys: Option<Arc<SubjectKeys>>, loaded_at: u64) {
+        self.with(|c| {
+            if c.generation != loaded_at {
+                return;
+            }
+            match keys {
+                Some(k) => {
+                    c.lru.put(sid, k);
+                }
+                None => {
+                    c.lru.pop(&sid);
+                }
+            }
+        });
+    }
+
+    /// Keys a writer committed under the subject's lock: authoritative, and every racing fill
+    /// loaded before them is dropped.
+    pub fn publish(&self, sid: Sid, keys: Arc<SubjectKeys>) {
+        self.with(|c| {
+            c.generation = c.generation.wrapping_add(1);
+            c.lru.put(sid, keys);
+        });
+    }
+
+    /// Drops the subject's keys (a committed erasure), and every racing fill with them.
     pub fn evict(&self, sid: &Sid) {
-        self.with(|c| c.pop(sid));
+        self.with(|c| {
+            c.generation = c.generation.wrapping_add(1);
+            c.lru.pop(sid);
+        });
     }
 }
 
@@ -175,13 +221,13 @@ impl Vault {
         }
     }
 
-    /// The subject's keys read from the store, refreshing the cache.
+    /// The subject's keys read from the store, refreshing the cache unless a change was published
+    /// meanwhile.
     pub(super) fn reload_keys(&self, sid: &Sid) -> Result<Option<Arc<SubjectKeys>>, VaultError> {
+        let generation = self.keys.generation();
         let keys = self.load_keys(sid)?.map(Arc::new);
-        match &keys {
-            Some(k) => self.keys.insert(*sid, Arc::clone(k)),
-            None => self.keys.evict(sid),
-        }
+        fail::fail_point!("keys-loaded");
+        self.keys.fill(*sid, keys.clone(), generation);
         Ok(keys)
     }
 
@@ -212,10 +258,7 @@ impl Vault {
         let mut ciphers = BTreeMap::new();
         for (key, value) in self.store.scan_prefix(Cf::Keys, &sid.0)? {
             if key == pseudonym_key(sid) {
-                let bytes: [u8; 16] = value
-                    .try_into()
-                    .map_err(|_| VaultError::DataLoss("malformed audit pseudonym".into()))?;
-                pseudonym = Some(Pseudonym(bytes));
+                pseudonym = Some(self.open_pseudonym(sid, &value)?);
                 continue;
             }
             let Some((class, record)) = dek_entry(&key, &value)? else {
@@ -266,16 +309,11 @@ impl Vault {
     ) -> Result<SubjectKeys, VaultError> {
         let mut keys = match self.load_keys(sid)? {
             Some(k) => k,
-            None => {
-                let mut bytes = [0u8; 16];
-                random_bytes(&mut bytes).map_err(|e| VaultError::Internal(e.to_string()))?;
-                batch.put(Cf::Keys, pseudonym_key(sid), bytes.to_vec());
-                SubjectKeys {
-                    pseudonym: Pseudonym(bytes),
-                    records: BTreeMap::new(),
-                    ciphers: BTreeMap::new(),
-                }
-            }
+            None => SubjectKeys {
+                pseudonym: self.stage_new_pseudonym(sid, batch, now)?,
+                records: BTreeMap::new(),
+                ciphers: BTreeMap::new(),
+            },
         };
         for class in classes {
             if !keys.records.contains_key(class) {

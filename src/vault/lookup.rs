@@ -9,7 +9,7 @@ use super::keys::decode_field;
 use super::{CallContext, Vault, VaultError, field_audit};
 use crate::audit::AuditEvent;
 use crate::catalog::FieldSpec;
-use crate::crypto::TAG_LEN;
+use crate::crypto::{SubjectSecret, TAG_LEN};
 use crate::domain::{FieldName, Purpose, Sid, SubjectId};
 use crate::policy::{FieldAction, Policies};
 use crate::store::keys::{
@@ -56,7 +56,7 @@ impl Vault {
             let wrapped = self
                 .keyring
                 .current_kek()
-                .wrap_subject_id(sid, subject.expose().as_bytes())
+                .wrap_secret(SubjectSecret::Id, sid, subject.expose().as_bytes())
                 .map_err(|e| VaultError::Internal(e.to_string()))?;
             let record = SubjectIdRecord {
                 epoch: wrapped.epoch,
@@ -186,7 +186,7 @@ impl Vault {
             let Some(keys) = self.subject_keys(&sid)? else {
                 continue;
             };
-            let context = policies.field_context(purpose, &self.granted_purposes(&sid)?);
+            let context = policies.field_context(purpose, self.effective_consents(&sid, policies)?);
             let decision =
                 policies.decide_field(&ctx.principal, FieldAction::Read, field, &context);
             if decision.allowed {
@@ -200,7 +200,7 @@ impl Vault {
         if matches.is_empty() {
             // Nothing the caller may see: answer as for a value nobody holds, which is a deny
             // exactly when reading the field for this purpose is denied without any consent.
-            let context = policies.field_context(purpose, &[]);
+            let context = policies.field_context(purpose, Default::default());
             let decision =
                 policies.decide_field(&ctx.principal, FieldAction::Read, field, &context);
             if !decision.allowed {

@@ -13,6 +13,9 @@ pub mod offline;
 mod open;
 mod policy_admin;
 mod policy_versions;
+mod pseudonym;
+mod purge;
+mod quarantine;
 mod read;
 mod rekey;
 mod retention;
@@ -29,6 +32,7 @@ pub use export::{AccessEvent, ExportedField, SubjectExport};
 pub use open::VaultConfig;
 pub use policy_admin::{DecisionChange, DryRun, Validation};
 pub use policy_versions::{DIR_AUTHOR, PolicyRecord, PolicyVersionInfo, ReloadError};
+pub use quarantine::{Maintenance, Quarantined};
 pub use read::{FieldRead, MAX_BATCH_SUBJECTS, Queued, ReadOutcome};
 pub use retention::{SweepCursor, SweepReport};
 pub use shred::ShredOutcome;
@@ -68,6 +72,8 @@ pub struct Limits {
     pub max_subject_id_bytes: usize,
     /// Bytes in a purpose name (at most the domain's hard limit of 64).
     pub max_purpose_bytes: usize,
+    /// Bytes of values one call may return (all fields of all subjects of a batch together).
+    pub max_response_bytes: usize,
 }
 
 impl Default for Limits {
@@ -80,6 +86,7 @@ impl Default for Limits {
             block_cache_bytes: crate::store::DEFAULT_BLOCK_CACHE_BYTES,
             max_subject_id_bytes: crate::domain::MAX_SUBJECT_ID_BYTES,
             max_purpose_bytes: crate::domain::MAX_NAME_BYTES,
+            max_response_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -131,6 +138,11 @@ impl Vault {
             Ok(p) => Arc::clone(&p),
             Err(poisoned) => Arc::clone(&poisoned.into_inner()),
         }
+    }
+
+    /// The limits this vault enforces.
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     /// The store, for offline tools and tests.
@@ -237,6 +249,13 @@ impl Vault {
         self.commit(Batch::new(), event)
     }
 
+    /// Records a call refused at the edge before it reached the vault (a malformed request).
+    pub fn record_refused(&self, ctx: &CallContext, action: &str) -> Result<u64, VaultError> {
+        let mut event = self.event(ctx, action, None, &self.policies());
+        event.outcome = "invalid_argument".into();
+        self.commit(Batch::new(), event)
+    }
+
     /// Checks the purpose and field names of a call against the catalog and the limits.
     fn check_call<'a>(
         &self,
@@ -263,6 +282,12 @@ impl Vault {
             return Err(VaultError::InvalidArgument(format!(
                 "too many fields: at most {} per call",
                 self.limits.max_fields_per_call
+            )));
+        }
+        let mut seen = std::collections::HashSet::with_capacity(fields.len());
+        if let Some(twice) = fields.iter().find(|f| !seen.insert(**f)) {
+            return Err(VaultError::InvalidArgument(format!(
+                "field `{twice}` is named more than once"
             )));
         }
         fields

@@ -14,9 +14,9 @@ use crate::crypto::{KdfParams, Passphrase, RootKey};
 use crate::keyring::{Keyring, KeyringError, change_root};
 use crate::store::{Batch, Store};
 
-/// Opens `data_dir/db` read-only.
+/// Opens a consistent read-only view of `data_dir/db`, beside a running vault or on a stopped one.
 pub fn open_store_read_only(data_dir: &Path) -> Result<Store, OpenError> {
-    Ok(Store::open_read_only(&data_dir.join("db"))?)
+    Ok(Store::open_snapshot(&data_dir.join("db"))?)
 }
 
 /// Opens the keyring of `config` with its root key (key file, passphrase or `dev.key`).

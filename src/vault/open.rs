@@ -17,8 +17,11 @@ use crate::store::{Batch, Cf, Store};
 
 const KEYRING_ID_KEY: &[u8] = b"keyring_id";
 const FORMAT_KEY: &[u8] = b"format_version";
-/// The on-disk format this version writes.
-pub const DATA_FORMAT_VERSION: u32 = 1;
+/// The on-disk format this version writes: 2 wraps the audit pseudonym under the KEK, gives every
+/// subject an incarnation id and tags policy versions with a key from the keyring.
+pub const DATA_FORMAT_VERSION: u32 = 2;
+/// The format before it (pseudonyms in clear), upgraded in place at open.
+const FORMAT_CLEAR_PSEUDONYMS: u32 = 1;
 
 /// Where the vault keeps and finds its parts.
 #[derive(Debug, Clone)]
@@ -147,7 +150,7 @@ impl Vault {
             &config.db_dir(),
             config.limits.block_cache_bytes,
         )?);
-        check_pairing(&store, &keyring, config)?;
+        let format = check_pairing(&store, &keyring, config)?;
         let audit = AuditLog::open(Arc::clone(&store))?;
         let ledger = Ledger::open(&config.ledger_path())?;
         let vault = Self {
@@ -164,12 +167,45 @@ impl Vault {
             limits: config.limits,
             policies_dir: config.policies_dir.clone(),
         };
+        if format == FORMAT_CLEAR_PSEUDONYMS {
+            vault
+                .tag_format1_policy_records()
+                .map_err(|e| OpenError::Replay(format!("upgrading data format 1: {e}")))?;
+        }
         vault.init_policy_versions(dir_files)?;
+        // Replay reads format 1 as it is (the upgrade draws new incarnations), so it runs first.
         let reshredded = vault.replay_ledger()?;
         if reshredded > 0 {
             tracing::warn!(
                 subjects = reshredded,
                 "the deletion ledger re-shredded subjects found in the database (a restored backup?)"
+            );
+        }
+        let purged = vault
+            .redo_pending_purges()
+            .map_err(|e| OpenError::Replay(format!("redoing pending purges: {e}")))?;
+        if purged > 0 {
+            tracing::warn!(
+                erasures = purged,
+                "finished the physical purge of erasures a crash or a failure had left pending"
+            );
+        }
+        if format == FORMAT_CLEAR_PSEUDONYMS {
+            let wrapped = vault
+                .upgrade_clear_pseudonyms()
+                .map_err(|e| OpenError::Replay(format!("upgrading data format 1: {e}")))?;
+            let mut batch = Batch::new();
+            batch.put(
+                Cf::Meta,
+                FORMAT_KEY.to_vec(),
+                DATA_FORMAT_VERSION.to_be_bytes().to_vec(),
+            );
+            vault.store.write(&batch)?;
+            tracing::info!(
+                pseudonyms = wrapped,
+                "upgraded the data to format {DATA_FORMAT_VERSION}: audit pseudonyms are wrapped \
+                 under the KEK (copies of db/ made before today keep them in clear until they \
+                 are destroyed)"
             );
         }
         let active = vault.policies();
@@ -183,9 +219,24 @@ impl Vault {
     }
 }
 
+/// Creates the data directory with mode 0700, or checks that an existing one is as private: it
+/// holds the keyring, the ledger and, in development, the root key.
 fn create_private_dir(path: &Path) -> Result<(), OpenError> {
-    use std::os::unix::fs::DirBuilderExt;
-    if path.is_dir() {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if let Ok(meta) = fs::metadata(path) {
+        if !meta.is_dir() {
+            return Err(data_dir_error(path, "not a directory"));
+        }
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(data_dir_error(
+                path,
+                format!(
+                    "group or others may access it (mode {mode:04o}); it holds the keyring and \
+                     the deletion ledger: chmod 700 it"
+                ),
+            ));
+        }
         return Ok(());
     }
     fs::DirBuilder::new()
@@ -196,7 +247,8 @@ fn create_private_dir(path: &Path) -> Result<(), OpenError> {
 }
 
 /// Ties the keyring to the database: a keyring from another vault is refused before any read.
-fn check_pairing(store: &Store, keyring: &Keyring, config: &VaultConfig) -> Result<(), OpenError> {
+/// Returns the data format found.
+fn check_pairing(store: &Store, keyring: &Keyring, config: &VaultConfig) -> Result<u32, OpenError> {
     let id = keyring.id();
     match store.get(Cf::Meta, KEYRING_ID_KEY)? {
         Some(stored) if stored == id => {}
@@ -223,8 +275,12 @@ fn check_pairing(store: &Store, keyring: &Keyring, config: &VaultConfig) -> Resu
             store.write(&batch)?;
         }
     }
-    match store.get(Cf::Meta, FORMAT_KEY)? {
-        Some(v) if v == DATA_FORMAT_VERSION.to_be_bytes() => Ok(()),
+    let found = store
+        .get(Cf::Meta, FORMAT_KEY)?
+        .and_then(|v| <[u8; 4]>::try_from(v.as_slice()).ok())
+        .map(u32::from_be_bytes);
+    match found {
+        Some(v @ (FORMAT_CLEAR_PSEUDONYMS | DATA_FORMAT_VERSION)) => Ok(v),
         _ => Err(data_dir_error(
             &config.data_dir,
             format!("unsupported data format (this version reads format {DATA_FORMAT_VERSION})"),

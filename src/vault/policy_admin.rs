@@ -242,14 +242,22 @@ impl Vault {
                     if candidate.catalog().field(&name).is_some()
                         && candidate.catalog().has_purpose(&p) =>
                 {
-                    // The consents recorded with the decision; one no longer declared is dropped.
-                    let consents: Vec<Purpose> = record
-                        .consents
-                        .iter()
-                        .filter_map(|c| Purpose::new(c.clone()).ok())
-                        .filter(|c| candidate.catalog().has_purpose(c))
-                        .collect();
-                    let ctx = candidate.field_context(&p, &consents);
+                    // The consents recorded with the decision, made effective again over the
+                    // candidate's hierarchy (the recorded lists name every purpose, so an
+                    // unchanged hierarchy gives them back); one no longer declared applies to
+                    // nothing.
+                    let parse = |list: &[String], granted: bool| -> Vec<(Purpose, bool)> {
+                        list.iter()
+                            .filter_map(|c| Purpose::new(c.clone()).ok())
+                            .map(|c| (c, granted))
+                            .collect()
+                    };
+                    let mut recorded = parse(&record.consents, true);
+                    recorded.extend(parse(&record.withdrawn, false));
+                    let consents = candidate
+                        .catalog()
+                        .resolve_consents(recorded.iter().map(|(p, g)| (p, *g)));
+                    let ctx = candidate.field_context(&p, consents);
                     match candidate.decide_read(&principal, &name, &ctx) {
                         ReadDecision::Allowed(permit) if permit.masked() => "masked",
                         ReadDecision::Allowed(_) => "allowed",

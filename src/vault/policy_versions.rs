@@ -1,7 +1,9 @@
 //! The versioned policy store: every policy set the vault has activated is kept in the policies
 //! column family with who, when and why; the active one is swapped atomically. The policy
 //! directory is read at start and on SIGHUP; a set applied through the API stays active across
-//! restarts until the directory itself changes.
+//! restarts until the directory itself changes. Every stored version and the active pointer carry
+//! a tag made with a key from the keyring (the index key, under its own label), checked on every
+//! read: a tampered `db/` or a restored backup cannot install a policy set.
 
 use std::sync::Arc;
 
@@ -10,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::{OpenError, Vault, VaultError};
 use crate::audit::AuditEvent;
 use crate::clock::{Millis, rfc3339};
+use crate::crypto::RecordKind;
 use crate::policy::{Policies, PolicyError, Sources, load_sources};
 use crate::store::{Batch, Cf};
 
@@ -74,14 +77,116 @@ fn decode_number(bytes: &[u8]) -> Option<u64> {
     bytes.try_into().ok().map(u64::from_be_bytes)
 }
 
+/// First byte of an authenticated policy record: `2 ‖ tag ‖ JSON`. Data format 1 stored the bare
+/// JSON, which the format upgrade tags once and nothing accepts afterwards.
+const SEALED_RECORD: u8 = 2;
+
 impl Vault {
+    /// `record`'s stored bytes, tagged with a key from the keyring so that a tampered `db/` or a
+    /// restored backup cannot install policies.
+    fn seal_policy_record(&self, number: u64, json: &[u8]) -> Vec<u8> {
+        let tag = self
+            .keyring
+            .index()
+            .record_tag(RecordKind::PolicyVersion, number, json);
+        let mut out = Vec::with_capacity(1 + tag.len() + json.len());
+        out.push(SEALED_RECORD);
+        out.extend_from_slice(&tag);
+        out.extend_from_slice(json);
+        out
+    }
+
+    /// The JSON of stored policy version `number`, once its tag checks.
+    fn open_policy_record<'a>(&self, number: u64, bytes: &'a [u8]) -> Result<&'a [u8], VaultError> {
+        let forged = || {
+            VaultError::DataLoss(format!(
+                "policy version {number} fails its authentication (tampered with, or written \
+                 without this vault's keyring)"
+            ))
+        };
+        let (&kind, rest) = bytes.split_first().ok_or_else(forged)?;
+        let (tag, json) = rest.split_at_checked(32).ok_or_else(forged)?;
+        if kind != SEALED_RECORD
+            || !self
+                .keyring
+                .index()
+                .check_record_tag(RecordKind::PolicyVersion, number, json, tag)
+        {
+            return Err(forged());
+        }
+        Ok(json)
+    }
+
+    fn decode_policy_record(&self, number: u64, bytes: &[u8]) -> Result<PolicyRecord, VaultError> {
+        let record: PolicyRecord = serde_json::from_slice(self.open_policy_record(number, bytes)?)
+            .map_err(|_| VaultError::DataLoss(format!("policy version {number} is unreadable")))?;
+        if record.number != number {
+            return Err(VaultError::DataLoss(format!(
+                "policy version {number} names version {}",
+                record.number
+            )));
+        }
+        Ok(record)
+    }
+
+    /// The meta entry pointing at the active version: `number ‖ tag`.
+    fn active_pointer(&self, number: u64) -> Vec<u8> {
+        let tag = self
+            .keyring
+            .index()
+            .record_tag(RecordKind::ActivePolicy, number, &[]);
+        [number.to_be_bytes().as_slice(), &tag].concat()
+    }
+
+    /// The active version number, once its pointer's tag checks; `None` before the first one.
+    fn active_number(&self) -> Result<Option<u64>, VaultError> {
+        let Some(bytes) = self.store.get(Cf::Meta, ACTIVE_KEY)? else {
+            return Ok(None);
+        };
+        let (number, tag) = bytes
+            .split_at_checked(8)
+            .and_then(|(n, t)| Some((decode_number(n)?, t)))
+            .ok_or_else(|| VaultError::DataLoss("the active policy pointer is malformed".into()))?;
+        if !self
+            .keyring
+            .index()
+            .check_record_tag(RecordKind::ActivePolicy, number, &[], tag)
+        {
+            return Err(VaultError::DataLoss(
+                "the active policy pointer fails its authentication".into(),
+            ));
+        }
+        Ok(Some(number))
+    }
+
+    /// Data format 1 kept policy versions and the active pointer untagged: tags them, trusting
+    /// them as format 1 did, once. Idempotent (a tagged record is left as it is).
+    pub(super) fn tag_format1_policy_records(&self) -> Result<(), VaultError> {
+        let mut batch = Batch::new();
+        for (key, value) in self.store.scan_prefix(Cf::Policies, &[])? {
+            let Some(number) = decode_number(&key) else {
+                return Err(VaultError::DataLoss(
+                    "a policy version key is malformed".into(),
+                ));
+            };
+            if value.first() == Some(&b'{') {
+                batch.put(Cf::Policies, key, self.seal_policy_record(number, &value));
+            }
+        }
+        if let Some(bytes) = self.store.get(Cf::Meta, ACTIVE_KEY)?
+            && let Some(number) = decode_number(&bytes)
+        {
+            batch.put(Cf::Meta, ACTIVE_KEY.to_vec(), self.active_pointer(number));
+        }
+        self.store.write(&batch)?;
+        Ok(())
+    }
+
     /// The stored record of version `number`.
     pub(super) fn policy_record(&self, number: u64) -> Result<Option<PolicyRecord>, VaultError> {
         match self.store.get(Cf::Policies, &number.to_be_bytes())? {
             None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|_| {
-                VaultError::DataLoss(format!("policy version {number} is unreadable"))
-            }),
+            Some(bytes) => self.decode_policy_record(number, &bytes).map(Some),
         }
     }
 
@@ -90,9 +195,11 @@ impl Vault {
         self.store
             .scan_back(Cf::Policies, None, usize::MAX)?
             .into_iter()
-            .map(|(_, v)| {
-                serde_json::from_slice(&v)
-                    .map_err(|_| VaultError::DataLoss("a policy version is unreadable".into()))
+            .map(|(k, v)| {
+                let number = decode_number(&k).ok_or_else(|| {
+                    VaultError::DataLoss("a policy version key is malformed".into())
+                })?;
+                self.decode_policy_record(number, &v)
             })
             .collect()
     }
@@ -115,6 +222,7 @@ impl Vault {
         source: &str,
         mut event: AuditEvent,
     ) -> Result<PolicyRecord, VaultError> {
+        self.check_key_classes_kept(&set)?;
         let number = self.next_policy_number()?;
         let record = PolicyRecord {
             number,
@@ -126,9 +234,13 @@ impl Vault {
             files,
         };
         let mut batch = Batch::new();
-        let bytes = serde_json::to_vec(&record).map_err(|e| VaultError::Internal(e.to_string()))?;
-        batch.put(Cf::Policies, number.to_be_bytes().to_vec(), bytes);
-        batch.put(Cf::Meta, ACTIVE_KEY.to_vec(), number.to_be_bytes().to_vec());
+        let json = serde_json::to_vec(&record).map_err(|e| VaultError::Internal(e.to_string()))?;
+        batch.put(
+            Cf::Policies,
+            number.to_be_bytes().to_vec(),
+            self.seal_policy_record(number, &json),
+        );
+        batch.put(Cf::Meta, ACTIVE_KEY.to_vec(), self.active_pointer(number));
         if source == "dir" {
             batch.put(
                 Cf::Meta,
@@ -155,6 +267,32 @@ impl Vault {
         Ok(record)
     }
 
+    /// Refuses a set whose catalog moves a field of the active one to another key class.
+    fn check_key_classes_kept(&self, set: &Policies) -> Result<(), VaultError> {
+        let Some(number) = self.active_number()? else {
+            return Ok(());
+        };
+        let Some(active) = self.policy_record(number)? else {
+            return Ok(());
+        };
+        let active =
+            crate::catalog::Catalog::parse(crate::catalog::CATALOG_FILE, &active.files.catalog)
+                .map_err(|_| {
+                    VaultError::DataLoss(format!(
+                        "the catalog of policy version {number} no longer parses"
+                    ))
+                })?;
+        let changes = active.key_class_changes(set.catalog());
+        if let Some((field, from, to)) = changes.first() {
+            return Err(VaultError::FailedPrecondition(format!(
+                "field `{field}` would move from key class `{from}` to `{to}`: its stored values \
+                 would no longer open; declare a new field instead ({} field(s) change class)",
+                changes.len()
+            )));
+        }
+        Ok(())
+    }
+
     fn swap_policies(&self, set: Arc<Policies>) {
         match self.policies.write() {
             Ok(mut active) => *active = set,
@@ -179,10 +317,7 @@ impl Vault {
             path: self.store.path().to_owned(),
             reason: format!("policy versions: {e}"),
         };
-        let active = self
-            .store
-            .get(Cf::Meta, ACTIVE_KEY)?
-            .and_then(|b| decode_number(&b));
+        let active = self.active_number().map_err(to_open)?;
         let seen = self.store.get(Cf::Meta, DIR_HASH_KEY)?;
         let dir_hash = self.policies().hash().to_owned();
         if let (Some(number), Some(seen)) = (active, seen)
@@ -216,11 +351,17 @@ impl Vault {
     }
 
     /// Re-reads the policy directory (SIGHUP). An invalid directory is refused and the active set
-    /// stays; an unchanged one changes nothing. Returns the new version number, if any.
+    /// stays; a directory unchanged since it was last read changes nothing, so a SIGHUP sent for
+    /// another reason (a token revocation) never reverts a set applied through the API. Returns
+    /// the new version number, if any.
     pub fn reload_policies(&self) -> Result<Option<u64>, ReloadError> {
         let files = load_sources(&self.policies_dir).map_err(ReloadError::Policy)?;
         let set = Policies::from_sources(&files).map_err(ReloadError::Policy)?;
-        if set.hash() == self.policies().hash() {
+        let seen = self
+            .store
+            .get(Cf::Meta, DIR_HASH_KEY)
+            .map_err(|e| ReloadError::Vault(e.into()))?;
+        if seen.as_deref() == Some(set.hash().as_bytes()) || set.hash() == self.policies().hash() {
             return Ok(None);
         }
         let _writer = self.lock_writer().map_err(ReloadError::Vault)?;

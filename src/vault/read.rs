@@ -53,6 +53,39 @@ impl ReadOutcome {
 /// Most subjects one batch read may name.
 pub const MAX_BATCH_SUBJECTS: usize = 100;
 
+/// Most bytes of values a read decrypts on the async runtime; a larger one runs again on the
+/// blocking pool, so that one caller's 64 KiB fields cannot stall everyone else's calls.
+const RUNTIME_OPEN_BYTES: usize = 64 * 1024;
+
+/// The bytes of values one call has taken so far, against the per-call budget.
+struct ReadBudget {
+    limit: usize,
+    used: std::cell::Cell<usize>,
+}
+
+impl ReadBudget {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            used: std::cell::Cell::new(0),
+        }
+    }
+
+    /// Takes `bytes` more, before they are decrypted: refused past the budget, and sent to the
+    /// blocking pool past what the runtime should decrypt.
+    fn take(&self, bytes: usize) -> Result<(), VaultError> {
+        let used = self.used.get().saturating_add(bytes);
+        if used > self.limit {
+            return Err(VaultError::ResponseTooLarge { limit: self.limit });
+        }
+        if used > RUNTIME_OPEN_BYTES && crate::store::in_memory_only() {
+            return Err(VaultError::NeedsDisk);
+        }
+        self.used.set(used);
+        Ok(())
+    }
+}
+
 /// A read whose audit records are queued, not yet durable.
 #[derive(Debug)]
 pub enum Queued<T> {
@@ -82,7 +115,9 @@ impl Vault {
         purpose: &Purpose,
         fields: &[FieldName],
     ) -> Result<Vec<FieldRead>, VaultError> {
-        let (event, result) = self.stage_read(ctx, &self.policies(), subject, purpose, fields);
+        let budget = ReadBudget::new(self.limits.max_response_bytes);
+        let (event, result) =
+            self.stage_read(ctx, &self.policies(), subject, purpose, fields, &budget);
         self.finish(event, result.map(|reads| (Batch::new(), reads)))
             .map(|(reads, _)| reads)
     }
@@ -97,7 +132,8 @@ impl Vault {
         purpose: &Purpose,
         fields: &[FieldName],
     ) -> Queued<Vec<FieldRead>> {
-        let staged = self.stage_read(ctx, &self.policies(), subject, purpose, fields);
+        let budget = ReadBudget::new(self.limits.max_response_bytes);
+        let staged = self.stage_read(ctx, &self.policies(), subject, purpose, fields, &budget);
         if matches!(staged.1, Err(VaultError::NeedsDisk)) {
             return Queued::NeedsDisk;
         }
@@ -119,26 +155,65 @@ impl Vault {
         fields: &[FieldName],
     ) -> Queued<Vec<Result<Vec<FieldRead>, VaultError>>> {
         let policies = self.policies();
-        if subjects.is_empty() || subjects.len() > MAX_BATCH_SUBJECTS {
+        let refuse = |err: VaultError| {
             let event = self.event(ctx, "read", Some(purpose), &policies);
-            let err = VaultError::InvalidArgument(format!(
-                "a batch names 1 to {MAX_BATCH_SUBJECTS} subjects"
-            ));
             let (result, ticket) = self.queue_read((event, Err(err)));
-            return Queued::Ready {
+            Queued::Ready {
                 result,
                 records: vec![ticket],
-            };
+            }
+        };
+        if subjects.is_empty() || subjects.len() > MAX_BATCH_SUBJECTS {
+            return refuse(VaultError::InvalidArgument(format!(
+                "a batch names 1 to {MAX_BATCH_SUBJECTS} subjects"
+            )));
+        }
+        let mut seen = std::collections::HashSet::with_capacity(subjects.len());
+        if let Some(i) = subjects.iter().position(|s| !seen.insert(s.expose())) {
+            return refuse(VaultError::InvalidArgument(format!(
+                "subject_ids[{i}] repeats an earlier subject id"
+            )));
+        }
+        // What is wrong with the call for every subject refuses the whole call.
+        let names: Vec<&FieldName> = fields.iter().collect();
+        if let Err(e) = self.check_call(&policies, purpose, &names) {
+            return refuse(e);
         }
         // Every subject is read before any record is queued, so that a read that needs the disk
-        // can run again from the start without auditing anyone twice.
+        // can run again from the start without auditing anyone twice. One budget covers them all.
+        let budget = ReadBudget::new(self.limits.max_response_bytes);
         let mut staged = Vec::with_capacity(subjects.len());
+        let mut too_large = false;
         for subject in subjects {
-            let one = self.stage_read(ctx, &policies, subject, purpose, fields);
-            if matches!(one.1, Err(VaultError::NeedsDisk)) {
-                return Queued::NeedsDisk;
+            let one = self.stage_read(ctx, &policies, subject, purpose, fields, &budget);
+            match &one.1 {
+                Err(VaultError::NeedsDisk) => return Queued::NeedsDisk,
+                Err(VaultError::ResponseTooLarge { .. }) => too_large = true,
+                _ => {}
             }
             staged.push(one);
+            if too_large {
+                break;
+            }
+        }
+        if too_large {
+            // Nothing leaves: every subject read so far is recorded as refused, with no values.
+            let records = staged
+                .into_iter()
+                .map(|(mut event, _)| {
+                    event.fields.clear();
+                    let err = VaultError::ResponseTooLarge {
+                        limit: budget.limit,
+                    };
+                    self.queue_read((event, Err::<(), _>(err))).1
+                })
+                .collect();
+            return Queued::Ready {
+                result: Err(VaultError::ResponseTooLarge {
+                    limit: budget.limit,
+                }),
+                records,
+            };
         }
         let (results, records) = staged.into_iter().map(|s| self.queue_read(s)).unzip();
         Queued::Ready {
@@ -155,9 +230,10 @@ impl Vault {
         subject: &SubjectId,
         purpose: &Purpose,
         fields: &[FieldName],
+        budget: &ReadBudget,
     ) -> Staged {
         let mut event = self.event(ctx, "read", Some(purpose), policies);
-        let result = self.get_inner(ctx, policies, subject, purpose, fields, &mut event);
+        let result = self.get_inner(ctx, policies, subject, purpose, fields, budget, &mut event);
         (event, result)
     }
 
@@ -183,13 +259,15 @@ impl Vault {
         subject: &SubjectId,
         purpose: &Purpose,
         fields: &[FieldName],
+        budget: &ReadBudget,
         event: &mut AuditEvent,
     ) -> Result<Vec<FieldRead>, VaultError> {
         let (sid, keys) = self.locate(subject, event)?;
         let specs = self.check_call(policies, purpose, &fields.iter().collect::<Vec<_>>())?;
-        let consents = self.granted_purposes(&sid)?;
-        event.consents = consents.iter().map(ToString::to_string).collect();
-        let context = policies.field_context(purpose, &consents);
+        let consents = self.effective_consents(&sid, policies)?;
+        event.consents = consents.granted.iter().map(ToString::to_string).collect();
+        event.withdrawn = consents.withdrawn.iter().map(ToString::to_string).collect();
+        let context = policies.field_context(purpose, consents);
         let decisions: Vec<ReadDecision> = fields
             .iter()
             .map(|f| policies.decide_read(&ctx.principal, f, &context))
@@ -204,7 +282,7 @@ impl Vault {
             })
             .collect();
         let stored = match &keys {
-            Some(keys) => self.read_permitted(&sid, Arc::clone(keys), &permits)?,
+            Some(keys) => self.read_permitted(&sid, Arc::clone(keys), &permits, budget)?,
             None => BTreeMap::new(),
         };
 
@@ -240,6 +318,7 @@ impl Vault {
         sid: &Sid,
         keys: Arc<SubjectKeys>,
         permits: &[(&Permit, &FieldSpec)],
+        budget: &ReadBudget,
     ) -> Result<BTreeMap<FieldName, ReadOutcome>, VaultError> {
         let storage_keys: Vec<Vec<u8>> = permits
             .iter()
@@ -247,15 +326,31 @@ impl Vault {
             .collect();
         let request: Vec<&[u8]> = storage_keys.iter().map(Vec::as_slice).collect();
         let now = self.clock.now_ms();
+        let baseline = budget.used.get();
         self.with_current_keys(sid, Some(keys), |keys| {
             let mut out = BTreeMap::new();
             let Some(keys) = keys else {
                 return Ok(Ok(out));
             };
             let values = self.store.multi_get(Cf::Fields, &request)?;
-            for ((permit, spec), value) in permits.iter().zip(values) {
-                let Some(bytes) = value else { continue };
-                let record = decode_field(&bytes)?;
+            let records = values
+                .into_iter()
+                .map(|v| v.map(|b| decode_field(&b)).transpose())
+                .collect::<Result<Vec<_>, _>>()?;
+            // A reload after a rotation reads the same values again: counted once.
+            budget.used.set(baseline);
+            let bytes: usize = records
+                .iter()
+                .flatten()
+                .map(|r| {
+                    r.ciphertext
+                        .len()
+                        .saturating_sub(crate::crypto::GCM_TAG_LEN)
+                })
+                .sum();
+            budget.take(bytes)?;
+            for ((permit, spec), record) in permits.iter().zip(records) {
+                let Some(record) = record else { continue };
                 if record.is_expired(now) {
                     continue;
                 }

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use super::quarantine::Maintenance;
 use super::write::Staged;
 use super::{Vault, VaultError, field_audit};
 use crate::audit::AuditEvent;
@@ -31,6 +32,10 @@ pub struct SweepReport {
     pub examined: usize,
     /// Expired fields deleted.
     pub deleted: usize,
+    /// Subjects newly quarantined (their entries fail their integrity checks).
+    pub quarantined: usize,
+    /// Subjects skipped: quarantined before, or failing for a passing reason (retried next pass).
+    pub skipped: usize,
     /// Where to continue; the start again once the end was reached.
     pub next: SweepCursor,
 }
@@ -54,24 +59,57 @@ impl Vault {
             _ => SweepCursor::default(),
         };
         let mut expired: BTreeMap<[u8; 32], Vec<Vec<u8>>> = BTreeMap::new();
+        let mut malformed = std::collections::BTreeSet::new();
         for (key, value) in &entries {
-            let Ok(record) = FieldRecord::decode(value) else {
-                continue;
-            };
             let sid: Option<[u8; 32]> = key.get(..32).and_then(|s| s.try_into().ok());
-            if let (Some(sid), true) = (sid, record.expires_ms.is_some_and(|e| e <= now)) {
-                expired.entry(sid).or_default().push(key.clone());
+            let Some(sid) = sid else { continue };
+            match FieldRecord::decode(value) {
+                Ok(record) if record.is_expired(now) => {
+                    expired.entry(sid).or_default().push(key.clone());
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    malformed.insert(sid);
+                }
             }
         }
-        let mut deleted = 0;
-        for (sid, keys) in expired {
-            deleted += self.delete_expired(Sid(sid), keys)?;
-        }
-        Ok(SweepReport {
+        let mut report = SweepReport {
             examined: entries.len(),
-            deleted,
+            deleted: 0,
+            quarantined: 0,
+            skipped: 0,
             next,
-        })
+        };
+        for sid in malformed {
+            let sid = Sid(sid);
+            if !self.is_quarantined(&sid)? {
+                let err = VaultError::DataLoss("a stored field record is malformed".into());
+                self.quarantine(&sid, Maintenance::RetentionSweep, &err)?;
+                report.quarantined += 1;
+            }
+            expired.remove(&sid.0);
+        }
+        // One subject's failure never stops the sweep: an integrity failure quarantines it, any
+        // other failure leaves it for the next pass.
+        for (sid, keys) in expired {
+            let sid = Sid(sid);
+            if self.is_quarantined(&sid)? {
+                report.skipped += 1;
+                continue;
+            }
+            match self.delete_expired(sid, keys) {
+                Ok(n) => report.deleted += n,
+                Err(err @ VaultError::DataLoss(_)) => {
+                    self.quarantine(&sid, Maintenance::RetentionSweep, &err)?;
+                    report.quarantined += 1;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "retention: a subject could not be swept now; retried on the next pass");
+                    report.skipped += 1;
+                }
+            }
+        }
+        Ok(report)
     }
 
     fn delete_expired(&self, sid: Sid, keys: Vec<Vec<u8>>) -> Result<usize, VaultError> {
@@ -116,13 +154,11 @@ impl Vault {
         if remaining == count && policies.catalog().shred_when_empty() {
             // Nothing of the subject is left: the catalog asks for the whole subject to go.
             let mut batch = Batch::new();
-            let (_, ranges) = self.stage_erase(&sid, SYSTEM, EMPTY_REASON, &mut batch)?;
+            self.stage_erase(&sid, SYSTEM, EMPTY_REASON, &mut batch)?;
             event.action = "retention_shred".into();
             self.commit(batch, event)?;
             self.forget_subject(&sid);
-            if let Err(e) = self.store.purge(&ranges) {
-                tracing::error!(error = %e, "retention shred committed but the physical purge failed");
-            }
+            self.finish_purge(&sid);
             return Ok(count);
         }
         let keys = self.rotate_away(&sid, &removed, &policies, &mut batch)?;

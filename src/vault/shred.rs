@@ -40,18 +40,12 @@ impl Vault {
         let committed = {
             let _writer = self.lock_subject(&sid)?;
             let staged = self.stage_shred(ctx, &policies, &sid, reason, &mut event);
-            let ((existed, ranges), audit_seq) = self.finish(event, staged)?;
+            let ((existed, _), audit_seq) = self.finish(event, staged)?;
             // The key is gone from disk; drop the unwrapped copy too, before anyone can use it.
             self.forget_subject(&sid);
-            (existed, audit_seq, ranges)
+            (existed, audit_seq)
         };
-        let purged = match self.store.purge(&committed.2) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!(error = %e, "shred committed but the physical purge failed");
-                false
-            }
-        };
+        let purged = self.finish_purge(&sid);
         Ok(ShredOutcome {
             existed: committed.0,
             purged,
@@ -67,8 +61,12 @@ impl Vault {
         reason: &str,
         event: &mut AuditEvent,
     ) -> Result<(Batch, Erased), VaultError> {
-        if let Some(keys) = self.subject_keys(sid)? {
-            event.subject = Some(keys.pseudonym.to_string());
+        // A subject whose keys fail their integrity check (quarantined) can still be shredded:
+        // the shred destroys entries, it never needs to open them.
+        match self.subject_keys(sid) {
+            Ok(keys) => event.subject = keys.map(|k| k.pseudonym.to_string()),
+            Err(VaultError::DataLoss(_)) => event.subject = self.readable_pseudonym(sid),
+            Err(e) => return Err(e),
         }
         if reason.len() > self.limits.max_reason_bytes || reason.chars().any(char::is_control) {
             return Err(VaultError::InvalidArgument(format!(
@@ -91,18 +89,30 @@ impl Vault {
         reason: &str,
         batch: &mut Batch,
     ) -> Result<Erased, VaultError> {
-        // The ledger first: once a shred may commit, no restore may undo it.
-        self.ledger.append(sid, self.clock.now_ms()).map_err(|e| {
-            tracing::error!(error = %e, "cannot append to the deletion ledger; shred refused");
-            VaultError::Unavailable("the deletion ledger cannot be written".into())
-        })?;
+        // The ledger first: once a shred may commit, no restore may undo it. It names the
+        // incarnation erased, so that replay spares a customer who comes back after the shred.
+        let incarnation = match self.incarnation_of(sid) {
+            Ok(found) => found.flatten().map(|(i, _)| i),
+            // An unreadable entry names no incarnation: the shred is recorded by time.
+            Err(VaultError::DataLoss(_)) => None,
+            Err(e) => return Err(e),
+        };
+        let now = self.clock.now_ms();
+        self.ledger
+            .append(sid, incarnation.as_ref(), now)
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot append to the deletion ledger; shred refused");
+                VaultError::Unavailable("the deletion ledger cannot be written".into())
+            })?;
         let (existed, ranges) = self.stage_subject_deletion(sid, batch)?;
+        self.stage_pending_purge(sid, incarnation.as_ref(), &ranges, batch)?;
         let receipt = ShredReceipt {
-            shredded_ms: self.clock.now_ms(),
+            shredded_ms: now,
             principal: principal.to_owned(),
             reason: reason.to_owned(),
         };
         batch.put(Cf::Shredded, sid.0.to_vec(), receipt.encode());
+        self.stage_release(sid, batch);
         Ok((existed, ranges))
     }
 
@@ -134,13 +144,30 @@ impl Vault {
 }
 
 impl Vault {
-    /// Re-shreds every subject the deletion ledger names that still has entries in the database
-    /// (a backup restored from before its shred). Returns how many were re-shredded.
+    /// Re-shreds every incarnation the deletion ledger says was shredded that is still in the
+    /// database (a backup restored from before its shred), and nothing created after the shred.
+    /// Returns how many were re-shredded.
     pub(super) fn replay_ledger(&self) -> Result<usize, OpenError> {
         let replay = |e: VaultError| OpenError::Replay(e.to_string());
         let mut count = 0;
-        for sid in self.ledger.sids()? {
+        for (sid, shreds) in self.ledger.entries()? {
             let _writer = self.lock_writer().map_err(replay)?;
+            let stored = self.incarnation_of(&sid).map_err(replay)?;
+            let shredded = match stored {
+                // No pseudonym: whatever is left (if anything) has no key to open it.
+                None => true,
+                Some(Some((incarnation, created_ms))) => {
+                    shreds.covers(Some(&incarnation), created_ms)
+                }
+                Some(None) => {
+                    let created = self.first_key_created(&sid).map_err(replay)?;
+                    shreds.covers(None, created.unwrap_or(0))
+                }
+            };
+            let incarnation = stored.flatten().map(|(i, _)| i);
+            if !shredded {
+                continue;
+            }
             let mut batch = Batch::new();
             let (existed, ranges) = self
                 .stage_subject_deletion(&sid, &mut batch)
@@ -148,6 +175,8 @@ impl Vault {
             if !existed {
                 continue;
             }
+            self.stage_pending_purge(&sid, incarnation.as_ref(), &ranges, &mut batch)
+                .map_err(replay)?;
             let event = AuditEvent {
                 principal: "privault".into(),
                 action: "ledger_reshred".into(),
@@ -158,7 +187,7 @@ impl Vault {
             };
             self.commit(batch, event).map_err(replay)?;
             self.forget_subject(&sid);
-            self.store.purge(&ranges)?;
+            self.finish_purge(&sid);
             count += 1;
         }
         Ok(count)

@@ -88,7 +88,7 @@ impl Vault {
                 )));
             }
         }
-        let context = policies.field_context(purpose, &self.granted_purposes(&sid)?);
+        let context = policies.field_context(purpose, self.effective_consents(&sid, policies)?);
         self.authorize_all(ctx, policies, FieldAction::Write, &context, &names, event)?;
 
         let now = self.clock.now_ms();
@@ -210,7 +210,7 @@ impl Vault {
         let (sid, _) = self.locate(subject, event)?;
         let names: Vec<&FieldName> = fields.iter().collect();
         self.check_call(policies, purpose, &names)?;
-        let context = policies.field_context(purpose, &self.granted_purposes(&sid)?);
+        let context = policies.field_context(purpose, self.effective_consents(&sid, policies)?);
         self.authorize_all(ctx, policies, FieldAction::Delete, &context, &names, event)?;
         let unique: Vec<&FieldName> = names
             .into_iter()
@@ -273,7 +273,7 @@ impl Vault {
             Ok(Staged { batch, value, keys }) => {
                 let (value, _) = self.finish(event, Ok((batch, value)))?;
                 if let Some((sid, keys)) = keys {
-                    self.keys.insert(sid, Arc::new(keys));
+                    self.keys.publish(sid, Arc::new(keys));
                 }
                 Ok(value)
             }

@@ -133,3 +133,35 @@ async fn the_chain_still_verifies_after_a_shred() {
         "the shred record names the pseudonym it destroys"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_refused_at_the_edge_for_bad_syntax_is_audited() {
+    let vault = TestVault::new();
+    let server = vault.start().await;
+    let mut checkout = server.client(CHECKOUT).await;
+    let err = checkout
+        .get_fields(get_request("", "fulfillment", &["email"]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let err = checkout
+        .get_fields(get_request("cust-1", "Not A Purpose", &["email"]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    server.stop().await;
+    let store = privault::store::Store::open(&vault.data_dir().join("db")).unwrap();
+    let refused: Vec<privault::audit::AuditRecord> = store
+        .scan_prefix(privault::store::Cf::Audit, &[])
+        .unwrap()
+        .iter()
+        .map(|(_, r)| serde_json::from_slice(r).unwrap())
+        .filter(|r: &privault::audit::AuditRecord| r.outcome == "invalid_argument")
+        .collect();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(
+        refused
+            .iter()
+            .all(|r| r.action == "read" && r.principal == CHECKOUT && r.subject.is_none())
+    );
+}

@@ -371,3 +371,60 @@ async fn export_and_verify_work_beside_a_running_vault() {
     assert!(String::from_utf8_lossy(&verify.stdout).starts_with("3 "));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn offline_tools_read_a_consistent_view_beside_a_busy_vault() {
+    let vault = TestVault::new();
+    let server = vault.start().await;
+    put_profile(&server, "cust-0").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Puts and shreds: every shred flushes and compacts, so table files come and go all along.
+    let load = {
+        let (stop, mut account, mut dpo) = (
+            std::sync::Arc::clone(&stop),
+            server.client(ACCOUNT).await,
+            server.client(DPO).await,
+        );
+        tokio::spawn(async move {
+            let mut i = 1u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let subject = format!("cust-{i}");
+                account
+                    .put_fields(put_request(&subject, "account", &[("email", "a@b.c")]))
+                    .await
+                    .unwrap();
+                dpo.shred_subject(privault::api::pb::ShredSubjectRequest {
+                    subject_id: format!("cust-{}", i - 1),
+                    reason: "ticket".into(),
+                })
+                .await
+                .unwrap();
+                i += 1;
+            }
+            i
+        })
+    };
+    let dir = vault.data_dir().to_owned();
+    let failures = tokio::task::spawn_blocking(move || {
+        let mut failures = Vec::new();
+        for _ in 0..8 {
+            for args in [&["verify"][..], &["head"], &["export"]] {
+                let out = audit_cli(args, &dir);
+                if !out.status.success() {
+                    failures.push(format!(
+                        "{args:?}: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    ));
+                }
+            }
+        }
+        failures
+    })
+    .await
+    .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds = load.await.unwrap();
+    assert!(rounds > 1, "the load ran");
+    assert!(failures.is_empty(), "{failures:#?}");
+    server.stop().await;
+}

@@ -14,13 +14,13 @@ use tonic_health::pb::health_client::HealthClient;
 
 use crate::support::shipped_policies;
 
-const BIN: &str = env!("CARGO_BIN_EXE_privault");
+pub const BIN: &str = env!("CARGO_BIN_EXE_privault");
 
 /// A running `privault serve` child, its log so far and its address.
-struct Served {
-    child: Child,
-    log: String,
-    addr: String,
+pub struct Served {
+    pub child: Child,
+    pub log: String,
+    pub addr: String,
     lines: mpsc::Receiver<String>,
 }
 
@@ -39,7 +39,7 @@ fn start(cwd: &Path, extra: &[&str]) -> Served {
     clippy::zombie_processes,
     reason = "the caller waits through `terminate`"
 )]
-fn spawn_served(mut command: Command) -> Served {
+pub fn spawn_served(mut command: Command) -> Served {
     let mut child = command
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
@@ -126,7 +126,7 @@ async fn serve_runs_on_the_embedded_default_and_stops_on_sigterm() {
     assert!(terminate(&mut served.child).success());
 }
 
-async fn channel_to(addr: &str) -> tonic::transport::Channel {
+pub async fn channel_to(addr: &str) -> tonic::transport::Channel {
     tonic::transport::Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
@@ -211,7 +211,7 @@ fn policy_validate_accepts_the_shipped_policies_and_points_at_errors() {
     assert!(out.contains("Field::\"emial\"` is not declared"), "{out}");
 }
 
-fn signal(child: &Child, name: &str) {
+pub fn signal(child: &Child, name: &str) {
     assert!(
         // bash's builtin `kill`: the procps binary need not be installed.
         Command::new("bash")
@@ -388,4 +388,47 @@ fn serve_reads_a_config_file_and_flags_override_it() {
         err.contains("bad.toml:1") && err.contains("colour"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_ends_open_health_watches_and_exits_promptly() {
+    let cwd = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(shipped_policies(), cwd.path().join("policies")).unwrap();
+    // A grace period longer than the test's patience: the exit must come from the watch ending,
+    // not from the drain being cut off.
+    let mut served = start(cwd.path(), &["--shutdown-grace-secs", "120"]);
+    let mut health = HealthClient::new(channel_to(&served.addr).await);
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: "privault.v1.Vault".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.status(), ServingStatus::Serving);
+
+    signal(&served.child, "-TERM");
+    let mut seen = Vec::new();
+    while let Ok(Ok(Some(m))) = tokio::time::timeout(Duration::from_secs(10), watch.message()).await
+    {
+        seen.push(m.status());
+    }
+    assert_eq!(
+        seen,
+        vec![ServingStatus::NotServing],
+        "the watcher is told first"
+    );
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = served.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the server did not exit with a watch open"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success());
 }

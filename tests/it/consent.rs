@@ -158,3 +158,52 @@ async fn dry_runs_replay_reads_with_the_consents_they_were_decided_with() {
     assert!(run.changes.is_empty(), "{:?}", run.changes);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_most_specific_consent_record_wins_for_every_parent_and_child() {
+    let vault = TestVault::new();
+    let server = vault.start().await;
+    let states = [None, Some(true), Some(false)];
+    let mut n = 0;
+    for parent in states {
+        for child in states {
+            n += 1;
+            let subject = format!("cust-{n}");
+            put_profile(&server, &subject).await;
+            if let Some(g) = parent {
+                set(&server, ACCOUNT, &subject, "marketing", g)
+                    .await
+                    .unwrap();
+            }
+            if let Some(g) = child {
+                set(&server, ACCOUNT, &subject, "email_marketing", g)
+                    .await
+                    .unwrap();
+            }
+            let allowed = |effective: Option<bool>| {
+                if effective == Some(true) {
+                    Outcome::Value
+                } else {
+                    Outcome::Denied
+                }
+            };
+            assert_eq!(
+                mailer_reads(&server, &subject, "email_marketing").await,
+                allowed(child.or(parent)),
+                "parent {parent:?}, child {child:?}, read for the child"
+            );
+            assert_eq!(
+                mailer_reads(&server, &subject, "marketing").await,
+                allowed(parent),
+                "parent {parent:?}, child {child:?}, read for the parent"
+            );
+            // The sibling follows the parent: the child's record is the child's alone.
+            assert_eq!(
+                mailer_reads(&server, &subject, "sms_marketing").await,
+                allowed(parent),
+                "parent {parent:?}, child {child:?}, read for the sibling"
+            );
+        }
+    }
+    server.stop().await;
+}

@@ -49,7 +49,13 @@ fn read_email(v: &Vault, subject: &str) -> Result<ReadOutcome, VaultError> {
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
+    use std::os::unix::fs::DirBuilderExt;
+    // Private like a data directory must be.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(to)
+        .unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let path = entry.unwrap().path();
         std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
@@ -313,4 +319,47 @@ fn the_schedule_rolls_an_epoch_once_it_is_old_enough() {
         read_email(&v, "cust-1"),
         Ok(ReadOutcome::Value(_))
     ));
+}
+
+#[test]
+fn the_audit_pseudonym_is_never_stored_in_clear_and_dies_with_the_epoch() {
+    let (vault, backup) = backup_then_shred_cust_1();
+    // cust-2's pseudonym, as every audit record about it names it.
+    let v = vault.open().unwrap();
+    let pseudonym = v
+        .store()
+        .scan_prefix(Cf::Audit, &[])
+        .unwrap()
+        .iter()
+        .map(|(_, r)| serde_json::from_slice::<privault::audit::AuditRecord>(r).unwrap())
+        .filter(|r| r.action == "write")
+        .filter_map(|r| r.subject)
+        .last()
+        .unwrap();
+    drop(v);
+    let raw = hex::decode(&pseudonym).unwrap();
+    for dir in [vault.data_dir().join("db"), backup.clone()] {
+        assert!(
+            files_containing(&dir, &raw).is_empty(),
+            "the pseudonym is in clear under {}",
+            dir.display()
+        );
+    }
+    // After a roll, a stale copy opened with today's keyring cannot name its subjects.
+    {
+        let v = vault.open().unwrap();
+        v.roll_epoch(&ctx(SEC_LEAD), |_| {}).unwrap();
+    }
+    let thief = tempfile::tempdir().unwrap();
+    let dir = thief.path().join("data");
+    copy_dir(&backup, &dir.join("db"));
+    std::fs::copy(vault.config.keyring_path(), dir.join("keyring")).unwrap();
+    std::fs::copy(vault.config.dev_key_path(), dir.join("dev.key")).unwrap();
+    let mut config = vault.config.clone();
+    config.data_dir = dir;
+    let stale = Vault::open(&config, Arc::new(SystemClock)).unwrap();
+    let err = stale
+        .export(&ctx(DPO), &SubjectId::new("cust-2".into()).unwrap())
+        .unwrap_err();
+    assert!(err.to_string().contains("pseudonym"), "{err}");
 }

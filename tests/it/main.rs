@@ -2,14 +2,17 @@
 //! called through the generated tonic client.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+mod amplification;
 mod audit;
 mod audit_log;
 mod binary;
 mod consent;
+mod crash;
 mod durability;
 mod identity;
 mod keys;
 mod lookup;
+mod model;
 mod outcomes;
 mod pki;
 mod policy_admin;

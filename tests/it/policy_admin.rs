@@ -335,3 +335,36 @@ async fn unauthorized_admin_calls_are_denied_and_audited() {
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_of_an_unchanged_directory_keeps_a_set_applied_through_the_api() {
+    let vault = TestVault::new();
+    let server = vault.start().await;
+    let applied = apply(&server, without_checkout(), 1).await.unwrap();
+    // The server's SIGHUP handler runs exactly this (a SIGHUP sent to reload the token file).
+    let reloaded = server.vault().reload_policies().unwrap();
+    assert_eq!(reloaded, None);
+    assert_eq!(active_version(&server).await, applied);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_catalog_that_moves_a_field_to_another_key_class_is_refused() {
+    let vault = TestVault::new();
+    let server = vault.start().await;
+    put_profile(&server, "cust-1").await;
+    let mut files = shipped_files();
+    files.catalog = files.catalog.replace(
+        "[fields.payment_card]\n",
+        "[fields.payment_card]\nkey_class = \"tax\"\n",
+    );
+    assert!(files.catalog.contains("key_class = \"tax\""));
+    let err = apply(&server, files, 1).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("payment_card"), "{}", err.message());
+    assert_eq!(active_version(&server).await, 1);
+    let mut account = server.client(ACCOUNT).await;
+    let results = get(&mut account, "cust-1", "account", &["payment_card"]).await;
+    assert_eq!(results[0].value, "4111111111111111");
+    server.stop().await;
+}

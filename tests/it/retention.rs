@@ -180,3 +180,130 @@ fn a_subject_whose_last_field_expires_is_shredded_when_the_catalog_says_so() {
         .unwrap();
     assert!(matches!(&read[0].outcome, ReadOutcome::Value(v) if v.as_str() == "b@example.com"));
 }
+
+/// Flips a byte in every wrapped DEK of the keys CF that is not in `spare` (the stopped vault's).
+fn corrupt_keys_except(vault: &TestVault, spare: &[Vec<u8>]) {
+    use privault::store::records::KeyRecord;
+    use privault::store::{Batch, Cf, Store};
+    let store = Store::open(&vault.data_dir().join("db")).unwrap();
+    let mut batch = Batch::new();
+    for (key, value) in store.scan_prefix(Cf::Keys, &[]).unwrap() {
+        if spare.contains(&key) || key.get(32) == Some(&b'#') {
+            continue;
+        }
+        if let Ok(mut record) = KeyRecord::decode(&value) {
+            record.wrapped[0] ^= 1;
+            batch.put(Cf::Keys, key, record.encode());
+        }
+    }
+    store.write(&batch).unwrap();
+}
+
+/// The keys of the keys CF of the stopped vault.
+fn key_entries(vault: &TestVault) -> Vec<Vec<u8>> {
+    let store = privault::store::Store::open(&vault.data_dir().join("db")).unwrap();
+    store
+        .scan_prefix(privault::store::Cf::Keys, &[])
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect()
+}
+
+fn put_ip(v: &Vault, subject: &str) {
+    v.put(
+        &ctx(PrincipalKind::Service, "account"),
+        &SubjectId::new(subject.into()).unwrap(),
+        &Purpose::new("account").unwrap(),
+        vec![
+            (
+                FieldName::new("last_ip").unwrap(),
+                SecretString::from("203.0.113.7"),
+            ),
+            (
+                FieldName::new("email").unwrap(),
+                SecretString::from("a@example.com"),
+            ),
+        ],
+    )
+    .unwrap();
+}
+
+#[test]
+fn one_unreadable_subject_is_quarantined_and_the_sweep_goes_on() {
+    let vault = TestVault::new();
+    let clock = Arc::new(ManualClock::new(1_800_000_000_000));
+    let v = Vault::open(&vault.config, clock.clone()).unwrap();
+    for i in 0..4 {
+        put_ip(&v, &format!("good-{i}"));
+    }
+    drop(v);
+    let spare = key_entries(&vault);
+    let v = Vault::open(&vault.config, clock.clone()).unwrap();
+    put_ip(&v, "bad");
+    drop(v);
+    corrupt_keys_except(&vault, &spare);
+
+    let v = Vault::open(&vault.config, clock.clone()).unwrap();
+    clock.advance(31 * DAY_MS);
+    let report = v
+        .sweep_expired(&privault::vault::SweepCursor::default(), 1000)
+        .unwrap();
+    assert_eq!(
+        report.deleted, 4,
+        "every readable subject swept: {report:?}"
+    );
+    assert_eq!(report.quarantined, 1);
+    let quarantined = v.quarantined().unwrap();
+    assert_eq!(quarantined.len(), 1);
+    assert_eq!(
+        quarantined[0].found_by,
+        privault::vault::Maintenance::RetentionSweep
+    );
+    assert!(audit_actions(v.store()).contains(&"quarantine".to_owned()));
+    // The next pass skips it instead of failing on it again.
+    let again = v
+        .sweep_expired(&privault::vault::SweepCursor::default(), 1000)
+        .unwrap();
+    assert_eq!((again.quarantined, again.skipped), (0, 1));
+
+    // The operator's way out: the subject can still be shredded, which releases the mark.
+    v.shred(
+        &ctx(PrincipalKind::Operator, "dpo"),
+        &SubjectId::new("bad".into()).unwrap(),
+        "ticket-9",
+    )
+    .unwrap();
+    assert!(v.quarantined().unwrap().is_empty());
+}
+
+#[test]
+fn an_epoch_roll_quarantines_an_unreadable_key_and_still_destroys_the_old_kek() {
+    let vault = TestVault::new();
+    let clock = Arc::new(ManualClock::new(1_800_000_000_000));
+    let v = Vault::open(&vault.config, clock.clone()).unwrap();
+    put_ip(&v, "good");
+    drop(v);
+    let spare = key_entries(&vault);
+    let v = Vault::open(&vault.config, clock.clone()).unwrap();
+    put_ip(&v, "bad");
+    drop(v);
+    corrupt_keys_except(&vault, &spare);
+
+    let v = Vault::open(&vault.config, clock.clone()).unwrap();
+    let done = v
+        .roll_epoch(&ctx(PrincipalKind::Operator, "sec-lead"), |_| {})
+        .unwrap();
+    assert!(done.done);
+    assert_eq!(done.destroyed, vec![1]);
+    assert_eq!(v.quarantined().unwrap().len(), 1);
+    let read = v
+        .get(
+            &ctx(PrincipalKind::Service, "account"),
+            &SubjectId::new("good".into()).unwrap(),
+            &Purpose::new("account").unwrap(),
+            &[FieldName::new("email").unwrap()],
+        )
+        .unwrap();
+    assert!(matches!(read[0].outcome, ReadOutcome::Value(_)));
+}

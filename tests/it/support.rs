@@ -136,6 +136,11 @@ impl TestServer {
             .unwrap()
     }
 
+    /// The running vault itself, for calls the server makes on its own (drop it before `stop`).
+    pub fn vault(&self) -> Arc<Vault> {
+        self.vault.upgrade().unwrap()
+    }
+
     /// A client calling as `principal` (a Cedar uid such as `Service::"checkout"`).
     pub async fn client(&self, principal: &str) -> Client {
         VaultClient::with_interceptor(self.channel().await, As::header(Some(principal)))

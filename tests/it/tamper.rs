@@ -84,3 +84,63 @@ async fn ciphertext_copied_to_another_field_fails_to_open() {
     assert_eq!(err.code(), Code::DataLoss);
     server.stop().await;
 }
+
+/// The shipped policies plus one that permits everything, as a stored policy version.
+fn forged_policy_record(number: u64) -> Vec<u8> {
+    let mut files = privault::policy::load_sources(&shipped_policies()).unwrap();
+    files.policies.insert(
+        "zz-forged.cedar".into(),
+        "permit (principal, action, resource);".into(),
+    );
+    let record = privault::vault::PolicyRecord {
+        number,
+        hash: "forged".into(),
+        created_ms: 0,
+        author: "attacker".into(),
+        comment: String::new(),
+        source: "api".into(),
+        files,
+    };
+    serde_json::to_vec(&record).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_policy_version_written_into_db_without_the_keyring_is_refused() {
+    let vault = TestVault::new();
+    let server = vault.start().await;
+    put_profile(&server, "cust-a").await;
+    server.stop().await;
+
+    // A forged version 99 made active, as anyone who can write `db/` could.
+    edit_db(&vault, |store| {
+        let mut batch = Batch::new();
+        batch.put(
+            Cf::Policies,
+            99u64.to_be_bytes().to_vec(),
+            forged_policy_record(99),
+        );
+        batch.put(
+            Cf::Meta,
+            b"policy_active".to_vec(),
+            99u64.to_be_bytes().to_vec(),
+        );
+        store.write(&batch).unwrap();
+    });
+    let err = vault.open().unwrap_err().to_string();
+    assert!(err.contains("policy"), "{err}");
+
+    // The genuine active version, edited in place.
+    let vault = TestVault::new();
+    let server = vault.start().await;
+    server.stop().await;
+    edit_db(&vault, |store| {
+        let (key, mut value) = store.last(Cf::Policies).unwrap().unwrap();
+        let at = value.len() - 10;
+        value[at] ^= 1;
+        let mut batch = Batch::new();
+        batch.put(Cf::Policies, key, value);
+        store.write(&batch).unwrap();
+    });
+    let err = vault.open().unwrap_err().to_string();
+    assert!(err.contains("authentication"), "{err}");
+}
