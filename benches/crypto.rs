@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use privault::crypto::{DekCipher, Kek, Key256};
+use privault::crypto::{DekCipher, FieldTimes, Kek, Key256};
 use privault::domain::{FieldName, KeyClass, Sid};
 use std::hint::black_box;
 
@@ -10,16 +10,28 @@ fn field_seal_open(c: &mut Criterion) {
     let cipher = DekCipher::new(&Key256::random().unwrap(), 1);
     let sid = Sid([7; 32]);
     let field = FieldName::new("email").unwrap();
+    let times = FieldTimes {
+        written_ms: 1,
+        expires_ms: Some(2),
+    };
     let mut group = c.benchmark_group("field");
     for size in [64usize, 1024, 16 * 1024] {
         let value = vec![b'x'; size];
-        let sealed = cipher.seal(&sid, &field, &value).unwrap();
+        let sealed = cipher.seal(&sid, &field, &times, &value).unwrap();
         group.throughput(Throughput::Bytes(size as u64));
         group.bench_with_input(BenchmarkId::new("seal", size), &value, |b, v| {
-            b.iter(|| cipher.seal(black_box(&sid), &field, black_box(v)).unwrap());
+            b.iter(|| {
+                cipher
+                    .seal(black_box(&sid), &field, &times, black_box(v))
+                    .unwrap()
+            });
         });
         group.bench_with_input(BenchmarkId::new("open", size), &sealed, |b, s| {
-            b.iter(|| cipher.open(black_box(&sid), &field, black_box(s)).unwrap());
+            b.iter(|| {
+                cipher
+                    .open(black_box(&sid), &field, Some(&times), black_box(s))
+                    .unwrap()
+            });
         });
     }
     group.finish();

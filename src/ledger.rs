@@ -174,6 +174,9 @@ impl Ledger {
             .file
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        fail::fail_point!("ledger-append", |_| Err(io(std::io::Error::other(
+            "ledger append failed (injected)"
+        ))));
         file.write_all(line.as_bytes()).map_err(io)?;
         file.sync_data().map_err(io)
     }
@@ -247,6 +250,20 @@ mod tests {
             !untracked.covers(Some(&[8; 16]), 100),
             "created at or after it"
         );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_ledger_file_opens_or_is_refused_without_panicking(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("ledger");
+            std::fs::write(&path, &bytes).unwrap();
+            if let Ok(ledger) = Ledger::open(&path) {
+                let _ = ledger.entries();
+            }
+        }
     }
 
     #[test]

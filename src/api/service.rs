@@ -278,5 +278,6 @@ fn export_message(export: SubjectExport) -> pb::ExportSubjectResponse {
             })
             .collect(),
         exported_at: export.exported_at,
+        history_next_seq: export.history_next_seq.unwrap_or(0),
     }
 }

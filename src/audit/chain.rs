@@ -350,6 +350,9 @@ fn write_group(
         results.push(seq);
     }
     batch.put(Cf::Meta, HEAD_KEY.to_vec(), encode_head(&head));
+    fail::fail_point!("audit-write", |_| Err(
+        "audit write failed (injected)".into()
+    ));
     match store.write(&batch) {
         Ok(()) => Ok((head, results)),
         Err(e) => Err(AuditError::Store(e).to_string()),
@@ -468,6 +471,16 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn stored_heads_and_records_never_panic_on_arbitrary_bytes(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+        ) {
+            let _ = decode_head(&bytes);
+            let _ = serde_json::from_slice::<AuditRecord>(&bytes);
+        }
+    }
 
     #[test]
     fn concurrent_commits_share_writes_and_keep_one_chain() {

@@ -37,6 +37,8 @@ fn to_json(e: pb::ExportSubjectResponse) -> serde_json::Value {
             "seq": h.seq, "time": h.time, "principal": h.principal, "action": h.action,
             "purpose": h.purpose, "fields": h.fields, "outcome": h.outcome,
         })).collect::<Vec<_>>(),
+        // Where the history goes on when the server cut it to fit its response budget.
+        "access_history_next_seq": (e.history_next_seq != 0).then_some(e.history_next_seq),
     })
 }
 

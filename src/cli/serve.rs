@@ -308,7 +308,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         tokio::spawn(reload_on_sighup(Arc::clone(&vault), resolved.tokens));
         tokio::spawn(sweep_retention(Arc::clone(&vault)));
         tokio::spawn(finish_epoch_roll(Arc::clone(&vault)));
-        if let Some(days) = resolved.epoch_roll_days {
+        // Always scheduled: without --epoch-roll-days the epoch still rolls once its KEK nears
+        // the random-nonce bound.
+        {
+            let days = resolved.epoch_roll_days.unwrap_or(u64::MAX / 86_400_000);
             tokio::spawn(scheduled_epoch_roll(Arc::clone(&vault), days));
         }
         tracing::info!("listening on {addr}");
@@ -364,7 +367,8 @@ async fn finish_epoch_roll(vault: Arc<Vault>) {
     }
 }
 
-/// Rolls the epoch whenever the current one is older than `days`, checked hourly.
+/// Rolls the epoch whenever the current one is older than `days` or its KEK has made nearly as
+/// many wraps as a random-nonce key may, checked hourly.
 async fn scheduled_epoch_roll(vault: Arc<Vault>, days: u64) {
     let max_age_ms = days.saturating_mul(86_400_000);
     let mut tick = tokio::time::interval(Duration::from_secs(3600));

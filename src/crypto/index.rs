@@ -24,6 +24,8 @@ pub enum RecordKind {
     PolicyVersion,
     /// The pointer to the active policy version.
     ActivePolicy,
+    /// A subject's consent record (bound to its sid and purpose).
+    Consent,
 }
 
 impl IndexKey {

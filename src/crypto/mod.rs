@@ -15,7 +15,7 @@ pub mod secret;
 pub use aead::GCM_TAG_LEN;
 pub use audit_sign::{AuditSigner, verify_head};
 pub use dek::{DekCipher, Kek, SubjectSecret, WrappedDek};
-pub use field::Sealed;
+pub use field::{FieldTimes, Sealed};
 pub use index::{IndexKey, RecordKind};
 pub use lookup::{LookupKey, TAG_LEN};
 pub use password::{KdfParams, Passphrase};

@@ -14,6 +14,8 @@ pub struct DecodeError {
 }
 
 const V1: u8 = 1;
+/// Field records whose times are bound into the ciphertext's AAD.
+const FIELD_V2: u8 = 2;
 
 /// A wrapped DEK as stored in the keys CF.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +98,9 @@ pub struct FieldRecord {
     pub written_ms: Millis,
     /// When it expires under the catalog's retention; `None` for no limit.
     pub expires_ms: Option<Millis>,
+    /// Whether its write and expiry times are bound into the ciphertext's AAD (format 2); records
+    /// of format 1 are not, until rewritten.
+    pub times_bound: bool,
 }
 
 /// The receipt of a shred, kept under the sid: when, by whom, why. No identifier, no value.
@@ -287,9 +292,20 @@ impl FieldRecord {
         self.expires_ms.is_some_and(|e| e <= now)
     }
 
+    /// The times bound into the ciphertext, for opening it (`None` for a format-1 record).
+    pub fn bound_times(&self) -> Option<crate::crypto::FieldTimes> {
+        self.times_bound.then_some(crate::crypto::FieldTimes {
+            written_ms: self.written_ms,
+            expires_ms: self.expires_ms,
+        })
+    }
+
     /// The stored bytes.
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
+        if self.times_bound {
+            w.0[0] = FIELD_V2;
+        }
         w.u32(self.dek_version)
             .raw(&self.nonce)
             .bytes(&self.ciphertext)
@@ -300,13 +316,22 @@ impl FieldRecord {
 
     /// Parses stored bytes.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader::new(bytes, "field")?;
+        let times_bound = bytes.first() == Some(&FIELD_V2);
+        let mut r = if times_bound {
+            Reader {
+                rest: bytes.get(1..).unwrap_or_default(),
+                kind: "field",
+            }
+        } else {
+            Reader::new(bytes, "field")?
+        };
         let record = Self {
             dek_version: r.u32()?,
             nonce: r.array()?,
             ciphertext: r.bytes()?.to_vec(),
             written_ms: r.u64()?,
             expires_ms: Some(r.u64()?).filter(|&e| e != 0),
+            times_bound,
         };
         r.finish()?;
         Ok(record)
@@ -387,8 +412,14 @@ mod tests {
             ciphertext: vec![5; 40],
             written_ms: 10,
             expires_ms: Some(20),
+            times_bound: true,
         };
         assert_eq!(FieldRecord::decode(&field.encode()).unwrap(), field);
+        let format1 = FieldRecord {
+            times_bound: false,
+            ..field
+        };
+        assert_eq!(FieldRecord::decode(&format1.encode()).unwrap(), format1);
         let receipt = ShredReceipt {
             shredded_ms: 1,
             principal: "Operator::\"dpo\"".into(),
@@ -432,6 +463,7 @@ mod tests {
             ciphertext: vec![],
             written_ms: 0,
             expires_ms: None,
+            times_bound: true,
         }
         .encode();
         bytes.push(0);

@@ -8,10 +8,20 @@ use super::{CallContext, Vault, VaultError, require};
 use crate::audit::FieldAudit;
 use crate::catalog::EffectiveConsents;
 use crate::clock::rfc3339;
+use crate::crypto::RecordKind;
 use crate::domain::{Purpose, Sid, SubjectId};
 use crate::policy::Policies;
 use crate::store::keys::{name_of, subject_key};
 use crate::store::records::ConsentRecord;
+
+/// First byte of a tagged consent record.
+const SEALED_CONSENT: u8 = 2;
+
+/// What a consent record's tag covers: the subject, the purpose and the record.
+fn consent_tagged(sid: &Sid, purpose: &Purpose, body: &[u8]) -> Vec<u8> {
+    let name = purpose.as_str().as_bytes();
+    [&sid.0[..], &(name.len() as u32).to_be_bytes(), name, body].concat()
+}
 use crate::store::{Batch, Cf};
 
 /// One recorded consent.
@@ -28,22 +38,97 @@ pub struct ConsentState {
 }
 
 impl Vault {
-    /// Every consent recorded for `sid`.
+    /// Every consent recorded for `sid`, each checked against its tag.
     pub(super) fn consents_of(&self, sid: &Sid) -> Result<Vec<ConsentState>, VaultError> {
         self.store
             .scan_prefix(Cf::Consent, &sid.0)?
             .into_iter()
             .filter_map(|(key, value)| {
                 let purpose = name_of(&key).and_then(|n| Purpose::new(n).ok())?;
-                Some(ConsentRecord::decode(&value).map(|r| ConsentState {
-                    purpose,
-                    granted: r.granted,
-                    time: rfc3339(r.time_ms),
-                    recorded_by: r.principal,
-                }))
+                Some(
+                    self.open_consent(sid, &purpose, &value)
+                        .map(|r| ConsentState {
+                            purpose,
+                            granted: r.granted,
+                            time: rfc3339(r.time_ms),
+                            recorded_by: r.principal,
+                        }),
+                )
             })
-            .collect::<Result<_, _>>()
-            .map_err(|e| VaultError::DataLoss(e.to_string()))
+            .collect()
+    }
+
+    /// `record`'s stored bytes: `2 ‖ tag ‖ record`, the tag (a key from the keyring) binding it to
+    /// the subject and purpose, so that a consent edited, flipped or copied in `db/` is refused.
+    fn seal_consent(&self, sid: &Sid, purpose: &Purpose, record: &ConsentRecord) -> Vec<u8> {
+        let body = record.encode();
+        let tag = self.keyring.index().record_tag(
+            RecordKind::Consent,
+            0,
+            &consent_tagged(sid, purpose, &body),
+        );
+        [&[SEALED_CONSENT][..], &tag, &body].concat()
+    }
+
+    fn open_consent(
+        &self,
+        sid: &Sid,
+        purpose: &Purpose,
+        bytes: &[u8],
+    ) -> Result<ConsentRecord, VaultError> {
+        let forged = || {
+            VaultError::DataLoss(format!(
+                "a consent record for `{purpose}` fails its authentication"
+            ))
+        };
+        let (&kind, rest) = bytes.split_first().ok_or_else(forged)?;
+        let (tag, body) = rest.split_at_checked(32).ok_or_else(forged)?;
+        let tagged = consent_tagged(sid, purpose, body);
+        if kind != SEALED_CONSENT
+            || !self
+                .keyring
+                .index()
+                .check_record_tag(RecordKind::Consent, 0, &tagged, tag)
+        {
+            return Err(forged());
+        }
+        ConsentRecord::decode(body).map_err(|e| VaultError::DataLoss(e.to_string()))
+    }
+
+    /// Data format 1 kept consent records untagged: tags them once, trusting them as format 1 did.
+    /// Idempotent.
+    pub(super) fn tag_format1_consents(&self) -> Result<(), VaultError> {
+        let mut cursor = Vec::new();
+        loop {
+            let entries = self.store.scan_from(Cf::Consent, &cursor, 1000)?;
+            let mut batch = Batch::new();
+            for (key, value) in &entries {
+                let (Some(sid), Some(purpose)) = (
+                    key.get(..32).and_then(|s| <[u8; 32]>::try_from(s).ok()),
+                    name_of(key).and_then(|n| Purpose::new(n).ok()),
+                ) else {
+                    continue;
+                };
+                if value.first() == Some(&SEALED_CONSENT) {
+                    continue;
+                }
+                let record = ConsentRecord::decode(value)
+                    .map_err(|e| VaultError::DataLoss(e.to_string()))?;
+                batch.put(
+                    Cf::Consent,
+                    key.clone(),
+                    self.seal_consent(&Sid(sid), &purpose, &record),
+                );
+            }
+            self.store.write(&batch)?;
+            match entries.last() {
+                Some((key, _)) if entries.len() == 1000 => {
+                    cursor = key.clone();
+                    cursor.push(0);
+                }
+                _ => return Ok(()),
+            }
+        }
     }
 
     /// `sid`'s consents made effective over `policies`' purpose hierarchy, as the context of its
@@ -98,7 +183,7 @@ impl Vault {
             batch.put(
                 Cf::Consent,
                 subject_key(&sid, purpose.as_str()),
-                record.encode(),
+                self.seal_consent(&sid, purpose, &record),
             );
             let outcome = if granted { "granted" } else { "withdrawn" };
             event.fields.push(FieldAudit {

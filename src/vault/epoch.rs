@@ -110,8 +110,12 @@ impl Vault {
             .keyring
             .current_epoch_created_ms()
             .map_err(|e| VaultError::Unavailable(e.to_string()))?;
-        if self.clock.now_ms().saturating_sub(created) < max_age_ms {
+        let worn = self.kek_wraps_exhausted();
+        if self.clock.now_ms().saturating_sub(created) < max_age_ms && !worn {
             return Ok(None);
+        }
+        if worn {
+            tracing::warn!("the current KEK has made 2^31 wraps: rolling the epoch");
         }
         let epoch = {
             let _writer = self.lock_writer()?;
@@ -158,6 +162,9 @@ impl Vault {
             let mut found = 0;
             loop {
                 let (next, count) = self.rewrap_slice(principal, &cursor, ROLL_SLICE)?;
+                fail::fail_point!("roll-after-slice", |_| Err(VaultError::Unavailable(
+                    "epoch roll stopped (injected)".into()
+                )));
                 found += count;
                 state.rewrapped += count;
                 progress(&state);
@@ -170,6 +177,9 @@ impl Vault {
                 break;
             }
         }
+        fail::fail_point!("roll-before-destroy", |_| Err(VaultError::Unavailable(
+            "epoch roll stopped (injected)".into()
+        )));
         let _writer = self.lock_writer()?;
         state.destroyed = self
             .keyring
@@ -235,6 +245,7 @@ impl Vault {
             }
         }
         if count > 0 {
+            self.kek_for_wraps(count);
             let mut event = self.key_event(principal, "key_rewrap");
             event.fields = vec![crate::audit::FieldAudit {
                 field: "keys".into(),

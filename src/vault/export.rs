@@ -61,6 +61,8 @@ pub struct SubjectExport {
     pub history: Vec<AccessEvent>,
     /// When the export was made.
     pub exported_at: String,
+    /// Where the history continues when it was cut to fit the response budget.
+    pub history_next_seq: Option<u64>,
 }
 
 impl Vault {
@@ -81,8 +83,16 @@ impl Vault {
             };
             if let Some(keys) = keys {
                 export.fields = self.decrypt_all(&sid, Arc::clone(&keys), &policies)?;
+                let limit = self.limits.max_response_bytes;
+                let values: usize = export.fields.iter().map(|f| f.value.len()).sum();
+                if values > limit {
+                    return Err(VaultError::ResponseTooLarge { limit });
+                }
                 export.consents = self.consents_of(&sid)?;
-                export.history = self.history_of(&keys.pseudonym.to_string())?;
+                let (history, next) =
+                    self.history_of(&keys.pseudonym.to_string(), limit - values)?;
+                export.history = history;
+                export.history_next_seq = next;
             }
             Ok((Batch::new(), export))
         })();
@@ -124,18 +134,40 @@ impl Vault {
         })
     }
 
-    fn history_of(&self, pseudonym: &str) -> Result<Vec<AccessEvent>, VaultError> {
+    /// The subject's history, oldest first, up to about `budget` bytes; with the seq where the rest
+    /// starts when it did not fit.
+    fn history_of(
+        &self,
+        pseudonym: &str,
+        budget: usize,
+    ) -> Result<(Vec<AccessEvent>, Option<u64>), VaultError> {
         let mut filter = AuditFilter {
             subject: Some(pseudonym.to_owned()),
             limit: MAX_PAGE,
             ..AuditFilter::default()
         };
         let mut history = Vec::new();
+        let mut used = 0usize;
         loop {
             let (records, next) =
                 query(&self.store, &filter).map_err(|e| VaultError::DataLoss(e.to_string()))?;
-            history.extend(records.into_iter().map(|r| {
-                AccessEvent {
+            for r in records {
+                // About what the event costs on the wire: its strings and a little framing.
+                let size = 32
+                    + r.time.len()
+                    + r.principal.len()
+                    + r.action.len()
+                    + r.outcome.len()
+                    + r.purpose.as_ref().map_or(0, String::len)
+                    + r.fields
+                        .iter()
+                        .map(|f| f.field.len() + f.outcome.len() + 3)
+                        .sum::<usize>();
+                if used + size > budget || history.len() >= MAX_HISTORY {
+                    return Ok((history, Some(r.seq)));
+                }
+                used += size;
+                history.push(AccessEvent {
                     seq: r.seq,
                     time: r.time,
                     principal: r.principal,
@@ -147,11 +179,11 @@ impl Vault {
                         .map(|f| format!("{}:{}", f.field, f.outcome))
                         .collect(),
                     outcome: r.outcome,
-                }
-            }));
+                });
+            }
             match next {
-                Some(n) if history.len() < MAX_HISTORY => filter.from_seq = n,
-                _ => return Ok(history),
+                Some(n) => filter.from_seq = n,
+                None => return Ok((history, None)),
             }
         }
     }

@@ -59,9 +59,13 @@ impl SubjectKeys {
             nonce: record.nonce,
             ciphertext: record.ciphertext.clone(),
         };
-        let plain = self.cipher(class)?.open(sid, field, &sealed).map_err(|_| {
-            VaultError::DataLoss(format!("field `{field}` failed its integrity check"))
-        })?;
+        let times = record.bound_times();
+        let plain = self
+            .cipher(class)?
+            .open(sid, field, times.as_ref(), &sealed)
+            .map_err(|_| {
+                VaultError::DataLoss(format!("field `{field}` failed its integrity check"))
+            })?;
         let value = String::from_utf8(plain.to_vec())
             .map_err(|_| VaultError::DataLoss(format!("field `{field}` is not UTF-8")))?;
         Ok(Some(Zeroizing::new(value)))
@@ -336,8 +340,7 @@ impl Vault {
     ) -> Result<(), VaultError> {
         let dek = Key256::random().map_err(|e| VaultError::Internal(e.to_string()))?;
         let wrapped = self
-            .keyring
-            .current_kek()
+            .kek_for_wraps(1)
             .wrap(&dek, sid, class)
             .map_err(|e| VaultError::Internal(e.to_string()))?;
         let record = KeyRecord {

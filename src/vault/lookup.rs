@@ -54,8 +54,7 @@ impl Vault {
         );
         if self.store.get(Cf::Keys, &subject_id_key(sid))?.is_none() {
             let wrapped = self
-                .keyring
-                .current_kek()
+                .kek_for_wraps(1)
                 .wrap_secret(SubjectSecret::Id, sid, subject.expose().as_bytes())
                 .map_err(|e| VaultError::Internal(e.to_string()))?;
             let record = SubjectIdRecord {

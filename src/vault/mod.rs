@@ -20,6 +20,7 @@ mod read;
 mod rekey;
 mod retention;
 mod shred;
+mod wraps;
 mod write;
 
 use std::sync::{Arc, Mutex, RwLock};
@@ -110,6 +111,7 @@ pub struct Vault {
     policies: RwLock<Arc<Policies>>,
     audit: AuditLog,
     keys: keys::KeyCache,
+    wraps: wraps::WrapCounter,
     consents: consent_cache::ConsentCache,
     clock: Arc<dyn Clock>,
     // Changes to one subject (key creation, writes, deletes, consent, shreds, expiry) hold the

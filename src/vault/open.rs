@@ -18,7 +18,9 @@ use crate::store::{Batch, Cf, Store};
 const KEYRING_ID_KEY: &[u8] = b"keyring_id";
 const FORMAT_KEY: &[u8] = b"format_version";
 /// The on-disk format this version writes: 2 wraps the audit pseudonym under the KEK, gives every
-/// subject an incarnation id and tags policy versions with a key from the keyring.
+/// subject an incarnation id, tags policy versions and consent records with a key from the
+/// keyring, and binds a value's write and expiry times into its ciphertext (values written before
+/// keep format 1 until rewritten).
 pub const DATA_FORMAT_VERSION: u32 = 2;
 /// The format before it (pseudonyms in clear), upgraded in place at open.
 const FORMAT_CLEAR_PSEUDONYMS: u32 = 1;
@@ -153,6 +155,7 @@ impl Vault {
         let format = check_pairing(&store, &keyring, config)?;
         let audit = AuditLog::open(Arc::clone(&store))?;
         let ledger = Ledger::open(&config.ledger_path())?;
+        let wraps = super::wraps::WrapCounter::open(&store, keyring.current_epoch())?;
         let vault = Self {
             store,
             ledger,
@@ -160,6 +163,7 @@ impl Vault {
             policies: RwLock::new(Arc::new(policies)),
             audit,
             keys: KeyCache::new(config.limits.key_cache_subjects),
+            wraps,
             consents: ConsentCache::new(config.limits.key_cache_subjects),
             clock,
             writer: RwLock::new(()),
@@ -170,6 +174,7 @@ impl Vault {
         if format == FORMAT_CLEAR_PSEUDONYMS {
             vault
                 .tag_format1_policy_records()
+                .and_then(|()| vault.tag_format1_consents())
                 .map_err(|e| OpenError::Replay(format!("upgrading data format 1: {e}")))?;
         }
         vault.init_policy_versions(dir_files)?;

@@ -47,8 +47,7 @@ impl Vault {
         created_ms: Millis,
     ) -> Result<PseudonymRecord, VaultError> {
         let wrapped = self
-            .keyring
-            .current_kek()
+            .kek_for_wraps(1)
             .wrap_secret(SubjectSecret::Pseudonym, sid, &pseudonym.0)
             .map_err(|e| VaultError::Internal(e.to_string()))?;
         Ok(PseudonymRecord {

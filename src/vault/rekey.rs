@@ -75,14 +75,20 @@ impl Vault {
             self.new_dek(sid, keys, class, next, batch, now)?;
         }
         for kept in &kept {
+            // Re-sealed values bind their times, whatever format they were stored in.
+            let times = crate::crypto::FieldTimes {
+                written_ms: kept.record.written_ms,
+                expires_ms: kept.record.expires_ms,
+            };
             let sealed = keys
                 .cipher(&kept.class)?
-                .seal(sid, &kept.field, kept.value.as_bytes())
+                .seal(sid, &kept.field, &times, kept.value.as_bytes())
                 .map_err(|e| VaultError::Internal(e.to_string()))?;
             let record = FieldRecord {
                 dek_version: sealed.dek_version,
                 nonce: sealed.nonce,
                 ciphertext: sealed.ciphertext,
+                times_bound: true,
                 ..kept.record.clone()
             };
             batch.put(

@@ -9,6 +9,7 @@ use secrecy::{ExposeSecret, SecretString};
 use super::keys::{MAX_SEALS_PER_DEK, SubjectKeys};
 use super::{CallContext, Vault, VaultError, field_audit};
 use crate::audit::AuditEvent;
+use crate::crypto::FieldTimes;
 use crate::domain::{FieldName, KeyClass, Purpose, Sid, SubjectId};
 use crate::policy::{FieldAction, FieldContext, Policies};
 use crate::store::keys::subject_key;
@@ -131,16 +132,21 @@ impl Vault {
             self.count_seals(&sid, &mut keys, class, count, &mut batch);
         }
         for ((field, value), spec) in fields.iter().zip(&specs) {
+            let times = FieldTimes {
+                written_ms: now,
+                expires_ms: spec.retention_ms.map(|r| now.saturating_add(r)),
+            };
             let sealed = keys
                 .cipher(&spec.key_class)?
-                .seal(&sid, field, value.expose_secret().as_bytes())
+                .seal(&sid, field, &times, value.expose_secret().as_bytes())
                 .map_err(|e| VaultError::Internal(e.to_string()))?;
             let record = FieldRecord {
                 dek_version: sealed.dek_version,
                 nonce: sealed.nonce,
                 ciphertext: sealed.ciphertext,
-                written_ms: now,
-                expires_ms: spec.retention_ms.map(|r| now.saturating_add(r)),
+                written_ms: times.written_ms,
+                expires_ms: times.expires_ms,
+                times_bound: true,
             };
             batch.put(
                 Cf::Fields,

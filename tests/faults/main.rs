@@ -10,3 +10,4 @@ mod support;
 
 mod purge;
 mod races;
+mod steps;

@@ -116,3 +116,47 @@ async fn a_response_past_the_byte_budget_is_refused_whole() {
     assert_eq!(outcomes.len(), 5, "one refused record per subject read");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_export_stays_within_the_byte_budget() {
+    let mut vault = TestVault::new();
+    vault.config.limits.max_response_bytes = 70 * 1024;
+    let server = vault.start().await;
+    let big = "x".repeat(60 * 1024);
+    put_account(&server, "cust-1", &[("favorite_categories", big.as_str())]).await;
+    let mut recommender = server.client(RECOMMENDER).await;
+    for _ in 0..200 {
+        get(
+            &mut recommender,
+            "cust-1",
+            "personalization",
+            &["favorite_categories"],
+        )
+        .await;
+    }
+    let mut dpo = server.client(DPO).await;
+    let export = dpo
+        .export_subject(pb::ExportSubjectRequest {
+            subject_id: "cust-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(export.fields[0].value, big);
+    // 200 reads do not fit beside the value: the history is cut, and says where it goes on.
+    assert!(!export.history.is_empty() && export.history.len() < 201);
+    assert_eq!(
+        export.history_next_seq,
+        export.history.last().unwrap().seq + 1
+    );
+    // Two such values do not fit at all.
+    put_account(&server, "cust-1", &[("recent_views", big.as_str())]).await;
+    let err = dpo
+        .export_subject(pb::ExportSubjectRequest {
+            subject_id: "cust-1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    server.stop().await;
+}

@@ -144,3 +144,70 @@ async fn a_policy_version_written_into_db_without_the_keyring_is_refused() {
     let err = vault.open().unwrap_err().to_string();
     assert!(err.contains("authentication"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retention_extended_by_editing_db_fails_the_integrity_check() {
+    use privault::store::records::FieldRecord;
+    let vault = TestVault::new();
+    let server = vault.start().await;
+    put_profile(&server, "cust-a").await;
+    server.stop().await;
+
+    // last_ip is kept 30 days: someone moves its expiry a year out.
+    edit_db(&vault, |store| {
+        let (key, value) = entry_named(store, b"last_ip").remove(0);
+        let mut record = FieldRecord::decode(&value).unwrap();
+        record.expires_ms = record.expires_ms.map(|e| e + 365 * 86_400_000);
+        let mut batch = Batch::new();
+        batch.put(Cf::Fields, key, record.encode());
+        store.write(&batch).unwrap();
+    });
+    let server = vault.start().await;
+    let mut fraud = server.client(FRAUD).await;
+    let err = fraud
+        .get_fields(get_request("cust-a", "fraud", &["last_ip"]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DataLoss, "{err:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_consent_flipped_or_copied_in_db_is_refused() {
+    let vault = TestVault::new();
+    let server = vault.start().await;
+    put_profile(&server, "cust-a").await;
+    put_profile(&server, "cust-b").await;
+    let mut account = server.client(ACCOUNT).await;
+    for (subject, granted) in [("cust-a", true), ("cust-b", false)] {
+        account
+            .set_consent(privault::api::pb::SetConsentRequest {
+                subject_id: subject.into(),
+                purpose: "marketing".into(),
+                granted,
+            })
+            .await
+            .unwrap();
+    }
+    server.stop().await;
+
+    // cust-a's grant copied over cust-b's withdrawal.
+    edit_db(&vault, |store| {
+        let consents = store.scan_prefix(Cf::Consent, &[]).unwrap();
+        assert_eq!(consents.len(), 2);
+        let mut batch = Batch::new();
+        batch.put(Cf::Consent, consents[0].0.clone(), consents[1].1.clone());
+        batch.put(Cf::Consent, consents[1].0.clone(), consents[0].1.clone());
+        store.write(&batch).unwrap();
+    });
+    let server = vault.start().await;
+    let mut mailer = server.client(MAILER).await;
+    for subject in ["cust-a", "cust-b"] {
+        let err = mailer
+            .get_fields(get_request(subject, "email_marketing", &["email"]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::DataLoss, "{err:?}");
+    }
+    server.stop().await;
+}
