@@ -9,7 +9,6 @@ use super::edge::Edge;
 use super::pb;
 use crate::audit::{AuditFilter, AuditRecord, MAX_PAGE};
 use crate::clock::parse_rfc3339;
-use crate::domain::SubjectId;
 use crate::vault::SignedHead;
 
 /// The `privault.v1.Audit` service.
@@ -99,7 +98,11 @@ impl pb::audit_server::Audit for AuditService {
         let subject = if subject_id.is_empty() {
             None
         } else {
-            Some(SubjectId::new(subject_id).map_err(|e| Status::invalid_argument(e.0))?)
+            Some(
+                self.edge
+                    .admit(&ctx, super::convert::subject_id(subject_id))
+                    .await?,
+            )
         };
         let some = |s: String| (!s.is_empty()).then_some(s);
         let filter = AuditFilter {

@@ -12,6 +12,11 @@ fn invalid(e: InvalidInput) -> Status {
     Status::invalid_argument(e.0)
 }
 
+/// A subject id from the wire: INVALID_ARGUMENT when malformed (the message never echoes it).
+pub fn subject_id(raw: String) -> Result<SubjectId, Status> {
+    SubjectId::new(raw).map_err(invalid)
+}
+
 fn field_names(fields: Vec<String>) -> Result<Vec<FieldName>, Status> {
     fields
         .into_iter()

@@ -7,9 +7,9 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::convert::subject_id;
 use super::edge::Edge;
 use super::pb;
-use crate::domain::SubjectId;
 use crate::vault::RollProgress;
 
 /// The `privault.v1.KeyAdmin` service.
@@ -73,14 +73,8 @@ impl pb::key_admin_server::KeyAdmin for KeyService {
         request: Request<pb::RotateSubjectKeyRequest>,
     ) -> Result<Response<pb::RotateSubjectKeyResponse>, Status> {
         let ctx = self.edge.context(&request, "key_rotate_dek").await?;
-        let pb::RotateSubjectKeyRequest { subject_id } = request.into_inner();
-        let subject = self
-            .edge
-            .admit(
-                &ctx,
-                SubjectId::new(subject_id).map_err(|e| Status::invalid_argument(e.0)),
-            )
-            .await?;
+        let pb::RotateSubjectKeyRequest { subject_id: raw } = request.into_inner();
+        let subject = self.edge.admit(&ctx, subject_id(raw)).await?;
         self.edge
             .run(
                 ctx,

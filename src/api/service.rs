@@ -2,7 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::convert::{BatchCall, FieldsCall, PutFields, Shred, consent_message};
+use super::convert::{BatchCall, FieldsCall, PutFields, Shred, consent_message, subject_id};
 use super::edge::Edge;
 use super::pb;
 use super::status::to_status;
@@ -138,14 +138,8 @@ impl pb::vault_server::Vault for VaultService {
         request: Request<pb::GetConsentsRequest>,
     ) -> Result<Response<pb::GetConsentsResponse>, Status> {
         let ctx = self.edge.context(&request, "consent_read").await?;
-        let pb::GetConsentsRequest { subject_id } = request.into_inner();
-        let subject = self
-            .edge
-            .admit(
-                &ctx,
-                SubjectId::new(subject_id).map_err(|e| Status::invalid_argument(e.0)),
-            )
-            .await?;
+        let pb::GetConsentsRequest { subject_id: raw } = request.into_inner();
+        let subject = self.edge.admit(&ctx, subject_id(raw)).await?;
         self.edge
             .run(
                 ctx,
@@ -162,14 +156,8 @@ impl pb::vault_server::Vault for VaultService {
         request: Request<pb::ExportSubjectRequest>,
     ) -> Result<Response<pb::ExportSubjectResponse>, Status> {
         let ctx = self.edge.context(&request, "export").await?;
-        let pb::ExportSubjectRequest { subject_id } = request.into_inner();
-        let subject = self
-            .edge
-            .admit(
-                &ctx,
-                SubjectId::new(subject_id).map_err(|e| Status::invalid_argument(e.0)),
-            )
-            .await?;
+        let pb::ExportSubjectRequest { subject_id: raw } = request.into_inner();
+        let subject = self.edge.admit(&ctx, subject_id(raw)).await?;
         self.edge
             .run(
                 ctx,

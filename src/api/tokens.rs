@@ -322,15 +322,7 @@ mod tests {
 
     #[test]
     fn good_token_passes_bad_token_fails_and_failures_are_limited() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tokens.toml");
-        let (token, hash) = new_token().unwrap();
-        std::fs::write(
-            &path,
-            format!("[[tokens]]\nprincipal = 'Service::\"checkout\"'\nhash = \"{hash}\"\n"),
-        )
-        .unwrap();
-        let verifier = TokenVerifier::load(&path).unwrap();
+        let (_dir, verifier, token) = verifier_with_one_token();
         let checkout = Principal::parse_uid("Service::\"checkout\"").unwrap();
         let other = Principal::parse_uid("Service::\"other\"").unwrap();
         let peer: IpAddr = "127.0.0.1".parse().unwrap();

@@ -10,19 +10,7 @@ use crate::races::{ctx, put_email, subject};
 use crate::support::*;
 
 fn email(v: &Vault, id: &str) -> ReadOutcome {
-    v.get(
-        &ctx(ACCOUNT),
-        &subject(id),
-        &Purpose::new("account").unwrap(),
-        &[FieldName::new("email").unwrap()],
-    )
-    .unwrap()
-    .remove(0)
-    .outcome
-}
-
-fn value(text: &str) -> ReadOutcome {
-    ReadOutcome::Value(zeroize::Zeroizing::new(text.to_owned()))
+    read_field(v, ACCOUNT, id, "account", "email")
 }
 
 #[test]

@@ -217,6 +217,20 @@ fn backup_then_shred_cust_1() -> (TestVault, std::path::PathBuf) {
     (vault, backup)
 }
 
+/// The stale copy `backup` of `db/` opened in a directory of its own with today's keyring and root
+/// key (but not the ledger), as a thief who took both would.
+fn open_stale_copy(vault: &TestVault, backup: &std::path::Path) -> (tempfile::TempDir, Vault) {
+    let thief = tempfile::tempdir().unwrap();
+    let dir = thief.path().join("data");
+    copy_dir(backup, &dir.join("db"));
+    std::fs::copy(vault.config.keyring_path(), dir.join("keyring")).unwrap();
+    std::fs::copy(vault.config.dev_key_path(), dir.join("dev.key")).unwrap();
+    let mut config = vault.config.clone();
+    config.data_dir = dir;
+    let stale = Vault::open(&config, Arc::new(SystemClock)).unwrap();
+    (thief, stale)
+}
+
 #[test]
 fn after_a_roll_a_stale_copy_of_the_data_yields_nothing_of_a_shredded_subject() {
     let (vault, backup) = backup_then_shred_cust_1();
@@ -226,14 +240,7 @@ fn after_a_roll_a_stale_copy_of_the_data_yields_nothing_of_a_shredded_subject() 
         assert_eq!(done.destroyed, vec![1]);
     }
     // Someone opens the stale copy with today's keyring and root key (but not the ledger).
-    let thief = tempfile::tempdir().unwrap();
-    let dir = thief.path().join("data");
-    copy_dir(&backup, &dir.join("db"));
-    std::fs::copy(vault.config.keyring_path(), dir.join("keyring")).unwrap();
-    std::fs::copy(vault.config.dev_key_path(), dir.join("dev.key")).unwrap();
-    let mut config = vault.config.clone();
-    config.data_dir = dir.clone();
-    let stale = Vault::open(&config, Arc::new(SystemClock)).unwrap();
+    let (_thief, stale) = open_stale_copy(&vault, &backup);
     let err = read_email(&stale, "cust-1").unwrap_err();
     assert!(err.to_string().contains("epoch 1"), "{err}");
     // The copy's every DEK is wrapped under the destroyed epoch: it must be re-taken after a roll.
@@ -350,14 +357,7 @@ fn the_audit_pseudonym_is_never_stored_in_clear_and_dies_with_the_epoch() {
         let v = vault.open().unwrap();
         v.roll_epoch(&ctx(SEC_LEAD), |_| {}).unwrap();
     }
-    let thief = tempfile::tempdir().unwrap();
-    let dir = thief.path().join("data");
-    copy_dir(&backup, &dir.join("db"));
-    std::fs::copy(vault.config.keyring_path(), dir.join("keyring")).unwrap();
-    std::fs::copy(vault.config.dev_key_path(), dir.join("dev.key")).unwrap();
-    let mut config = vault.config.clone();
-    config.data_dir = dir;
-    let stale = Vault::open(&config, Arc::new(SystemClock)).unwrap();
+    let (_thief, stale) = open_stale_copy(&vault, &backup);
     let err = stale
         .export(&ctx(DPO), &SubjectId::new("cust-2".into()).unwrap())
         .unwrap_err();

@@ -229,12 +229,13 @@ fn put_ip(v: &Vault, subject: &str) {
     .unwrap();
 }
 
-#[test]
-fn one_unreadable_subject_is_quarantined_and_the_sweep_goes_on() {
+/// A stopped vault with `good` readable subjects (`good-0`...) and `bad`, whose DEK fails to
+/// unwrap; each has an email and a last_ip (30 days).
+fn with_an_unreadable_subject(good: usize) -> (TestVault, Arc<ManualClock>) {
     let vault = TestVault::new();
     let clock = Arc::new(ManualClock::new(1_800_000_000_000));
     let v = Vault::open(&vault.config, clock.clone()).unwrap();
-    for i in 0..4 {
+    for i in 0..good {
         put_ip(&v, &format!("good-{i}"));
     }
     drop(v);
@@ -243,7 +244,12 @@ fn one_unreadable_subject_is_quarantined_and_the_sweep_goes_on() {
     put_ip(&v, "bad");
     drop(v);
     corrupt_keys_except(&vault, &spare);
+    (vault, clock)
+}
 
+#[test]
+fn one_unreadable_subject_is_quarantined_and_the_sweep_goes_on() {
+    let (vault, clock) = with_an_unreadable_subject(4);
     let v = Vault::open(&vault.config, clock.clone()).unwrap();
     clock.advance(31 * DAY_MS);
     let report = v
@@ -279,17 +285,7 @@ fn one_unreadable_subject_is_quarantined_and_the_sweep_goes_on() {
 
 #[test]
 fn an_epoch_roll_quarantines_an_unreadable_key_and_still_destroys_the_old_kek() {
-    let vault = TestVault::new();
-    let clock = Arc::new(ManualClock::new(1_800_000_000_000));
-    let v = Vault::open(&vault.config, clock.clone()).unwrap();
-    put_ip(&v, "good");
-    drop(v);
-    let spare = key_entries(&vault);
-    let v = Vault::open(&vault.config, clock.clone()).unwrap();
-    put_ip(&v, "bad");
-    drop(v);
-    corrupt_keys_except(&vault, &spare);
-
+    let (vault, clock) = with_an_unreadable_subject(1);
     let v = Vault::open(&vault.config, clock.clone()).unwrap();
     let done = v
         .roll_epoch(&ctx(PrincipalKind::Operator, "sec-lead"), |_| {})
@@ -300,7 +296,7 @@ fn an_epoch_roll_quarantines_an_unreadable_key_and_still_destroys_the_old_kek() 
     let read = v
         .get(
             &ctx(PrincipalKind::Service, "account"),
-            &SubjectId::new("good".into()).unwrap(),
+            &SubjectId::new("good-0".into()).unwrap(),
             &Purpose::new("account").unwrap(),
             &[FieldName::new("email").unwrap()],
         )

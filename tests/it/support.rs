@@ -325,3 +325,32 @@ pub fn audit_actions(store: &privault::store::Store) -> Vec<String> {
         })
         .collect()
 }
+
+/// One field of `subject` read in process as `principal` for `purpose`.
+pub fn read_field(
+    v: &Vault,
+    principal: &str,
+    subject: &str,
+    purpose: &str,
+    field: &str,
+) -> privault::vault::ReadOutcome {
+    let ctx = privault::vault::CallContext {
+        principal: privault::domain::Principal::parse_uid(principal).unwrap(),
+        request_id: "test".into(),
+        peer: None,
+    };
+    v.get(
+        &ctx,
+        &privault::domain::SubjectId::new(subject.into()).unwrap(),
+        &privault::domain::Purpose::new(purpose).unwrap(),
+        &[privault::domain::FieldName::new(field).unwrap()],
+    )
+    .unwrap()
+    .remove(0)
+    .outcome
+}
+
+/// The outcome of a read that found `text`.
+pub fn value(text: &str) -> privault::vault::ReadOutcome {
+    privault::vault::ReadOutcome::Value(zeroize::Zeroizing::new(text.to_owned()))
+}

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use privault::clock::ManualClock;
-use privault::domain::{FieldName, Principal, Purpose, SubjectId};
+use privault::domain::{Principal, SubjectId};
 use privault::store::Cf;
 use privault::vault::{CallContext, ReadOutcome, Vault, VaultConfig};
 
@@ -40,19 +40,7 @@ fn format1_copy() -> (tempfile::TempDir, VaultConfig) {
 }
 
 fn email(v: &Vault, principal: &str, id: &str, purpose: &str) -> ReadOutcome {
-    v.get(
-        &ctx(principal),
-        &SubjectId::new(id.into()).unwrap(),
-        &Purpose::new(purpose).unwrap(),
-        &[FieldName::new("email").unwrap()],
-    )
-    .unwrap()
-    .remove(0)
-    .outcome
-}
-
-fn value(text: &str) -> ReadOutcome {
-    ReadOutcome::Value(zeroize::Zeroizing::new(text.to_owned()))
+    read_field(v, principal, id, purpose, "email")
 }
 
 #[test]
