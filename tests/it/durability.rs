@@ -151,3 +151,20 @@ fn invalid_policies_refuse_to_start_with_positions() {
         "nothing created on a refused start"
     );
 }
+
+#[test]
+fn a_data_directory_others_may_read_is_refused_and_a_new_one_is_private() {
+    let vault = TestVault::new();
+    drop(vault.open().unwrap());
+    let mode = std::fs::metadata(vault.data_dir())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o700, "created private");
+    std::fs::set_permissions(vault.data_dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let err = vault.open().unwrap_err().to_string();
+    assert!(err.contains("chmod 700"), "{err}");
+    std::fs::set_permissions(vault.data_dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert!(vault.open().is_ok());
+}
