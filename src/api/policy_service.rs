@@ -253,8 +253,10 @@ impl pb::policy_admin_server::PolicyAdmin for PolicyAdminService {
                             &action,
                             field.as_deref(),
                             purpose.as_deref(),
-                            &consents,
-                            &withdrawn,
+                            crate::policy::RecordedConsents {
+                                granted: &consents,
+                                withdrawn: &withdrawn,
+                            },
                             reason.as_deref(),
                         )
                     })

@@ -83,8 +83,10 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
                 &action,
                 field.as_deref(),
                 purpose.as_deref(),
-                &consents,
-                &withdrawn,
+                privault::policy::RecordedConsents {
+                    granted: &consents,
+                    withdrawn: &withdrawn,
+                },
                 reason.as_deref(),
             )
             .map_err(anyhow::Error::msg)?;

@@ -132,8 +132,10 @@ pub fn load_cases(dir: &Path, policies: &Policies) -> Result<Vec<TestCase>, Poli
                 &raw.action,
                 raw.field.as_deref(),
                 raw.purpose.as_deref(),
-                &raw.consents,
-                &raw.withdrawn,
+                crate::policy::RecordedConsents {
+                    granted: &raw.consents,
+                    withdrawn: &raw.withdrawn,
+                },
                 raw.reason.as_deref(),
             ) {
                 Ok(request) => cases.push(TestCase {

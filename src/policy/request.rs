@@ -65,6 +65,16 @@ impl FieldAction {
     }
 }
 
+/// The consents a person states for a request: the purposes the subject recorded a grant for and
+/// those it recorded a withdrawal for (resolved over the hierarchy when the request is decided).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RecordedConsents<'a> {
+    /// Purposes granted.
+    pub granted: &'a [String],
+    /// Purposes withdrawn.
+    pub withdrawn: &'a [String],
+}
+
 impl AccessRequest {
     /// Builds a request from its parts as written by a person; the message says what is wrong.
     pub fn parse(
@@ -73,10 +83,13 @@ impl AccessRequest {
         action: &str,
         field: Option<&str>,
         purpose: Option<&str>,
-        consents: &[String],
-        withdrawn: &[String],
+        recorded: RecordedConsents<'_>,
         reason: Option<&str>,
     ) -> Result<Self, String> {
+        let RecordedConsents {
+            granted: consents,
+            withdrawn,
+        } = recorded;
         let principal = Principal::parse_uid(principal).map_err(|e| e.0)?;
         let admin = match action {
             "policy_read" => Some(AdminAction::Read),

@@ -57,6 +57,24 @@ pub const MAX_BATCH_SUBJECTS: usize = 100;
 /// blocking pool, so that one caller's 64 KiB fields cannot stall everyone else's calls.
 const RUNTIME_OPEN_BYTES: usize = 64 * 1024;
 
+/// What one call asks of every subject it reads.
+#[derive(Clone, Copy)]
+struct Asked<'a> {
+    purpose: &'a Purpose,
+    fields: &'a [FieldName],
+    budget: &'a ReadBudget,
+}
+
+impl<'a> Asked<'a> {
+    fn new(purpose: &'a Purpose, fields: &'a [FieldName], budget: &'a ReadBudget) -> Self {
+        Self {
+            purpose,
+            fields,
+            budget,
+        }
+    }
+}
+
 /// The bytes of values one call has taken so far, against the per-call budget.
 struct ReadBudget {
     limit: usize,
@@ -116,8 +134,12 @@ impl Vault {
         fields: &[FieldName],
     ) -> Result<Vec<FieldRead>, VaultError> {
         let budget = ReadBudget::new(self.limits.max_response_bytes);
-        let (event, result) =
-            self.stage_read(ctx, &self.policies(), subject, purpose, fields, &budget);
+        let (event, result) = self.stage_read(
+            ctx,
+            &self.policies(),
+            subject,
+            &Asked::new(purpose, fields, &budget),
+        );
         self.finish(event, result.map(|reads| (Batch::new(), reads)))
             .map(|(reads, _)| reads)
     }
@@ -133,7 +155,8 @@ impl Vault {
         fields: &[FieldName],
     ) -> Queued<Vec<FieldRead>> {
         let budget = ReadBudget::new(self.limits.max_response_bytes);
-        let staged = self.stage_read(ctx, &self.policies(), subject, purpose, fields, &budget);
+        let asked = Asked::new(purpose, fields, &budget);
+        let staged = self.stage_read(ctx, &self.policies(), subject, &asked);
         if matches!(staged.1, Err(VaultError::NeedsDisk)) {
             return Queued::NeedsDisk;
         }
@@ -182,10 +205,11 @@ impl Vault {
         // Every subject is read before any record is queued, so that a read that needs the disk
         // can run again from the start without auditing anyone twice. One budget covers them all.
         let budget = ReadBudget::new(self.limits.max_response_bytes);
+        let asked = Asked::new(purpose, fields, &budget);
         let mut staged = Vec::with_capacity(subjects.len());
         let mut too_large = false;
         for subject in subjects {
-            let one = self.stage_read(ctx, &policies, subject, purpose, fields, &budget);
+            let one = self.stage_read(ctx, &policies, subject, &asked);
             match &one.1 {
                 Err(VaultError::NeedsDisk) => return Queued::NeedsDisk,
                 Err(VaultError::ResponseTooLarge { .. }) => too_large = true,
@@ -228,12 +252,10 @@ impl Vault {
         ctx: &CallContext,
         policies: &Policies,
         subject: &SubjectId,
-        purpose: &Purpose,
-        fields: &[FieldName],
-        budget: &ReadBudget,
+        asked: &Asked<'_>,
     ) -> Staged {
-        let mut event = self.event(ctx, "read", Some(purpose), policies);
-        let result = self.get_inner(ctx, policies, subject, purpose, fields, budget, &mut event);
+        let mut event = self.event(ctx, "read", Some(asked.purpose), policies);
+        let result = self.get_inner(ctx, policies, subject, asked, &mut event);
         (event, result)
     }
 
@@ -257,11 +279,14 @@ impl Vault {
         ctx: &CallContext,
         policies: &Policies,
         subject: &SubjectId,
-        purpose: &Purpose,
-        fields: &[FieldName],
-        budget: &ReadBudget,
+        asked: &Asked<'_>,
         event: &mut AuditEvent,
     ) -> Result<Vec<FieldRead>, VaultError> {
+        let Asked {
+            purpose,
+            fields,
+            budget,
+        } = *asked;
         let (sid, keys) = self.locate(subject, event)?;
         let specs = self.check_call(policies, purpose, &fields.iter().collect::<Vec<_>>())?;
         let consents = self.effective_consents(&sid, policies)?;

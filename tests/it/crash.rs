@@ -159,17 +159,17 @@ async fn load(addr: String, round: usize, oracle: Arc<Mutex<Oracle>>, until: Ins
                 n += 1;
                 tokio::time::sleep(Duration::from_millis(15)).await;
                 let subject = format!("c{round}-{}", n % 12);
-                if n % 3 == 0 {
+                if n.is_multiple_of(3) {
                     let _ = account
                         .set_consent(pb::SetConsentRequest {
                             subject_id: subject.clone(),
                             purpose: "marketing".into(),
-                            granted: n % 2 == 0,
+                            granted: n.is_multiple_of(2),
                         })
                         .await;
                     continue;
                 }
-                if n % 5 != 0 {
+                if !n.is_multiple_of(5) {
                     continue;
                 }
                 {

@@ -341,7 +341,7 @@ fn the_audit_pseudonym_is_never_stored_in_clear_and_dies_with_the_epoch() {
         .map(|(_, r)| serde_json::from_slice::<privault::audit::AuditRecord>(r).unwrap())
         .filter(|r| r.action == "write")
         .filter_map(|r| r.subject)
-        .last()
+        .next_back()
         .unwrap();
     drop(v);
     let raw = hex::decode(&pseudonym).unwrap();
