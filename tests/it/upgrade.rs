@@ -21,7 +21,7 @@ fn ctx(p: &str) -> CallContext {
 
 /// The fixture copied into a private temp dir.
 fn format1_copy() -> (tempfile::TempDir, VaultConfig) {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/format1");
@@ -32,7 +32,11 @@ fn format1_copy() -> (tempfile::TempDir, VaultConfig) {
         for entry in std::fs::read_dir(fixture.join(sub)).unwrap() {
             let path = entry.unwrap().path();
             if path.is_file() {
-                std::fs::copy(&path, data.join(sub).join(path.file_name().unwrap())).unwrap();
+                // Git keeps no file modes but the executable bit, so a clean clone holds the key
+                // file as 0644: the copy gets the owner-only mode a real data directory has.
+                let to = data.join(sub).join(path.file_name().unwrap());
+                std::fs::copy(&path, &to).unwrap();
+                std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).unwrap();
             }
         }
     }
