@@ -7,8 +7,8 @@ use tonic::{Request, Response, Status};
 
 use super::edge::Edge;
 use super::pb;
-use crate::audit::{AuditFilter, AuditRecord, MAX_PAGE};
-use crate::clock::parse_rfc3339;
+use crate::audit::{Action, AuditFilter, AuditRecord, DetailView, MAX_PAGE, Outcome};
+use crate::clock::{parse_rfc3339, rfc3339};
 use crate::vault::SignedHead;
 
 /// The `privault.v1.Audit` service.
@@ -24,32 +24,52 @@ impl AuditService {
     }
 }
 
-fn record(r: AuditRecord) -> pb::AuditRecord {
+pub(super) fn record(r: AuditRecord) -> pb::AuditRecord {
+    let e = r.event;
     pb::AuditRecord {
         seq: r.seq,
-        time: r.time,
-        principal: r.principal,
-        action: r.action,
-        subject: r.subject.unwrap_or_default(),
-        purpose: r.purpose.unwrap_or_default(),
-        fields: r
+        time: rfc3339(r.time_ms),
+        principal: e.principal,
+        action: e.action.name().to_owned(),
+        subject: e.subject.map(|p| p.to_string()).unwrap_or_default(),
+        purpose: e.purpose.unwrap_or_default(),
+        fields: e
             .fields
             .into_iter()
             .map(|f| pb::AuditFieldOutcome {
                 field: f.field,
-                outcome: f.outcome,
+                outcome: f.outcome.name().to_owned(),
                 policy_ids: f.policy_ids,
             })
             .collect(),
-        outcome: r.outcome,
-        request_id: r.request_id,
-        policy_version: r.policy_version,
-        peer: r.peer.unwrap_or_default(),
-        consents: r.consents,
-        withdrawn: r.withdrawn,
-        prev_hash: r.prev_hash,
-        hash: r.hash,
+        outcome: e.outcome.name().to_owned(),
+        request_id: e.request_id,
+        policy_version: e.policy_version,
+        peer: e.peer.unwrap_or_default(),
+        consents: e.consents,
+        withdrawn: e.withdrawn,
+        detail: e
+            .detail
+            .as_ref()
+            .map(DetailView::of)
+            .map(|d| pb::AuditDetail {
+                kind: d.kind,
+                numbers: d.numbers,
+                name: d.name.unwrap_or_default(),
+            }),
+        prev_hash: hex::encode(r.prev_hash),
+        hash: hex::encode(r.hash),
     }
+}
+
+/// A vocabulary filter: empty is none, an unknown name is refused.
+fn word<T>(text: String, what: &str, parse: fn(&str) -> Option<T>) -> Result<Option<T>, Status> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    parse(&text).map(Some).ok_or_else(|| {
+        Status::invalid_argument(format!("unknown {what} `{}`", text.escape_debug()))
+    })
 }
 
 fn head(h: SignedHead) -> pb::SignedHead {
@@ -82,7 +102,7 @@ impl pb::audit_server::Audit for AuditService {
         &self,
         request: Request<pb::AuditQueryRequest>,
     ) -> Result<Response<QueryStream>, Status> {
-        let ctx = self.edge.context(&request, "audit_query").await?;
+        let ctx = self.edge.context(&request, Action::AuditQuery).await?;
         let pb::AuditQueryRequest {
             subject_id,
             principal,
@@ -109,8 +129,8 @@ impl pb::audit_server::Audit for AuditService {
             subject: None,
             principal: some(principal),
             purpose: some(purpose),
-            action: some(action),
-            outcome: some(outcome),
+            action: word(action, "action", Action::from_name)?,
+            outcome: word(outcome, "outcome", Outcome::from_name)?,
             from_ms: time(&from_time, "from_time")?,
             to_ms: time(&to_time, "to_time")?,
             from_seq,
@@ -154,7 +174,7 @@ impl pb::audit_server::Audit for AuditService {
         &self,
         request: Request<pb::AuditHeadRequest>,
     ) -> Result<Response<pb::SignedHead>, Status> {
-        let ctx = self.edge.context(&request, "audit_head").await?;
+        let ctx = self.edge.context(&request, Action::AuditHead).await?;
         let pb::AuditHeadRequest {} = request.into_inner();
         self.edge
             .run(ctx, |vault, ctx| vault.audit_head(ctx), head)
@@ -165,7 +185,7 @@ impl pb::audit_server::Audit for AuditService {
         &self,
         request: Request<pb::AuditVerifyRequest>,
     ) -> Result<Response<pb::AuditVerifyResponse>, Status> {
-        let ctx = self.edge.context(&request, "audit_verify").await?;
+        let ctx = self.edge.context(&request, Action::AuditVerify).await?;
         let pb::AuditVerifyRequest { from_seq, to_seq } = request.into_inner();
         let to = (to_seq > 0).then_some(to_seq);
         self.edge

@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 use super::identity::Identity;
 use super::peers::{PeerLimiter, PeerPermit};
 use super::status::to_status;
+use crate::audit::Action;
 use crate::crypto::random_bytes;
 use crate::store::memory_only;
 use crate::vault::{CallContext, Queued, Vault, VaultError};
@@ -30,7 +31,7 @@ pub struct Edge {
 #[derive(Debug)]
 pub struct Authorized {
     call: CallContext,
-    action: &'static str,
+    action: Action,
     _permit: Option<PeerPermit>,
 }
 
@@ -62,7 +63,7 @@ impl Edge {
     pub async fn context<T>(
         &self,
         request: &Request<T>,
-        action: &'static str,
+        action: Action,
     ) -> Result<Authorized, Status> {
         let permit = match request.remote_addr() {
             Some(addr) => Some(self.peers.admit(addr.ip()).ok_or_else(|| {

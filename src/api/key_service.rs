@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 use super::convert::subject_id;
 use super::edge::Edge;
 use super::pb;
+use crate::audit::Action;
 use crate::vault::RollProgress;
 
 /// The `privault.v1.KeyAdmin` service.
@@ -44,7 +45,7 @@ impl pb::key_admin_server::KeyAdmin for KeyService {
         &self,
         request: Request<pb::RollEpochRequest>,
     ) -> Result<Response<ProgressStream>, Status> {
-        let ctx = self.edge.context(&request, "key_roll_epoch").await?;
+        let ctx = self.edge.context(&request, Action::KeyRollEpoch).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let edge = self.edge.clone();
         let sender = tx.clone();
@@ -72,7 +73,7 @@ impl pb::key_admin_server::KeyAdmin for KeyService {
         &self,
         request: Request<pb::RotateSubjectKeyRequest>,
     ) -> Result<Response<pb::RotateSubjectKeyResponse>, Status> {
-        let ctx = self.edge.context(&request, "key_rotate_dek").await?;
+        let ctx = self.edge.context(&request, Action::KeyRotateDek).await?;
         let pb::RotateSubjectKeyRequest { subject_id: raw } = request.into_inner();
         let subject = self.edge.admit(&ctx, subject_id(raw)).await?;
         self.edge
@@ -91,7 +92,7 @@ impl pb::key_admin_server::KeyAdmin for KeyService {
         &self,
         request: Request<pb::KeyStatusRequest>,
     ) -> Result<Response<pb::KeyStatusResponse>, Status> {
-        let ctx = self.edge.context(&request, "key_status").await?;
+        let ctx = self.edge.context(&request, Action::KeyStatus).await?;
         self.edge
             .run(
                 ctx,

@@ -4,6 +4,7 @@ use tonic::{Request, Response, Status};
 
 use super::edge::Edge;
 use super::pb;
+use crate::audit::Action;
 use crate::diagnostic::{SourceError, SourcePos};
 use crate::policy::{AccessRequest, Sources};
 use crate::vault::PolicyVersionInfo;
@@ -97,7 +98,7 @@ impl pb::policy_admin_server::PolicyAdmin for PolicyAdminService {
         &self,
         request: Request<pb::GetActivePoliciesRequest>,
     ) -> Result<Response<pb::GetActivePoliciesResponse>, Status> {
-        let ctx = self.edge.context(&request, "policy_get").await?;
+        let ctx = self.edge.context(&request, Action::PolicyGet).await?;
         let pb::GetActivePoliciesRequest {} = request.into_inner();
         self.edge
             .run(
@@ -115,7 +116,7 @@ impl pb::policy_admin_server::PolicyAdmin for PolicyAdminService {
         &self,
         request: Request<pb::ValidatePoliciesRequest>,
     ) -> Result<Response<pb::ValidatePoliciesResponse>, Status> {
-        let ctx = self.edge.context(&request, "policy_validate").await?;
+        let ctx = self.edge.context(&request, Action::PolicyValidate).await?;
         let pb::ValidatePoliciesRequest { files } = request.into_inner();
         let candidate = sources(files)?;
         self.edge
@@ -135,7 +136,7 @@ impl pb::policy_admin_server::PolicyAdmin for PolicyAdminService {
         &self,
         request: Request<pb::DryRunPoliciesRequest>,
     ) -> Result<Response<pb::DryRunPoliciesResponse>, Status> {
-        let ctx = self.edge.context(&request, "policy_dry_run").await?;
+        let ctx = self.edge.context(&request, Action::PolicyDryRun).await?;
         let pb::DryRunPoliciesRequest { files, last } = request.into_inner();
         let candidate = sources(files)?;
         let last = if last == 0 {
@@ -170,7 +171,7 @@ impl pb::policy_admin_server::PolicyAdmin for PolicyAdminService {
         &self,
         request: Request<pb::ApplyPoliciesRequest>,
     ) -> Result<Response<pb::ApplyPoliciesResponse>, Status> {
-        let ctx = self.edge.context(&request, "policy_apply").await?;
+        let ctx = self.edge.context(&request, Action::PolicyApply).await?;
         let pb::ApplyPoliciesRequest {
             files,
             base_version,
@@ -192,7 +193,7 @@ impl pb::policy_admin_server::PolicyAdmin for PolicyAdminService {
         &self,
         request: Request<pb::ListPolicyVersionsRequest>,
     ) -> Result<Response<pb::ListPolicyVersionsResponse>, Status> {
-        let ctx = self.edge.context(&request, "policy_versions").await?;
+        let ctx = self.edge.context(&request, Action::PolicyVersions).await?;
         let pb::ListPolicyVersionsRequest {} = request.into_inner();
         self.edge
             .run(
@@ -209,7 +210,7 @@ impl pb::policy_admin_server::PolicyAdmin for PolicyAdminService {
         &self,
         request: Request<pb::RollbackPoliciesRequest>,
     ) -> Result<Response<pb::ApplyPoliciesResponse>, Status> {
-        let ctx = self.edge.context(&request, "policy_rollback").await?;
+        let ctx = self.edge.context(&request, Action::PolicyRollback).await?;
         let pb::RollbackPoliciesRequest {
             to_version,
             base_version,
@@ -230,7 +231,7 @@ impl pb::policy_admin_server::PolicyAdmin for PolicyAdminService {
         &self,
         request: Request<pb::ExplainDecisionRequest>,
     ) -> Result<Response<pb::ExplainDecisionResponse>, Status> {
-        let ctx = self.edge.context(&request, "policy_explain").await?;
+        let ctx = self.edge.context(&request, Action::PolicyExplain).await?;
         let pb::ExplainDecisionRequest {
             principal,
             action,

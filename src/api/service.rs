@@ -8,6 +8,7 @@ use super::pb;
 use super::status::to_status;
 use secrecy::SecretString;
 
+use crate::audit::Action;
 use crate::domain::{FieldName, Purpose, SubjectId};
 use crate::vault::SubjectExport;
 
@@ -30,7 +31,7 @@ impl pb::vault_server::Vault for VaultService {
         &self,
         request: Request<pb::PutFieldsRequest>,
     ) -> Result<Response<pb::PutFieldsResponse>, Status> {
-        let ctx = self.edge.context(&request, "write").await?;
+        let ctx = self.edge.context(&request, Action::Write).await?;
         let call = self
             .edge
             .admit(&ctx, PutFields::try_from(request.into_inner()))
@@ -50,7 +51,7 @@ impl pb::vault_server::Vault for VaultService {
         &self,
         request: Request<pb::GetFieldsRequest>,
     ) -> Result<Response<pb::GetFieldsResponse>, Status> {
-        let ctx = self.edge.context(&request, "read").await?;
+        let ctx = self.edge.context(&request, Action::Read).await?;
         let call = self
             .edge
             .admit(&ctx, FieldsCall::try_from(request.into_inner()))
@@ -72,7 +73,7 @@ impl pb::vault_server::Vault for VaultService {
         &self,
         request: Request<pb::DeleteFieldsRequest>,
     ) -> Result<Response<pb::DeleteFieldsResponse>, Status> {
-        let ctx = self.edge.context(&request, "delete").await?;
+        let ctx = self.edge.context(&request, Action::Delete).await?;
         let call = self
             .edge
             .admit(&ctx, FieldsCall::try_from(request.into_inner()))
@@ -92,7 +93,7 @@ impl pb::vault_server::Vault for VaultService {
         &self,
         request: Request<pb::ShredSubjectRequest>,
     ) -> Result<Response<pb::ShredSubjectResponse>, Status> {
-        let ctx = self.edge.context(&request, "shred").await?;
+        let ctx = self.edge.context(&request, Action::Shred).await?;
         let call = self
             .edge
             .admit(&ctx, Shred::try_from(request.into_inner()))
@@ -114,7 +115,7 @@ impl pb::vault_server::Vault for VaultService {
         &self,
         request: Request<pb::SetConsentRequest>,
     ) -> Result<Response<pb::SetConsentResponse>, Status> {
-        let ctx = self.edge.context(&request, "consent_write").await?;
+        let ctx = self.edge.context(&request, Action::ConsentWrite).await?;
         let pb::SetConsentRequest {
             subject_id,
             purpose,
@@ -137,7 +138,7 @@ impl pb::vault_server::Vault for VaultService {
         &self,
         request: Request<pb::GetConsentsRequest>,
     ) -> Result<Response<pb::GetConsentsResponse>, Status> {
-        let ctx = self.edge.context(&request, "consent_read").await?;
+        let ctx = self.edge.context(&request, Action::ConsentRead).await?;
         let pb::GetConsentsRequest { subject_id: raw } = request.into_inner();
         let subject = self.edge.admit(&ctx, subject_id(raw)).await?;
         self.edge
@@ -155,7 +156,7 @@ impl pb::vault_server::Vault for VaultService {
         &self,
         request: Request<pb::ExportSubjectRequest>,
     ) -> Result<Response<pb::ExportSubjectResponse>, Status> {
-        let ctx = self.edge.context(&request, "export").await?;
+        let ctx = self.edge.context(&request, Action::Export).await?;
         let pb::ExportSubjectRequest { subject_id: raw } = request.into_inner();
         let subject = self.edge.admit(&ctx, subject_id(raw)).await?;
         self.edge
@@ -171,7 +172,7 @@ impl pb::vault_server::Vault for VaultService {
         &self,
         request: Request<pb::BatchGetFieldsRequest>,
     ) -> Result<Response<pb::BatchGetFieldsResponse>, Status> {
-        let ctx = self.edge.context(&request, "read").await?;
+        let ctx = self.edge.context(&request, Action::Read).await?;
         let call = self
             .edge
             .admit(&ctx, BatchCall::try_from(request.into_inner()))
@@ -213,7 +214,7 @@ impl pb::vault_server::Vault for VaultService {
         &self,
         request: Request<pb::FindSubjectRequest>,
     ) -> Result<Response<pb::FindSubjectResponse>, Status> {
-        let ctx = self.edge.context(&request, "find").await?;
+        let ctx = self.edge.context(&request, Action::Find).await?;
         let pb::FindSubjectRequest {
             field,
             value,
@@ -259,10 +260,10 @@ fn export_message(export: SubjectExport) -> pb::ExportSubjectResponse {
                 seq: h.seq,
                 time: h.time,
                 principal: h.principal,
-                action: h.action,
+                action: h.action.name().to_owned(),
                 purpose: h.purpose.unwrap_or_default(),
                 fields: h.fields,
-                outcome: h.outcome,
+                outcome: h.outcome.name().to_owned(),
             })
             .collect(),
         exported_at: export.exported_at,

@@ -11,46 +11,84 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
 use super::AuditError;
-use super::record::{AuditEvent, AuditRecord};
-use crate::clock::{Millis, rfc3339};
-use crate::store::keys::{audit_key, audit_seq};
+use super::codec::{self, Interner, MAX_DICTIONARY};
+use super::record::{AuditEvent, chain_hash};
+use super::stored::{Dictionaries, GENESIS, SegmentStart, Stored, load_segment_dictionary};
+use crate::clock::Millis;
+use crate::store::keys::{
+    audit_defs_key, audit_index_key, audit_key, audit_segment_key, audit_seq,
+};
 use crate::store::{Batch, Cf, Store};
 
 const HEAD_KEY: &[u8] = b"audit_head";
-const GENESIS: [u8; 32] = [0; 32];
+/// The default size at which the log starts a new segment.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 /// A group write slower than this is logged.
 const SLOW_GROUP: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// The last durable record, and the segment the next one goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Head {
     seq: u64,
     hash: [u8; 32],
+    /// The open segment.
+    segment: u64,
+    /// Bytes of records stored in the open segment.
+    segment_bytes: u64,
 }
 
+/// `seq ‖ hash ‖ segment ‖ segment bytes`; format 1 stored only `seq ‖ hash` (its records are
+/// all of segment 1).
 fn decode_head(bytes: &[u8]) -> Option<Head> {
-    let seq = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
+    let int = |at: usize| -> Option<u64> {
+        Some(u64::from_be_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+    };
+    let seq = int(0)?;
     let hash = bytes.get(8..40)?.try_into().ok()?;
-    (bytes.len() == 40).then_some(Head { seq, hash })
+    match bytes.len() {
+        40 => Some(Head {
+            seq,
+            hash,
+            segment: 1,
+            segment_bytes: 0,
+        }),
+        56 => Some(Head {
+            seq,
+            hash,
+            segment: int(40)?,
+            segment_bytes: int(48)?,
+        }),
+        _ => None,
+    }
 }
 
 fn encode_head(head: &Head) -> Vec<u8> {
-    let mut out = head.seq.to_be_bytes().to_vec();
+    let mut out = Vec::with_capacity(56);
+    out.extend_from_slice(&head.seq.to_be_bytes());
     out.extend_from_slice(&head.hash);
+    out.extend_from_slice(&head.segment.to_be_bytes());
+    out.extend_from_slice(&head.segment_bytes.to_be_bytes());
     out
 }
 
+/// What only the writer of groups touches: the open segment's dictionary.
+struct Encoder {
+    dict: Interner,
+    segment_bytes_limit: u64,
+}
+
 /// The outcome handed to a committer: its record's seq, or why the group failed.
-type Outcome = Result<u64, String>;
+type GroupOutcome = Result<u64, String>;
 
 /// Where a commit's outcome goes: a thread blocked on it, or an async task's ticket. Dropping it
 /// unsent (the committer is gone) wakes the receiver with an error, never leaves it hanging.
 enum Reply {
-    Blocking(SyncSender<Outcome>),
-    Deferred(tokio::sync::oneshot::Sender<Outcome>),
+    Blocking(SyncSender<GroupOutcome>),
+    Deferred(tokio::sync::oneshot::Sender<GroupOutcome>),
 }
 
 impl Reply {
-    fn send(self, outcome: Outcome) {
+    fn send(self, outcome: GroupOutcome) {
         // A receiver that went away (a cancelled call) no longer needs its outcome.
         match self {
             Self::Blocking(tx) => drop(tx.send(outcome)),
@@ -69,7 +107,7 @@ struct Pending {
 
 /// A commit queued without waiting: resolves once its record is durable (or failed to be).
 #[derive(Debug)]
-pub struct CommitTicket(tokio::sync::oneshot::Receiver<Outcome>);
+pub struct CommitTicket(tokio::sync::oneshot::Receiver<GroupOutcome>);
 
 impl CommitTicket {
     /// Waits on the async runtime until the record is durable; returns its seq.
@@ -96,6 +134,10 @@ struct Shared {
     wake: Condvar,
     /// The last durable record.
     head: Mutex<Head>,
+    /// The open segment's dictionary: only the holder of `writing` locks it.
+    encoder: Mutex<Encoder>,
+    /// The seq of the last durable record, for followers of the log.
+    durable: tokio::sync::watch::Sender<u64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -106,6 +148,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct AuditLog {
     shared: Arc<Shared>,
     store: Arc<Store>,
+    dicts: Dictionaries,
     committer: Option<JoinHandle<()>>,
 }
 
@@ -125,16 +168,22 @@ fn stored_head(store: &Store) -> Result<Head, AuditError> {
         (None, None) => Ok(Head {
             seq: 0,
             hash: GENESIS,
+            segment: 1,
+            segment_bytes: 0,
         }),
         (Some(bytes), Some((key, value))) => {
             let head =
                 decode_head(&bytes).ok_or_else(|| AuditError::Corrupt("malformed head".into()))?;
-            let record: AuditRecord = serde_json::from_slice(&value)
+            let last = Stored::parse(&value)
                 .map_err(|_| AuditError::Corrupt("malformed last record".into()))?;
-            if audit_seq(&key) != Some(head.seq) || record.hash != hex::encode(head.hash) {
+            if audit_seq(&key) != Some(head.seq)
+                || last.seq() != Some(head.seq)
+                || last.hash() != Some(head.hash)
+            {
                 return Err(AuditError::Corrupt(format!(
                     "head names seq {} but the last record is seq {}",
-                    head.seq, record.seq
+                    head.seq,
+                    audit_seq(&key).unwrap_or_default()
                 )));
             }
             Ok(head)
@@ -149,10 +198,28 @@ pub fn head_of(store: &Store) -> Result<(u64, [u8; 32]), AuditError> {
     Ok((head.seq, head.hash))
 }
 
+/// How the log is cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditOptions {
+    /// A segment holding this many bytes of records is closed; the next record opens another.
+    pub segment_bytes: u64,
+}
+
+impl Default for AuditOptions {
+    fn default() -> Self {
+        Self {
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+        }
+    }
+}
+
 impl AuditLog {
-    /// Loads the head, checks that it names the last stored record, and starts the committer.
-    pub fn open(store: Arc<Store>) -> Result<Self, AuditError> {
+    /// Loads the head, checks that it names the last stored record, rebuilds the open segment's
+    /// dictionary from its records, and starts the committer.
+    pub fn open(store: Arc<Store>, options: AuditOptions) -> Result<Self, AuditError> {
         let head = stored_head(&store)?;
+        let dict = Interner::from_strings(load_segment_dictionary(&store, head.segment)?);
+        let (durable, _) = tokio::sync::watch::channel(head.seq);
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 pending: Vec::new(),
@@ -162,6 +229,11 @@ impl AuditLog {
             }),
             wake: Condvar::new(),
             head: Mutex::new(head),
+            encoder: Mutex::new(Encoder {
+                dict,
+                segment_bytes_limit: options.segment_bytes.max(1),
+            }),
+            durable,
         });
         let committer = std::thread::Builder::new()
             .name("privault-audit".into())
@@ -174,8 +246,19 @@ impl AuditLog {
         Ok(Self {
             shared,
             store,
+            dicts: Dictionaries::default(),
             committer: Some(committer),
         })
+    }
+
+    /// The dictionaries of the segments read, for decoding records.
+    pub fn dictionaries(&self) -> &Dictionaries {
+        &self.dicts
+    }
+
+    /// Follows the seq of the last durable record.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.durable.subscribe()
     }
 
     /// Appends the record of `event` to `batch` and writes the batch durably; returns its seq.
@@ -305,7 +388,10 @@ fn write_and_answer(shared: &Shared, store: &Store, pending: Vec<Pending>) {
         .map(|p| ((p.batch, p.event, p.now), p.reply))
         .unzip();
     let started = std::time::Instant::now();
-    let written = write_group(store, head, work);
+    let written = {
+        let mut encoder = lock(&shared.encoder);
+        write_group(store, head, &mut encoder, work)
+    };
     let took = started.elapsed();
     if took >= SLOW_GROUP {
         // Every caller of the group waited this long: a slow disk shows here first.
@@ -318,6 +404,7 @@ fn write_and_answer(shared: &Shared, store: &Store, pending: Vec<Pending>) {
     match written {
         Ok((next, seqs)) => {
             *lock(&shared.head) = next;
+            shared.durable.send_replace(next.seq);
             for (reply, seq) in replies.into_iter().zip(seqs) {
                 reply.send(Ok(seq));
             }
@@ -331,138 +418,76 @@ fn write_and_answer(shared: &Shared, store: &Store, pending: Vec<Pending>) {
 }
 
 /// Chains the records of `pending` after `head` and writes them, with their callers' changes, as
-/// one synced batch. Returns the new head and each commit's seq, in order, or the error.
+/// one synced batch: each record under its seq, its subject-index entry, a hint when it defines
+/// dictionary strings, and the segment table's entry when it opens a segment. Returns the new
+/// head and each commit's seq, in order, or the error; on an error the encoder is as before.
 fn write_group(
     store: &Store,
-    mut head: Head,
+    before: Head,
+    encoder: &mut Encoder,
     pending: Vec<(Batch, AuditEvent, Millis)>,
 ) -> Result<(Head, Vec<u64>), String> {
+    let mut head = before;
+    let dict_before = encoder.dict.len();
+    let mut replaced: Option<Interner> = None;
     let mut batch = Batch::new();
     let mut results = Vec::with_capacity(pending.len());
     for (changes, event, now) in pending {
         let seq = head.seq + 1;
-        let Ok((hash, bytes)) = AuditRecord::seal(seq, rfc3339(now), event, &head.hash) else {
-            return Err("audit log is corrupt: record encoding".into());
-        };
+        if head.segment_bytes >= encoder.segment_bytes_limit || encoder.dict.len() >= MAX_DICTIONARY
+        {
+            head.segment += 1;
+            head.segment_bytes = 0;
+            let old = std::mem::take(&mut encoder.dict);
+            replaced.get_or_insert(old);
+            let start = SegmentStart {
+                segment: head.segment,
+                first_seq: seq,
+                prev_hash: head.hash,
+            };
+            batch.put(Cf::Meta, audit_segment_key(head.segment), start.encode());
+        }
+        let defined = encoder.dict.len();
+        let mut bytes = codec::encode(seq, now, head.segment, &event, &mut encoder.dict);
+        let hash = chain_hash(&head.hash, &bytes);
+        bytes.extend_from_slice(&hash);
+        if encoder.dict.len() > defined {
+            batch.put(Cf::Meta, audit_defs_key(head.segment, seq), Vec::new());
+        }
+        if let Some(subject) = &event.subject {
+            batch.put(
+                Cf::AuditIndex,
+                audit_index_key(head.segment, &subject.0, seq),
+                Vec::new(),
+            );
+        }
         batch.append(changes);
+        head.segment_bytes += bytes.len() as u64;
         batch.put(Cf::Audit, audit_key(seq).to_vec(), bytes);
-        head = Head { seq, hash };
+        head.seq = seq;
+        head.hash = hash;
         results.push(seq);
     }
     batch.put(Cf::Meta, HEAD_KEY.to_vec(), encode_head(&head));
-    fail::fail_point!("audit-write", |_| Err(
-        "audit write failed (injected)".into()
-    ));
-    match store.write(&batch) {
-        Ok(()) => Ok((head, results)),
-        Err(e) => Err(AuditError::Store(e).to_string()),
-    }
-}
-
-/// Where and why a chain failed to verify.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("audit record {seq}: {reason}")]
-pub struct VerifyError {
-    /// The first bad sequence number.
-    pub seq: u64,
-    /// What is wrong with it.
-    pub reason: String,
-    /// The log could not be read there (a storage error): nothing is known to be wrong with the
-    /// chain, and no tampering may be reported.
-    pub unreadable: bool,
-}
-
-/// The hash stored in record `seq`, if it exists and parses.
-fn stored_hash(store: &Store, seq: u64) -> Result<[u8; 32], VerifyError> {
-    let fail = |reason: &str| VerifyError {
-        seq,
-        reason: reason.to_owned(),
-        unreadable: false,
-    };
-    let bytes = store
-        .get(Cf::Audit, &audit_key(seq))
-        .map_err(|e| VerifyError {
-            unreadable: true,
-            ..fail(&e.to_string())
-        })?
-        .ok_or_else(|| fail("missing"))?;
-    let record: AuditRecord =
-        serde_json::from_slice(&bytes).map_err(|_| fail("unreadable record"))?;
-    hex::decode(&record.hash)
-        .ok()
-        .and_then(|h| h.try_into().ok())
-        .ok_or_else(|| fail("malformed hash"))
-}
-
-/// Walks the whole chain; returns the head `(seq, hash)` or the first bad seq.
-pub fn verify(store: &Store) -> Result<(u64, String), VerifyError> {
-    verify_range(store, 1, None)
-}
-
-/// Walks records `from..=to` (to the end when `to` is `None`), starting from the stored hash of
-/// record `from - 1`. Returns the last `(seq, hash)` walked, or the first bad seq and why.
-pub fn verify_range(
-    store: &Store,
-    from: u64,
-    to: Option<u64>,
-) -> Result<(u64, String), VerifyError> {
-    let fail = |seq, reason: &str| VerifyError {
-        seq,
-        reason: reason.to_owned(),
-        unreadable: false,
-    };
-    let from = from.max(1);
-    let mut prev = if from == 1 {
-        GENESIS
-    } else {
-        stored_hash(store, from - 1)?
-    };
-    let mut expected = from;
-    'pages: loop {
-        let page = store
-            .scan_from(Cf::Audit, &audit_key(expected), 1024)
-            .map_err(|e| VerifyError {
-                unreadable: true,
-                ..fail(expected, &e.to_string())
-            })?;
-        if page.is_empty() {
-            break;
-        }
-        for (key, value) in page {
-            if to.is_some_and(|t| expected > t) {
-                break 'pages;
-            }
-            if audit_seq(&key) != Some(expected) {
-                return Err(fail(expected, "missing (the next record has another seq)"));
-            }
-            let record: AuditRecord =
-                serde_json::from_slice(&value).map_err(|_| fail(expected, "unreadable record"))?;
-            if record.seq != expected {
-                return Err(fail(expected, "stored under another seq"));
-            }
-            if record.prev_hash != hex::encode(prev) {
-                return Err(fail(
-                    expected,
-                    "prev_hash does not match the previous record",
-                ));
-            }
-            let hash = record.compute_hash(&prev);
-            if record.hash != hex::encode(hash) {
-                return Err(fail(expected, "hash does not match the record's contents"));
-            }
-            prev = hash;
-            expected += 1;
-        }
-    }
-    if let Some(t) = to
-        && expected <= t
-    {
-        return Err(fail(
-            expected,
-            "missing (the log ends before the requested range)",
+    let written = (|| {
+        fail::fail_point!("audit-write", |_| Err(
+            "audit write failed (injected)".into()
         ));
+        store
+            .write(&batch)
+            .map_err(|e| AuditError::Store(e).to_string())
+    })();
+    match written {
+        Ok(()) => Ok((head, results)),
+        Err(e) => {
+            // The records were not written: neither were the strings they defined.
+            if let Some(old) = replaced {
+                encoder.dict = old;
+            }
+            encoder.dict.truncate(dict_before);
+            Err(e)
+        }
     }
-    Ok((expected - 1, hex::encode(prev)))
 }
 
 #[cfg(test)]
@@ -471,6 +496,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::audit::stored::verify;
+    use crate::audit::vocab::Action;
 
     proptest::proptest! {
         #[test]
@@ -478,7 +505,7 @@ mod tests {
             bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
         ) {
             let _ = decode_head(&bytes);
-            let _ = serde_json::from_slice::<AuditRecord>(&bytes);
+            let _ = Stored::parse(&bytes);
         }
     }
 
@@ -486,7 +513,7 @@ mod tests {
     fn concurrent_commits_share_writes_and_keep_one_chain() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
-        let log = Arc::new(AuditLog::open(Arc::clone(&store)).unwrap());
+        let log = Arc::new(AuditLog::open(Arc::clone(&store), AuditOptions::default()).unwrap());
         let threads: Vec<_> = (0..8)
             .map(|t| {
                 let log = Arc::clone(&log);
@@ -495,11 +522,7 @@ mod tests {
                         .map(|i| {
                             let mut batch = Batch::new();
                             batch.put(Cf::Fields, format!("t{t}-{i}"), b"x".to_vec());
-                            let event = AuditEvent {
-                                principal: format!("p{t}"),
-                                action: "write".into(),
-                                ..AuditEvent::default()
-                            };
+                            let event = AuditEvent::new(format!("p{t}"), Action::Write);
                             log.commit(batch, event, 1).unwrap()
                         })
                         .collect::<Vec<u64>>()
@@ -523,16 +546,12 @@ mod tests {
     fn deferred_commits_resolve_once_durable_and_keep_one_chain() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
-        let log = Arc::new(AuditLog::open(Arc::clone(&store)).unwrap());
+        let log = Arc::new(AuditLog::open(Arc::clone(&store), AuditOptions::default()).unwrap());
         let threads: Vec<_> = (0..6)
             .map(|t| {
                 let log = Arc::clone(&log);
                 std::thread::spawn(move || {
-                    let event = || AuditEvent {
-                        principal: format!("p{t}"),
-                        action: "read".into(),
-                        ..AuditEvent::default()
-                    };
+                    let event = || AuditEvent::new(format!("p{t}"), Action::Read);
                     let mut tickets = Vec::new();
                     for i in 0..40 {
                         if t % 2 == 0 && i % 4 == 0 {

@@ -4,12 +4,19 @@
 //! never a value or a raw subject id.
 
 mod chain;
+mod codec;
 mod query;
 mod record;
+mod stored;
+mod vocab;
 
-pub use chain::{AuditLog, CommitTicket, VerifyError, head_of, verify, verify_range};
+pub use chain::{AuditLog, AuditOptions, CommitTicket, DEFAULT_SEGMENT_BYTES, head_of};
 pub use query::{AuditFilter, MAX_PAGE, query};
-pub use record::{AuditEvent, AuditRecord, FieldAudit};
+pub use record::{AuditEvent, AuditRecord, DetailView, FieldAudit, FieldView, RecordView};
+pub use stored::{
+    Dictionaries, SegmentStart, VerifyError, index_json_records, verify, verify_range,
+};
+pub use vocab::{Action, Detail, FieldOutcome, Outcome};
 
 use crate::store::StoreError;
 

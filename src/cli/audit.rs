@@ -9,8 +9,11 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use privault::api::pb;
 use privault::api::pb::audit_client::AuditClient;
-use privault::audit::{AuditFilter, MAX_PAGE, query, verify_range};
+use privault::audit::{
+    Action, AuditFilter, DetailView, Dictionaries, MAX_PAGE, Outcome, query, verify_range,
+};
 use privault::clock::{SystemClock, parse_rfc3339};
+use privault::domain::Pseudonym;
 use privault::vault::offline::{open_keyring, open_store_read_only, sign_head};
 use privault::vault::{SignedHead, check_signed_head};
 
@@ -21,15 +24,15 @@ pub struct Filters {
     /// Only this caller (a Cedar uid).
     #[arg(long)]
     principal: Option<String>,
-    /// Only this action.
+    /// Only this action (read, write, shred, policy_apply...).
     #[arg(long)]
-    action: Option<String>,
+    action: Option<Action>,
     /// Only this purpose.
     #[arg(long)]
     purpose: Option<String>,
     /// Only this outcome (ok, denied, invalid_argument...).
     #[arg(long)]
-    outcome: Option<String>,
+    outcome: Option<Outcome>,
     /// From this time on (RFC 3339).
     #[arg(long)]
     from_time: Option<String>,
@@ -98,6 +101,15 @@ pub enum AuditCommand {
 }
 
 fn filter(f: &Filters, subject: Option<String>) -> anyhow::Result<AuditFilter> {
+    let subject = subject
+        .map(|hex| {
+            hex::decode(&hex)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .map(Pseudonym)
+                .with_context(|| "--subject is an audit pseudonym: 32 hex digits")
+        })
+        .transpose()?;
     let time = |t: &Option<String>| -> anyhow::Result<Option<u64>> {
         t.as_deref()
             .map(|s| parse_rfc3339(s).with_context(|| format!("`{s}` is not RFC 3339")))
@@ -107,8 +119,8 @@ fn filter(f: &Filters, subject: Option<String>) -> anyhow::Result<AuditFilter> {
         subject,
         principal: f.principal.clone(),
         purpose: f.purpose.clone(),
-        action: f.action.clone(),
-        outcome: f.outcome.clone(),
+        action: f.action,
+        outcome: f.outcome,
         from_ms: time(&f.from_time)?,
         to_ms: time(&f.to_time)?,
         from_seq: f.from_seq,
@@ -176,10 +188,11 @@ pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             let store = open_store_read_only(&data_dir)?;
             let mut f = filter(&filters, subject)?;
             let mut out = std::io::stdout().lock();
+            let dicts = Dictionaries::default();
             loop {
-                let (records, next) = query(&store, &f)?;
+                let (records, next) = query(&store, &dicts, &f)?;
                 for r in records {
-                    writeln!(out, "{}", serde_json::to_string(&r)?)?;
+                    writeln!(out, "{}", serde_json::to_string(&r.view())?)?;
                 }
                 match next {
                     Some(n) => f.from_seq = n,
@@ -222,8 +235,8 @@ fn remote_query(
                 subject_id: subject_id.clone().unwrap_or_default(),
                 principal: f.principal.clone().unwrap_or_default(),
                 purpose: f.purpose.clone().unwrap_or_default(),
-                action: f.action.clone().unwrap_or_default(),
-                outcome: f.outcome.clone().unwrap_or_default(),
+                action: f.action.map(|a| a.name().to_owned()).unwrap_or_default(),
+                outcome: f.outcome.map(|o| o.name().to_owned()).unwrap_or_default(),
                 from_time: f.from_time.clone().unwrap_or_default(),
                 to_time: f.to_time.clone().unwrap_or_default(),
                 from_seq,
@@ -264,6 +277,8 @@ fn record_json(r: pb::AuditRecord) -> serde_json::Value {
         "seq": r.seq, "time": r.time, "principal": r.principal, "action": r.action,
         "subject": opt(r.subject), "purpose": opt(r.purpose), "fields": fields,
         "outcome": r.outcome, "request_id": r.request_id, "policy_version": r.policy_version,
-        "peer": opt(r.peer), "consents": r.consents, "withdrawn": r.withdrawn, "prev_hash": r.prev_hash, "hash": r.hash,
+        "peer": opt(r.peer), "consents": r.consents, "withdrawn": r.withdrawn,
+        "detail": r.detail.map(|d| DetailView { kind: d.kind, numbers: d.numbers, name: Some(d.name).filter(|n| !n.is_empty()) }),
+        "prev_hash": r.prev_hash, "hash": r.hash,
     })
 }

@@ -100,6 +100,48 @@ pub fn audit_seq(key: &[u8]) -> Option<u64> {
     key.try_into().ok().map(u64::from_be_bytes)
 }
 
+/// The meta-CF prefix of the audit segment table: `prefix ‖ segment` → first seq ‖ prev hash.
+pub const AUDIT_SEGMENT_PREFIX: &[u8] = b"audit_segment/";
+/// The meta-CF prefix of the dictionary hints: `prefix ‖ segment ‖ seq` → nothing, for every
+/// record that defines strings in its segment's dictionary.
+pub const AUDIT_DEFS_PREFIX: &[u8] = b"audit_defs/";
+
+/// The meta-CF key of segment `segment` in the segment table.
+pub fn audit_segment_key(segment: u64) -> Vec<u8> {
+    [AUDIT_SEGMENT_PREFIX, &segment.to_be_bytes()].concat()
+}
+
+/// The meta-CF prefix of the dictionary hints of `segment`.
+pub fn audit_defs_prefix(segment: u64) -> Vec<u8> {
+    [AUDIT_DEFS_PREFIX, &segment.to_be_bytes()].concat()
+}
+
+/// The meta-CF hint that record `seq` defines strings of `segment`.
+pub fn audit_defs_key(segment: u64, seq: u64) -> Vec<u8> {
+    [
+        AUDIT_DEFS_PREFIX,
+        &segment.to_be_bytes(),
+        &seq.to_be_bytes(),
+    ]
+    .concat()
+}
+
+/// The seq at the end of a dictionary hint or a subject-index entry.
+pub fn trailing_seq(key: &[u8]) -> Option<u64> {
+    let at = key.len().checked_sub(8)?;
+    key.get(at..)?.try_into().ok().map(u64::from_be_bytes)
+}
+
+/// The audit-index prefix of one subject's records in one segment: `segment ‖ pseudonym`.
+pub fn audit_index_prefix(segment: u64, pseudonym: &[u8; 16]) -> Vec<u8> {
+    [&segment.to_be_bytes()[..], pseudonym].concat()
+}
+
+/// The audit-index entry of record `seq`: `segment ‖ pseudonym ‖ seq` → nothing.
+pub fn audit_index_key(segment: u64, pseudonym: &[u8; 16], seq: u64) -> Vec<u8> {
+    [&segment.to_be_bytes()[..], pseudonym, &seq.to_be_bytes()].concat()
+}
+
 /// The smallest key greater than every key starting with `prefix`; `None` when there is none
 /// (the prefix is all `0xff`).
 pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {

@@ -34,11 +34,13 @@ pub enum Cf {
     Meta,
     /// The blind index: `1 ‖ tag ‖ sid` → nothing, `2 ‖ sid ‖ field` → tag.
     Lookup,
+    /// The audit log's subject index: `segment ‖ pseudonym ‖ seq` → nothing.
+    AuditIndex,
 }
 
 impl Cf {
     /// Every column family, in a fixed order.
-    pub const ALL: [Cf; 8] = [
+    pub const ALL: [Cf; 9] = [
         Cf::Keys,
         Cf::Fields,
         Cf::Consent,
@@ -47,7 +49,13 @@ impl Cf {
         Cf::Policies,
         Cf::Meta,
         Cf::Lookup,
+        Cf::AuditIndex,
     ];
+
+    /// Added after format 1: a read-only view of an older directory may lack it.
+    fn added_later(self) -> bool {
+        matches!(self, Cf::AuditIndex)
+    }
 
     /// The RocksDB name.
     pub fn name(self) -> &'static str {
@@ -60,6 +68,7 @@ impl Cf {
             Cf::Policies => "policies",
             Cf::Meta => "meta",
             Cf::Lookup => "lookup",
+            Cf::AuditIndex => "audit_index",
         }
     }
 }
@@ -220,7 +229,7 @@ impl Store {
 
     /// [`Store::open`] with a block cache of `bytes`, shared by every column family.
     pub fn open_with_block_cache(path: &Path, bytes: usize) -> Result<Self, StoreError> {
-        Self::open_with(path, bytes, |opts, cfs| {
+        Self::open_with(path, bytes, true, |opts, cfs| {
             DB::open_cf_descriptors(opts, path, cfs)
         })
     }
@@ -228,7 +237,7 @@ impl Store {
     /// Opens an existing database read-only, beside a running vault if need be: it takes no lock
     /// and sees the state as of opening (flushed files and the WAL).
     pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
-        Self::open_with(path, DEFAULT_BLOCK_CACHE_BYTES, |opts, cfs| {
+        Self::open_with(path, DEFAULT_BLOCK_CACHE_BYTES, false, |opts, cfs| {
             opts.create_if_missing(false);
             opts.create_missing_column_families(false);
             DB::open_cf_descriptors_read_only(opts, path, cfs, false)
@@ -247,7 +256,7 @@ impl Store {
                 path: path.to_owned(),
                 message: format!("cannot create the secondary instance's directory: {e}"),
             })?;
-            let opened = Self::open_with(path, DEFAULT_BLOCK_CACHE_BYTES, |opts, cfs| {
+            let opened = Self::open_with(path, DEFAULT_BLOCK_CACHE_BYTES, false, |opts, cfs| {
                 opts.create_if_missing(false);
                 opts.create_missing_column_families(false);
                 // Every table file stays open: the primary may delete it, the view keeps it.
@@ -273,14 +282,26 @@ impl Store {
     fn open_with(
         path: &Path,
         block_cache_bytes: usize,
+        writable: bool,
         open: impl FnOnce(&mut Options, Vec<ColumnFamilyDescriptor>) -> Result<DB, rocksdb::Error>,
     ) -> Result<Self, StoreError> {
         let cache = Cache::new_lru_cache(block_cache_bytes);
+        let mut opts = db_options();
+        // A read-only view of a directory an older version wrote lacks the column families added
+        // since (its vault creates them when it next opens the directory read-write): open what
+        // exists, and answer reads of the rest as empty.
+        let read_only = !writable;
+        let existing = if read_only {
+            DB::list_cf(&opts, path).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         let cfs = Cf::ALL
             .iter()
+            .filter(|cf| !read_only || existing.iter().any(|e| e == cf.name()))
             .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(&cache)))
             .collect();
-        let db = open(&mut db_options(), cfs).map_err(|e| StoreError::Db {
+        let db = open(&mut opts, cfs).map_err(|e| StoreError::Db {
             path: path.to_owned(),
             message: e.into_string(),
         })?;
@@ -290,9 +311,16 @@ impl Store {
             _secondary: None,
         };
         for cf in Cf::ALL {
-            store.cf(cf)?;
+            if !(read_only && cf.added_later()) {
+                store.cf(cf)?;
+            }
         }
         Ok(store)
+    }
+
+    /// Whether `cf` exists (a read-only view of an older directory may lack one added since).
+    pub fn has(&self, cf: Cf) -> bool {
+        self.db.cf_handle(cf.name()).is_some()
     }
 
     fn cf(&self, cf: Cf) -> Result<&ColumnFamily, StoreError> {

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{CallContext, Vault, VaultError, require};
-use crate::audit::{AuditFilter, AuditRecord, VerifyError, query, verify_range};
+use crate::audit::{Action, AuditFilter, AuditRecord, VerifyError, query, verify_range};
 use crate::clock::rfc3339;
 use crate::domain::SubjectId;
 use crate::policy::AdminAction;
@@ -57,11 +57,16 @@ impl Vault {
         SignedHead::sign(&self.keyring, seq, &hash, self.clock.now_ms())
     }
 
+    /// The seq of the last durable audit record.
+    pub fn audit_head_seq(&self) -> u64 {
+        self.audit.head_seq()
+    }
+
     fn audit_call<T>(
         &self,
         ctx: &CallContext,
-        name: &str,
-        subject: Option<String>,
+        name: Action,
+        subject: Option<crate::domain::Pseudonym>,
         op: impl FnOnce() -> Result<T, VaultError>,
     ) -> Result<T, VaultError> {
         let policies = self.policies();
@@ -76,7 +81,7 @@ impl Vault {
 
     /// The signed head, for an auditor.
     pub fn audit_head(&self, ctx: &CallContext) -> Result<SignedHead, VaultError> {
-        self.audit_call(ctx, "audit_head", None, || Ok(self.signed_head()))
+        self.audit_call(ctx, Action::AuditHead, None, || Ok(self.signed_head()))
     }
 
     /// One page of records matching `filter`; with `subject`, only that subject's records (none
@@ -91,18 +96,19 @@ impl Vault {
             Some(s) => {
                 let sid = self.keyring.index().sid(s);
                 match self.subject_keys(&sid)? {
-                    Some(keys) => Some(keys.pseudonym.to_string()),
+                    Some(keys) => Some(keys.pseudonym),
                     None => {
                         return self
-                            .audit_call(ctx, "audit_query", None, || Ok((Vec::new(), None)));
+                            .audit_call(ctx, Action::AuditQuery, None, || Ok((Vec::new(), None)));
                     }
                 }
             }
             None => None,
         };
-        filter.subject = pseudonym.clone().or(filter.subject);
-        self.audit_call(ctx, "audit_query", pseudonym, || {
-            query(&self.store, &filter).map_err(|e| VaultError::DataLoss(e.to_string()))
+        filter.subject = pseudonym.or(filter.subject);
+        self.audit_call(ctx, Action::AuditQuery, pseudonym, || {
+            query(&self.store, self.audit.dictionaries(), &filter)
+                .map_err(|e| VaultError::DataLoss(e.to_string()))
         })
     }
 
@@ -113,7 +119,7 @@ impl Vault {
         from: u64,
         to: Option<u64>,
     ) -> Result<Result<(u64, String), VerifyError>, VaultError> {
-        self.audit_call(ctx, "audit_verify", None, || {
+        self.audit_call(ctx, Action::AuditVerify, None, || {
             Ok(verify_range(&self.store, from, to))
         })
     }

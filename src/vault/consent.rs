@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::{CallContext, Vault, VaultError, require};
-use crate::audit::FieldAudit;
+use crate::audit::{Action, FieldAudit, FieldOutcome};
 use crate::catalog::EffectiveConsents;
 use crate::clock::rfc3339;
 use crate::crypto::RecordKind;
@@ -159,7 +159,7 @@ impl Vault {
         granted: bool,
     ) -> Result<String, VaultError> {
         let policies = self.policies();
-        let mut event = self.event(ctx, "consent_write", Some(purpose), &policies);
+        let mut event = self.event(ctx, Action::ConsentWrite, Some(purpose), &policies);
         let _writer = self.lock_subject(&self.keyring.index().sid(subject))?;
         let staged = (|| {
             let (sid, _) = self.locate(subject, &mut event)?;
@@ -174,7 +174,7 @@ impl Vault {
             let mut batch = Batch::new();
             let now = self.clock.now_ms();
             let keys = self.keys_for_write(&sid, &Default::default(), &mut batch, now)?;
-            event.subject = Some(keys.pseudonym.to_string());
+            event.subject = Some(keys.pseudonym);
             let record = ConsentRecord {
                 granted,
                 time_ms: now,
@@ -185,10 +185,14 @@ impl Vault {
                 subject_key(&sid, purpose.as_str()),
                 self.seal_consent(&sid, purpose, &record),
             );
-            let outcome = if granted { "granted" } else { "withdrawn" };
+            let outcome = if granted {
+                FieldOutcome::Granted
+            } else {
+                FieldOutcome::Withdrawn
+            };
             event.fields.push(FieldAudit {
                 field: "consent".into(),
-                outcome: outcome.into(),
+                outcome,
                 policy_ids,
             });
             Ok((batch, (sid, keys, rfc3339(now))))
@@ -206,7 +210,7 @@ impl Vault {
         subject: &SubjectId,
     ) -> Result<Vec<ConsentState>, VaultError> {
         let policies = self.policies();
-        let mut event = self.event(ctx, "consent_read", None, &policies);
+        let mut event = self.event(ctx, Action::ConsentRead, None, &policies);
         let result = (|| {
             let (sid, _) = self.locate(subject, &mut event)?;
             require(policies.decide_consent_read(&ctx.principal), "consent_read")?;

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use super::keys::dek_entry;
 use super::quarantine::Maintenance;
 use super::{CallContext, Vault, VaultError, require};
-use crate::audit::AuditEvent;
+use crate::audit::{Action, AuditEvent, Detail, Outcome};
 use crate::crypto::{Kek, SubjectSecret};
 use crate::domain::{KeyClass, Sid, SubjectId};
 use crate::policy::AdminAction;
@@ -35,14 +35,11 @@ pub struct RollProgress {
 }
 
 impl Vault {
-    pub(super) fn key_event(&self, principal: &str, action: &str) -> AuditEvent {
+    pub(super) fn key_event(&self, principal: &str, action: Action) -> AuditEvent {
         AuditEvent {
-            principal: principal.to_owned(),
-            action: action.to_owned(),
-            outcome: "ok".into(),
             request_id: "keys".into(),
             policy_version: self.policies().version(),
-            ..AuditEvent::default()
+            ..AuditEvent::new(principal, action)
         }
     }
 
@@ -54,10 +51,10 @@ impl Vault {
     /// The epochs the keyring holds and the current one, for `ctx` authorized as `key_manage`.
     pub fn key_status(&self, ctx: &CallContext) -> Result<(Vec<u32>, u32), VaultError> {
         let policies = self.policies();
-        let event = self.event(ctx, "key_status", None, &policies);
+        let event = self.event(ctx, Action::KeyStatus, None, &policies);
         let result = require(
             policies.decide_admin(&ctx.principal, AdminAction::KeyManage),
-            "key_manage",
+            AdminAction::KeyManage.name(),
         )
         .map(|()| {
             (
@@ -77,8 +74,8 @@ impl Vault {
     ) -> Result<RollProgress, VaultError> {
         let policies = self.policies();
         let decision = policies.decide_admin(&ctx.principal, AdminAction::KeyManage);
-        let mut event = self.event(ctx, "key_roll_epoch", None, &policies);
-        if let Err(e) = require(decision, "key_manage") {
+        let mut event = self.event(ctx, Action::KeyRollEpoch, None, &policies);
+        if let Err(e) = require(decision, AdminAction::KeyManage.name()) {
             return self.fail(event, e);
         }
         let resumed = self.epoch_roll_pending();
@@ -90,12 +87,12 @@ impl Vault {
                 .add_epoch(self.clock.now_ms())
                 .map_err(|e| VaultError::Unavailable(format!("cannot extend the keyring: {e}")))?
         };
-        event.outcome = if resumed { "resumed" } else { "started" }.into();
-        event.fields = vec![crate::audit::FieldAudit {
-            field: "epoch".into(),
-            outcome: epoch.to_string(),
-            policy_ids: Vec::new(),
-        }];
+        event.outcome = if resumed {
+            Outcome::Resumed
+        } else {
+            Outcome::Started
+        };
+        event.detail = Some(Detail::Epoch(epoch));
         self.commit(Batch::new(), event)?;
         self.continue_roll(&ctx.principal.to_string(), progress)
     }
@@ -123,13 +120,9 @@ impl Vault {
                 .add_epoch(self.clock.now_ms())
                 .map_err(|e| VaultError::Unavailable(format!("cannot extend the keyring: {e}")))?
         };
-        let mut event = self.key_event("privault", "key_roll_epoch");
-        event.outcome = "scheduled".into();
-        event.fields = vec![crate::audit::FieldAudit {
-            field: "epoch".into(),
-            outcome: epoch.to_string(),
-            policy_ids: Vec::new(),
-        }];
+        let mut event = self.key_event("privault", Action::KeyRollEpoch);
+        event.outcome = Outcome::Scheduled;
+        event.detail = Some(Detail::Epoch(epoch));
         self.commit(Batch::new(), event)?;
         self.continue_roll("privault", |_| {}).map(Some)
     }
@@ -185,16 +178,8 @@ impl Vault {
             .keyring
             .destroy_old_epochs()
             .map_err(|e| VaultError::Unavailable(format!("cannot rewrite the keyring: {e}")))?;
-        let mut event = self.key_event(principal, "key_epoch_destroyed");
-        event.fields = state
-            .destroyed
-            .iter()
-            .map(|e| crate::audit::FieldAudit {
-                field: "epoch".into(),
-                outcome: e.to_string(),
-                policy_ids: Vec::new(),
-            })
-            .collect();
+        let mut event = self.key_event(principal, Action::KeyEpochDestroyed);
+        event.detail = Some(Detail::EpochsDestroyed(state.destroyed.clone()));
         self.commit(Batch::new(), event)?;
         state.done = true;
         progress(&state);
@@ -246,12 +231,8 @@ impl Vault {
         }
         if count > 0 {
             self.kek_for_wraps(count);
-            let mut event = self.key_event(principal, "key_rewrap");
-            event.fields = vec![crate::audit::FieldAudit {
-                field: "keys".into(),
-                outcome: count.to_string(),
-                policy_ids: Vec::new(),
-            }];
+            let mut event = self.key_event(principal, Action::KeyRewrap);
+            event.detail = Some(Detail::KeysRewrapped(count));
             self.commit(batch, event)?;
         }
         for (sid, err) in unreadable {
@@ -317,13 +298,13 @@ impl Vault {
         subject: &SubjectId,
     ) -> Result<(usize, usize), VaultError> {
         let policies = self.policies();
-        let mut event = self.event(ctx, "key_rotate_dek", None, &policies);
+        let mut event = self.event(ctx, Action::KeyRotateDek, None, &policies);
         let _writer = self.lock_subject(&self.keyring.index().sid(subject))?;
         let staged = (|| {
             let (sid, _) = self.locate(subject, &mut event)?;
             require(
                 policies.decide_admin(&ctx.principal, AdminAction::KeyManage),
-                "key_manage",
+                AdminAction::KeyManage.name(),
             )?;
             let mut batch = Batch::new();
             let Some(mut keys) = self.load_keys(&sid)? else {

@@ -1,6 +1,6 @@
 //! The vault's errors: start-up failures, and call failures that the api maps to status codes.
 
-use crate::audit::AuditError;
+use crate::audit::{AuditError, Outcome};
 use crate::keyring::KeyringError;
 use crate::policy::PolicyError;
 use crate::store::StoreError;
@@ -80,16 +80,16 @@ pub enum VaultError {
 
 impl VaultError {
     /// The outcome recorded in the audit log for a call that failed with this error.
-    pub fn audit_outcome(&self) -> &'static str {
+    pub fn audit_outcome(&self) -> Outcome {
         match self {
-            Self::InvalidArgument(_) => "invalid_argument",
-            Self::PermissionDenied { .. } => "denied",
-            Self::FailedPrecondition(_) => "failed_precondition",
-            Self::NotFound(_) => "not_found",
-            Self::Unavailable(_) => "unavailable",
-            Self::DataLoss(_) => "data_loss",
-            Self::ResponseTooLarge { .. } => "resource_exhausted",
-            Self::Internal(_) | Self::NeedsDisk => "internal",
+            Self::InvalidArgument(_) => Outcome::InvalidArgument,
+            Self::PermissionDenied { .. } => Outcome::Denied,
+            Self::FailedPrecondition(_) => Outcome::FailedPrecondition,
+            Self::NotFound(_) => Outcome::NotFound,
+            Self::Unavailable(_) => Outcome::Unavailable,
+            Self::DataLoss(_) => Outcome::DataLoss,
+            Self::ResponseTooLarge { .. } => Outcome::ResourceExhausted,
+            Self::Internal(_) | Self::NeedsDisk => Outcome::Internal,
         }
     }
 }

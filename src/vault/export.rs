@@ -9,7 +9,7 @@ use zeroize::Zeroizing;
 use super::consent::ConsentState;
 use super::keys::{StaleKeys, SubjectKeys, decode_field};
 use super::{CallContext, Vault, VaultError, require};
-use crate::audit::{AuditFilter, MAX_PAGE, query};
+use crate::audit::{Action, AuditFilter, MAX_PAGE, Outcome, query};
 use crate::clock::rfc3339;
 use crate::domain::{FieldName, Sid};
 use crate::store::keys::name_of;
@@ -41,13 +41,13 @@ pub struct AccessEvent {
     /// Who.
     pub principal: String,
     /// What.
-    pub action: String,
+    pub action: Action,
     /// For what purpose.
     pub purpose: Option<String>,
     /// `field:outcome` per field.
     pub fields: Vec<String>,
     /// The call's outcome.
-    pub outcome: String,
+    pub outcome: Outcome,
 }
 
 /// Everything stored about one subject.
@@ -73,7 +73,7 @@ impl Vault {
         subject: &crate::domain::SubjectId,
     ) -> Result<SubjectExport, VaultError> {
         let policies = self.policies();
-        let mut event = self.event(ctx, "export", None, &policies);
+        let mut event = self.event(ctx, Action::Export, None, &policies);
         let result = (|| {
             let (sid, keys) = self.locate(subject, &mut event)?;
             require(policies.decide_export(&ctx.principal), "export")?;
@@ -89,8 +89,7 @@ impl Vault {
                     return Err(VaultError::ResponseTooLarge { limit });
                 }
                 export.consents = self.consents_of(&sid)?;
-                let (history, next) =
-                    self.history_of(&keys.pseudonym.to_string(), limit - values)?;
+                let (history, next) = self.history_of(keys.pseudonym, limit - values)?;
                 export.history = history;
                 export.history_next_seq = next;
             }
@@ -138,30 +137,30 @@ impl Vault {
     /// starts when it did not fit.
     fn history_of(
         &self,
-        pseudonym: &str,
+        pseudonym: crate::domain::Pseudonym,
         budget: usize,
     ) -> Result<(Vec<AccessEvent>, Option<u64>), VaultError> {
         let mut filter = AuditFilter {
-            subject: Some(pseudonym.to_owned()),
+            subject: Some(pseudonym),
             limit: MAX_PAGE,
             ..AuditFilter::default()
         };
         let mut history = Vec::new();
         let mut used = 0usize;
         loop {
-            let (records, next) =
-                query(&self.store, &filter).map_err(|e| VaultError::DataLoss(e.to_string()))?;
+            let (records, next) = query(&self.store, self.audit.dictionaries(), &filter)
+                .map_err(|e| VaultError::DataLoss(e.to_string()))?;
             for r in records {
+                let e = r.event;
                 // About what the event costs on the wire: its strings and a little framing.
-                let size = 32
-                    + r.time.len()
-                    + r.principal.len()
-                    + r.action.len()
-                    + r.outcome.len()
-                    + r.purpose.as_ref().map_or(0, String::len)
-                    + r.fields
+                let size = 56
+                    + e.principal.len()
+                    + e.action.name().len()
+                    + e.outcome.name().len()
+                    + e.purpose.as_ref().map_or(0, String::len)
+                    + e.fields
                         .iter()
-                        .map(|f| f.field.len() + f.outcome.len() + 3)
+                        .map(|f| f.field.len() + f.outcome.name().len() + 3)
                         .sum::<usize>();
                 if used + size > budget || history.len() >= MAX_HISTORY {
                     return Ok((history, Some(r.seq)));
@@ -169,16 +168,16 @@ impl Vault {
                 used += size;
                 history.push(AccessEvent {
                     seq: r.seq,
-                    time: r.time,
-                    principal: r.principal,
-                    action: r.action,
-                    purpose: r.purpose,
-                    fields: r
+                    time: rfc3339(r.time_ms),
+                    principal: e.principal,
+                    action: e.action,
+                    purpose: e.purpose,
+                    fields: e
                         .fields
                         .iter()
                         .map(|f| format!("{}:{}", f.field, f.outcome))
                         .collect(),
-                    outcome: r.outcome,
+                    outcome: e.outcome,
                 });
             }
             match next {

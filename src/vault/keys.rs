@@ -296,7 +296,7 @@ impl Vault {
         }
         let sid = self.keyring.index().sid(subject);
         let keys = self.subject_keys(&sid)?;
-        event.subject = keys.as_ref().map(|k| k.pseudonym.to_string());
+        event.subject = keys.as_ref().map(|k| k.pseudonym);
         Ok((sid, keys))
     }
 

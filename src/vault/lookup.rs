@@ -7,7 +7,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::keys::decode_field;
 use super::{CallContext, Vault, VaultError, field_audit};
-use crate::audit::AuditEvent;
+use crate::audit::{Action, AuditEvent, FieldOutcome};
 use crate::catalog::FieldSpec;
 use crate::crypto::{SubjectSecret, TAG_LEN};
 use crate::domain::{FieldName, Purpose, Sid, SubjectId};
@@ -25,7 +25,7 @@ pub const MAX_FIND_MATCHES: usize = 100;
 /// A subject a lookup may return, with what decided it.
 struct Match {
     subject: SubjectId,
-    pseudonym: String,
+    pseudonym: crate::domain::Pseudonym,
     policy_ids: Vec<String>,
 }
 
@@ -118,13 +118,13 @@ impl Vault {
         purpose: &Purpose,
     ) -> Result<Vec<SubjectId>, VaultError> {
         let policies = self.policies();
-        let mut event = self.event(ctx, "find", Some(purpose), &policies);
+        let mut event = self.event(ctx, Action::Find, Some(purpose), &policies);
         let matches = match self.find_matches(ctx, &policies, field, value, purpose, &mut event) {
             Ok(m) => m,
             Err(e) => return self.fail(event, e),
         };
         if matches.is_empty() {
-            event.fields = vec![field_audit(field, "absent", &[])];
+            event.fields = vec![field_audit(field, FieldOutcome::Absent, &[])];
             self.finish(event, Ok((Batch::new(), ())))?;
             return Ok(Vec::new());
         }
@@ -132,7 +132,7 @@ impl Vault {
         for m in matches {
             let mut record = event.clone();
             record.subject = Some(m.pseudonym);
-            record.fields = vec![field_audit(field, "found", &m.policy_ids)];
+            record.fields = vec![field_audit(field, FieldOutcome::Found, &m.policy_ids)];
             self.finish(record, Ok((Batch::new(), ())))?;
             found.push(m.subject);
         }
@@ -191,7 +191,7 @@ impl Vault {
             if decision.allowed {
                 matches.push(Match {
                     subject: self.subject_id_of(&sid)?,
-                    pseudonym: keys.pseudonym.to_string(),
+                    pseudonym: keys.pseudonym,
                     policy_ids: decision.policy_ids,
                 });
             }
@@ -203,7 +203,11 @@ impl Vault {
             let decision =
                 policies.decide_field(&ctx.principal, FieldAction::Read, field, &context);
             if !decision.allowed {
-                event.fields = vec![field_audit(field, "denied", &decision.policy_ids)];
+                event.fields = vec![field_audit(
+                    field,
+                    FieldOutcome::Denied,
+                    &decision.policy_ids,
+                )];
                 return Err(VaultError::PermissionDenied {
                     action: "read",
                     denied: vec![(field.to_string(), decision.policy_ids)],

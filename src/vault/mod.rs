@@ -38,7 +38,7 @@ pub use read::{FieldRead, MAX_BATCH_SUBJECTS, Queued, ReadOutcome};
 pub use retention::{SweepCursor, SweepReport};
 pub use shred::ShredOutcome;
 
-use crate::audit::{AuditEvent, AuditLog, FieldAudit};
+use crate::audit::{Action, AuditEvent, AuditLog, FieldAudit, FieldOutcome, Outcome};
 use crate::catalog::FieldSpec;
 use crate::clock::Clock;
 use crate::domain::{FieldName, Principal, Purpose, Sid};
@@ -155,18 +155,16 @@ impl Vault {
     fn event(
         &self,
         ctx: &CallContext,
-        action: &str,
+        action: Action,
         purpose: Option<&Purpose>,
         policies: &Policies,
     ) -> AuditEvent {
         AuditEvent {
-            principal: ctx.principal.to_string(),
-            action: action.to_owned(),
             purpose: purpose.map(ToString::to_string),
             request_id: ctx.request_id.clone(),
             policy_version: policies.version(),
             peer: ctx.peer.clone(),
-            ..AuditEvent::default()
+            ..AuditEvent::new(ctx.principal.to_string(), action)
         }
     }
 
@@ -214,7 +212,7 @@ impl Vault {
     ) -> Result<(T, u64), VaultError> {
         match result {
             Ok((batch, value)) => {
-                event.outcome = "ok".into();
+                event.outcome = Outcome::Ok;
                 let seq = self.commit(batch, event)?;
                 Ok((value, seq))
             }
@@ -225,7 +223,7 @@ impl Vault {
     /// Records a failed call and returns its error: the caller sees the original error even if
     /// the record cannot be written.
     fn fail<T>(&self, mut event: AuditEvent, err: VaultError) -> Result<T, VaultError> {
-        event.outcome = err.audit_outcome().into();
+        event.outcome = err.audit_outcome();
         if let Err(audit_err) = self.commit(Batch::new(), event) {
             tracing::error!(error = %audit_err, "could not audit a failed call");
         }
@@ -235,26 +233,24 @@ impl Vault {
     /// Records a call refused before it had a principal (no or invalid credentials).
     pub fn record_unauthenticated(
         &self,
-        action: &str,
+        action: Action,
         peer: Option<String>,
         request_id: &str,
     ) -> Result<u64, VaultError> {
         let event = AuditEvent {
-            principal: "unauthenticated".into(),
-            action: action.to_owned(),
-            outcome: "unauthenticated".into(),
+            outcome: Outcome::Unauthenticated,
             request_id: request_id.to_owned(),
             policy_version: self.policies().version(),
             peer,
-            ..AuditEvent::default()
+            ..AuditEvent::new("unauthenticated", action)
         };
         self.commit(Batch::new(), event)
     }
 
     /// Records a call refused at the edge before it reached the vault (a malformed request).
-    pub fn record_refused(&self, ctx: &CallContext, action: &str) -> Result<u64, VaultError> {
+    pub fn record_refused(&self, ctx: &CallContext, action: Action) -> Result<u64, VaultError> {
         let mut event = self.event(ctx, action, None, &self.policies());
-        event.outcome = "invalid_argument".into();
+        event.outcome = Outcome::InvalidArgument;
         self.commit(Batch::new(), event)
     }
 
@@ -318,10 +314,10 @@ fn require(decision: crate::policy::Decision, action: &'static str) -> Result<()
     }
 }
 
-fn field_audit(field: &FieldName, outcome: &str, policy_ids: &[String]) -> FieldAudit {
+fn field_audit(field: &FieldName, outcome: FieldOutcome, policy_ids: &[String]) -> FieldAudit {
     FieldAudit {
         field: field.to_string(),
-        outcome: outcome.to_owned(),
+        outcome,
         policy_ids: policy_ids.to_vec(),
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::audit_admin::SignedHead;
 use super::open::root_key;
 use super::{OpenError, VaultConfig};
-use crate::audit::{AuditEvent, AuditLog};
+use crate::audit::{Action, AuditEvent, AuditLog};
 use crate::clock::Clock;
 use crate::crypto::{KdfParams, Passphrase, RootKey};
 use crate::keyring::{Keyring, KeyringError, change_root};
@@ -39,17 +39,14 @@ pub fn change_passphrase(
     new: &Passphrase,
     clock: &dyn Clock,
 ) -> Result<(), OpenError> {
-    let audit = AuditLog::open(Arc::new(Store::open(&config.db_dir())?))?;
+    let audit = AuditLog::open(Arc::new(Store::open(&config.db_dir())?), config.audit)?;
     let (old, _) = root_key(config)?;
     let kdf = KdfParams::recommended().map_err(KeyringError::from)?;
     let new_root = RootKey::from_passphrase(new, &kdf).map_err(KeyringError::from)?;
     change_root(&config.keyring_path(), &old, &new_root, Some(kdf))?;
     let event = AuditEvent {
-        principal: OFFLINE_PRINCIPAL.into(),
-        action: "key_change_passphrase".into(),
-        outcome: "ok".into(),
         request_id: "offline".into(),
-        ..AuditEvent::default()
+        ..AuditEvent::new(OFFLINE_PRINCIPAL, Action::KeyChangePassphrase)
     };
     audit.commit(Batch::new(), event, clock.now_ms())?;
     Ok(())

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use super::consent_cache::ConsentCache;
 use super::{Limits, OpenError, SUBJECT_STRIPES, Vault, keys::KeyCache};
-use crate::audit::AuditLog;
+use crate::audit::{AuditLog, AuditOptions};
 use crate::clock::Clock;
 use crate::crypto::{KdfParams, Passphrase, RootKey};
 use crate::keyring::{Keyring, KeyringError, RootOrigin, keyfile, root_origin};
@@ -20,9 +20,13 @@ const FORMAT_KEY: &[u8] = b"format_version";
 /// The on-disk format this version writes: 2 wraps the audit pseudonym under the KEK, gives every
 /// subject an incarnation id, tags policy versions and consent records with a key from the
 /// keyring, and binds a value's write and expiry times into its ciphertext (values written before
-/// keep format 1 until rewritten).
-pub const DATA_FORMAT_VERSION: u32 = 2;
-/// The format before it (pseudonyms in clear), upgraded in place at open.
+/// keep format 1 until rewritten). 3 writes audit records in the binary record format 2, with a
+/// dictionary per log segment and a subject index (format-1 JSON records stay as they are, and are
+/// indexed by the upgrade).
+pub const DATA_FORMAT_VERSION: u32 = 3;
+/// Format 2: audit records as JSON, no subject index.
+const FORMAT_JSON_AUDIT: u32 = 2;
+/// Format 1: pseudonyms in clear. Both are upgraded in place at open.
 const FORMAT_CLEAR_PSEUDONYMS: u32 = 1;
 
 /// Where the vault keeps and finds its parts.
@@ -39,6 +43,8 @@ pub struct VaultConfig {
     pub passphrase: Option<Passphrase>,
     /// Per-call bounds.
     pub limits: Limits,
+    /// How the audit log is cut into segments.
+    pub audit: AuditOptions,
 }
 
 impl VaultConfig {
@@ -50,6 +56,7 @@ impl VaultConfig {
             key_file: None,
             passphrase: None,
             limits: Limits::default(),
+            audit: AuditOptions::default(),
         }
     }
 
@@ -153,7 +160,15 @@ impl Vault {
             config.limits.block_cache_bytes,
         )?);
         let format = check_pairing(&store, &keyring, config)?;
-        let audit = AuditLog::open(Arc::clone(&store))?;
+        if format < DATA_FORMAT_VERSION {
+            let indexed = crate::audit::index_json_records(&store)
+                .map_err(|e| OpenError::Replay(format!("indexing the audit log: {e}")))?;
+            tracing::info!(
+                records = indexed,
+                "indexed the JSON audit records by subject"
+            );
+        }
+        let audit = AuditLog::open(Arc::clone(&store), config.audit)?;
         let ledger = Ledger::open(&config.ledger_path())?;
         let wraps = super::wraps::WrapCounter::open(&store, keyring.current_epoch())?;
         let vault = Self {
@@ -199,6 +214,13 @@ impl Vault {
             let wrapped = vault
                 .upgrade_clear_pseudonyms()
                 .map_err(|e| OpenError::Replay(format!("upgrading data format 1: {e}")))?;
+            tracing::info!(
+                pseudonyms = wrapped,
+                "upgraded data format 1: audit pseudonyms are wrapped under the KEK (copies of \
+                 db/ made before today keep them in clear until they are destroyed)"
+            );
+        }
+        if format < DATA_FORMAT_VERSION {
             let mut batch = Batch::new();
             batch.put(
                 Cf::Meta,
@@ -206,12 +228,7 @@ impl Vault {
                 DATA_FORMAT_VERSION.to_be_bytes().to_vec(),
             );
             vault.store.write(&batch)?;
-            tracing::info!(
-                pseudonyms = wrapped,
-                "upgraded the data to format {DATA_FORMAT_VERSION}: audit pseudonyms are wrapped \
-                 under the KEK (copies of db/ made before today keep them in clear until they \
-                 are destroyed)"
-            );
+            tracing::info!("upgraded the data to format {DATA_FORMAT_VERSION}");
         }
         let active = vault.policies();
         tracing::info!(
@@ -285,7 +302,7 @@ fn check_pairing(store: &Store, keyring: &Keyring, config: &VaultConfig) -> Resu
         .and_then(|v| <[u8; 4]>::try_from(v.as_slice()).ok())
         .map(u32::from_be_bytes);
     match found {
-        Some(v @ (FORMAT_CLEAR_PSEUDONYMS | DATA_FORMAT_VERSION)) => Ok(v),
+        Some(v @ (FORMAT_CLEAR_PSEUDONYMS | FORMAT_JSON_AUDIT | DATA_FORMAT_VERSION)) => Ok(v),
         _ => Err(data_dir_error(
             &config.data_dir,
             format!("unsupported data format (this version reads format {DATA_FORMAT_VERSION})"),

@@ -5,13 +5,13 @@ use std::sync::Arc;
 
 use super::policy_versions::PolicyVersionInfo;
 use super::{CallContext, Vault, VaultError, require};
-use crate::audit::{AuditEvent, AuditRecord};
+use crate::audit::{Action, AuditEvent, FieldOutcome};
 use crate::diagnostic::{SourceError, SourcePos};
 use crate::domain::{FieldName, Principal, Purpose};
 use crate::policy::{
     AccessRequest, AdminAction, Decision, Policies, PolicyError, ReadDecision, Sources,
 };
-use crate::store::keys::audit_key;
+use crate::store::keys::{audit_key, audit_seq};
 use crate::store::{Batch, Cf};
 
 /// Longest comment accepted on apply or rollback.
@@ -77,11 +77,11 @@ fn invalid_policies(e: PolicyError) -> VaultError {
 }
 
 /// `allowed` / `masked` / `denied` of a recorded read outcome; `None` for anything else.
-fn recorded_class(outcome: &str) -> Option<&'static str> {
+fn recorded_class(outcome: FieldOutcome) -> Option<&'static str> {
     match outcome {
-        "value" | "absent" => Some("allowed"),
-        "masked" => Some("masked"),
-        "denied" => Some("denied"),
+        FieldOutcome::Value | FieldOutcome::Absent => Some("allowed"),
+        FieldOutcome::Masked => Some("masked"),
+        FieldOutcome::Denied => Some("denied"),
         _ => None,
     }
 }
@@ -100,7 +100,7 @@ impl Vault {
     fn admin_read<T>(
         &self,
         ctx: &CallContext,
-        name: &str,
+        name: Action,
         op: impl FnOnce(&Arc<Policies>) -> Result<T, VaultError>,
     ) -> Result<T, VaultError> {
         let policies = self.policies();
@@ -117,7 +117,7 @@ impl Vault {
         &self,
         ctx: &CallContext,
     ) -> Result<(PolicyVersionInfo, Sources), VaultError> {
-        self.admin_read(ctx, "policy_get", |active| {
+        self.admin_read(ctx, Action::PolicyGet, |active| {
             let record = self.policy_record(active.number())?.ok_or_else(|| {
                 VaultError::DataLoss("the active policy version is not stored".into())
             })?;
@@ -127,7 +127,7 @@ impl Vault {
 
     /// Every version, newest first.
     pub fn policy_versions(&self, ctx: &CallContext) -> Result<Vec<PolicyVersionInfo>, VaultError> {
-        self.admin_read(ctx, "policy_versions", |active| {
+        self.admin_read(ctx, Action::PolicyVersions, |active| {
             Ok(self
                 .policy_records()?
                 .iter()
@@ -142,7 +142,7 @@ impl Vault {
         ctx: &CallContext,
         files: &Sources,
     ) -> Result<Validation, VaultError> {
-        self.admin_read(ctx, "policy_validate", |_| {
+        self.admin_read(ctx, Action::PolicyValidate, |_| {
             Ok(match Policies::from_sources(files) {
                 Ok(set) => Validation {
                     valid: true,
@@ -165,7 +165,7 @@ impl Vault {
         ctx: &CallContext,
         parse: impl FnOnce(&Policies) -> Result<AccessRequest, String>,
     ) -> Result<Explanation, VaultError> {
-        self.admin_read(ctx, "policy_explain", |active| {
+        self.admin_read(ctx, Action::PolicyExplain, |active| {
             let request = parse(active).map_err(VaultError::InvalidArgument)?;
             let decision = active.evaluate(&request);
             let locations = decision
@@ -188,7 +188,7 @@ impl Vault {
         files: &Sources,
         last: usize,
     ) -> Result<DryRun, VaultError> {
-        self.admin_read(ctx, "policy_dry_run", |_| {
+        self.admin_read(ctx, Action::PolicyDryRun, |_| {
             let candidate = Policies::from_sources(files).map_err(invalid_policies)?;
             self.replay_reads(&candidate, last.clamp(1, MAX_DRY_RUN))
         })
@@ -208,12 +208,17 @@ impl Vault {
             if page.is_empty() {
                 break;
             }
-            for (_, bytes) in page {
-                let record: AuditRecord = serde_json::from_slice(&bytes)
-                    .map_err(|_| VaultError::DataLoss("an audit record is unreadable".into()))?;
-                next = record.seq.checked_sub(1).filter(|s| *s > 0);
-                if record.action == "read" {
-                    self.replay_record(candidate, &record, &mut run);
+            for (key, bytes) in page {
+                let unreadable = || VaultError::DataLoss("an audit record is unreadable".into());
+                let seq = audit_seq(&key).ok_or_else(unreadable)?;
+                let (_, record) = self
+                    .audit
+                    .dictionaries()
+                    .event(&self.store, seq, &bytes)
+                    .map_err(|_| unreadable())?;
+                next = seq.checked_sub(1).filter(|s| *s > 0);
+                if record.action == Action::Read {
+                    self.replay_record(candidate, seq, &record, &mut run);
                 }
                 if run.examined >= last || next.is_none() {
                     break 'pages;
@@ -223,14 +228,14 @@ impl Vault {
         Ok(run)
     }
 
-    fn replay_record(&self, candidate: &Policies, record: &AuditRecord, run: &mut DryRun) {
+    fn replay_record(&self, candidate: &Policies, seq: u64, record: &AuditEvent, run: &mut DryRun) {
         let (Ok(principal), Some(purpose)) =
             (Principal::parse_uid(&record.principal), &record.purpose)
         else {
             return;
         };
         for field in &record.fields {
-            let Some(before) = recorded_class(&field.outcome) else {
+            let Some(before) = recorded_class(field.outcome) else {
                 continue;
             };
             run.examined += 1;
@@ -268,7 +273,7 @@ impl Vault {
             };
             if after != before {
                 run.changes.push(DecisionChange {
-                    seq: record.seq,
+                    seq,
                     principal: record.principal.clone(),
                     field: field.field.clone(),
                     purpose: purpose.clone(),
@@ -312,7 +317,7 @@ impl Vault {
     fn change(
         &self,
         ctx: &CallContext,
-        name: &str,
+        name: Action,
         stage: impl FnOnce(&Policies) -> Result<(Policies, Sources, String, &'static str), VaultError>,
     ) -> Result<PolicyVersionInfo, VaultError> {
         let _writer = self.lock_writer()?;
@@ -342,7 +347,7 @@ impl Vault {
         base: u64,
         comment: &str,
     ) -> Result<PolicyVersionInfo, VaultError> {
-        self.change(ctx, "policy_apply", |policies| {
+        self.change(ctx, Action::PolicyApply, |policies| {
             let set = self.stage_change(ctx, policies, base, comment, &files)?;
             Ok((set, files, comment.to_owned(), "api"))
         })
@@ -356,7 +361,7 @@ impl Vault {
         base: u64,
         comment: &str,
     ) -> Result<PolicyVersionInfo, VaultError> {
-        self.change(ctx, "policy_rollback", |policies| {
+        self.change(ctx, Action::PolicyRollback, |policies| {
             self.authorize_admin(ctx, policies, AdminAction::Write)?;
             let record = self.policy_record(to)?.ok_or_else(|| {
                 VaultError::NotFound(format!("policy version {to} does not exist"))

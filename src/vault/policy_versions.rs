@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::{OpenError, Vault, VaultError};
-use crate::audit::AuditEvent;
+use crate::audit::{Action, AuditEvent, Detail, Outcome};
 use crate::clock::{Millis, rfc3339};
 use crate::crypto::RecordKind;
 use crate::policy::{Policies, PolicyError, Sources, load_sources};
@@ -248,12 +248,8 @@ impl Vault {
                 record.hash.as_bytes().to_vec(),
             );
         }
-        event.outcome = "ok".into();
-        event.fields.push(crate::audit::FieldAudit {
-            field: "policy_version".into(),
-            outcome: number.to_string(),
-            policy_ids: Vec::new(),
-        });
+        event.outcome = Outcome::Ok;
+        event.detail = Some(Detail::PolicyVersion(number));
         self.commit(batch, event)?;
         set.set_number(number);
         self.swap_policies(Arc::new(set));
@@ -300,13 +296,11 @@ impl Vault {
         }
     }
 
-    fn system_event(&self, action: &str) -> AuditEvent {
+    fn system_event(&self, action: Action) -> AuditEvent {
         AuditEvent {
-            principal: "privault".into(),
-            action: action.into(),
             request_id: "startup".into(),
             policy_version: self.policies().version(),
-            ..AuditEvent::default()
+            ..AuditEvent::new("privault", action)
         }
     }
 
@@ -344,7 +338,7 @@ impl Vault {
             DIR_AUTHOR,
             "read from the policy directory",
             "dir",
-            self.system_event("policy_load"),
+            self.system_event(Action::PolicyLoad),
         )
         .map_err(to_open)?;
         Ok(())
@@ -365,7 +359,7 @@ impl Vault {
             return Ok(None);
         }
         let _writer = self.lock_writer().map_err(ReloadError::Vault)?;
-        let mut event = self.system_event("policy_reload");
+        let mut event = self.system_event(Action::PolicyReload);
         event.request_id = "sighup".into();
         let record = self
             .activate(

@@ -4,6 +4,7 @@
 //! the upgrade of data format 1, which kept the pseudonym in clear.
 
 use super::{Vault, VaultError};
+use crate::audit::{Action, Detail};
 use crate::clock::Millis;
 use crate::crypto::{SubjectSecret, WrappedDek, random_bytes};
 use crate::domain::{Pseudonym, Sid};
@@ -193,12 +194,8 @@ impl Vault {
                 }
             }
             if count > 0 {
-                let mut event = self.key_event("privault", "pseudonym_wrap");
-                event.fields = vec![crate::audit::FieldAudit {
-                    field: "pseudonyms".into(),
-                    outcome: count.to_string(),
-                    policy_ids: Vec::new(),
-                }];
+                let mut event = self.key_event("privault", Action::PseudonymWrap);
+                event.detail = Some(Detail::PseudonymsWrapped(count));
                 self.commit(batch, event)?;
                 total += count;
             }

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Vault, VaultError};
-use crate::audit::{AuditEvent, FieldAudit};
+use crate::audit::{Action, AuditEvent, Detail};
 use crate::clock::{Millis, rfc3339};
 use crate::domain::Sid;
 use crate::store::keys::pseudonym_key;
@@ -27,6 +27,14 @@ pub enum Maintenance {
 }
 
 impl Maintenance {
+    /// The action the task's own records carry.
+    fn task(self) -> Action {
+        match self {
+            Self::RetentionSweep => Action::RetentionDelete,
+            Self::EpochRoll => Action::KeyRollEpoch,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Self::RetentionSweep => "retention_sweep",
@@ -84,18 +92,12 @@ impl Vault {
         let mut batch = Batch::new();
         batch.put(Cf::Meta, mark_key(sid), mark);
         let event = AuditEvent {
-            principal: "privault".into(),
-            action: "quarantine".into(),
             subject: self.readable_pseudonym(sid),
-            fields: vec![FieldAudit {
-                field: "found_by".into(),
-                outcome: found_by.name().into(),
-                policy_ids: Vec::new(),
-            }],
-            outcome: error.audit_outcome().into(),
+            outcome: error.audit_outcome(),
             request_id: found_by.name().into(),
             policy_version: self.policies().version(),
-            ..AuditEvent::default()
+            detail: Some(Detail::FoundBy(found_by.task())),
+            ..AuditEvent::new("privault", Action::Quarantine)
         };
         self.commit(batch, event)?;
         tracing::error!(
@@ -113,9 +115,9 @@ impl Vault {
     }
 
     /// The subject's pseudonym if its entry still opens, for naming it in the audit log.
-    pub(super) fn readable_pseudonym(&self, sid: &Sid) -> Option<String> {
+    pub(super) fn readable_pseudonym(&self, sid: &Sid) -> Option<crate::domain::Pseudonym> {
         let bytes = self.store.get(Cf::Keys, &pseudonym_key(sid)).ok()??;
-        self.open_pseudonym(sid, &bytes).ok().map(|p| p.to_string())
+        self.open_pseudonym(sid, &bytes).ok()
     }
 
     /// Every quarantined subject.
@@ -127,7 +129,8 @@ impl Vault {
             let pseudonym = key
                 .get(PREFIX.len()..)
                 .and_then(|s| <[u8; 32]>::try_from(s).ok())
-                .and_then(|s| self.readable_pseudonym(&Sid(s)));
+                .and_then(|s| self.readable_pseudonym(&Sid(s)))
+                .map(|p| p.to_string());
             out.push(Quarantined {
                 pseudonym,
                 since: rfc3339(mark.since_ms),

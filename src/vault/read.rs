@@ -8,7 +8,7 @@ use zeroize::Zeroizing;
 
 use super::keys::{StaleKeys, SubjectKeys, decode_field};
 use super::{CallContext, Vault, VaultError, field_audit};
-use crate::audit::{AuditEvent, CommitTicket};
+use crate::audit::{Action, AuditEvent, CommitTicket, FieldOutcome, Outcome};
 use crate::catalog::FieldSpec;
 use crate::domain::{FieldName, Purpose, Sid, SubjectId};
 use crate::policy::{Permit, Policies, ReadDecision};
@@ -40,12 +40,12 @@ pub struct FieldRead {
 }
 
 impl ReadOutcome {
-    fn audit_name(&self) -> &'static str {
+    fn audit_outcome(&self) -> FieldOutcome {
         match self {
-            Self::Value(_) => "value",
-            Self::Masked(_) => "masked",
-            Self::Denied => "denied",
-            Self::Absent => "absent",
+            Self::Value(_) => FieldOutcome::Value,
+            Self::Masked(_) => FieldOutcome::Masked,
+            Self::Denied => FieldOutcome::Denied,
+            Self::Absent => FieldOutcome::Absent,
         }
     }
 }
@@ -179,7 +179,7 @@ impl Vault {
     ) -> Queued<Vec<Result<Vec<FieldRead>, VaultError>>> {
         let policies = self.policies();
         let refuse = |err: VaultError| {
-            let event = self.event(ctx, "read", Some(purpose), &policies);
+            let event = self.event(ctx, Action::Read, Some(purpose), &policies);
             let (result, ticket) = self.queue_read((event, Err(err)));
             Queued::Ready {
                 result,
@@ -254,7 +254,7 @@ impl Vault {
         subject: &SubjectId,
         asked: &Asked<'_>,
     ) -> Staged {
-        let mut event = self.event(ctx, "read", Some(asked.purpose), policies);
+        let mut event = self.event(ctx, Action::Read, Some(asked.purpose), policies);
         let result = self.get_inner(ctx, policies, subject, asked, &mut event);
         (event, result)
     }
@@ -265,8 +265,8 @@ impl Vault {
         (mut event, result): (AuditEvent, Result<T, VaultError>),
     ) -> (Result<T, VaultError>, CommitTicket) {
         event.outcome = match &result {
-            Ok(_) => "ok".into(),
-            Err(e) => e.audit_outcome().into(),
+            Ok(_) => Outcome::Ok,
+            Err(e) => e.audit_outcome(),
         };
         let ticket = self
             .audit
@@ -327,7 +327,7 @@ impl Vault {
             };
             event
                 .fields
-                .push(field_audit(field, outcome.audit_name(), &policy_ids));
+                .push(field_audit(field, outcome.audit_outcome(), &policy_ids));
             reads.push(FieldRead {
                 field: field.clone(),
                 outcome,

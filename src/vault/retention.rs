@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use super::quarantine::Maintenance;
 use super::write::Staged;
 use super::{Vault, VaultError, field_audit};
-use crate::audit::AuditEvent;
+use crate::audit::{Action, AuditEvent, FieldOutcome};
 use crate::domain::{FieldName, Sid};
 use crate::store::keys::name_of;
 use crate::store::records::FieldRecord;
@@ -130,7 +130,7 @@ impl Vault {
                 continue;
             };
             if still_expired {
-                fields.push(field_audit(&field, "expired", &[]));
+                fields.push(field_audit(&field, FieldOutcome::Expired, &[]));
                 self.stage_unindex(&sid, &field, &mut batch)?;
                 batch.delete(Cf::Fields, key);
                 removed.push(field);
@@ -140,14 +140,11 @@ impl Vault {
             return Ok(0);
         }
         let mut event = AuditEvent {
-            principal: SYSTEM.into(),
-            action: "retention_delete".into(),
-            subject: self.subject_keys(&sid)?.map(|k| k.pseudonym.to_string()),
+            subject: self.subject_keys(&sid)?.map(|k| k.pseudonym),
             fields,
-            outcome: "ok".into(),
             request_id: "sweeper".into(),
             policy_version: policies.version(),
-            ..AuditEvent::default()
+            ..AuditEvent::new(SYSTEM, Action::RetentionDelete)
         };
         let count = removed.len();
         let remaining = self.store.scan_prefix(Cf::Fields, &sid.0)?.len();
@@ -155,7 +152,7 @@ impl Vault {
             // Nothing of the subject is left: the catalog asks for the whole subject to go.
             let mut batch = Batch::new();
             self.stage_erase(&sid, SYSTEM, EMPTY_REASON, &mut batch)?;
-            event.action = "retention_shred".into();
+            event.action = Action::RetentionShred;
             self.commit(batch, event)?;
             self.forget_subject(&sid);
             self.finish_purge(&sid);

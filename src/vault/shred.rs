@@ -3,7 +3,7 @@
 //! the bytes are purged from the live store (flush, forced bottommost compaction, no WAL left).
 
 use super::{CallContext, OpenError, Vault, VaultError, require};
-use crate::audit::AuditEvent;
+use crate::audit::{Action, AuditEvent};
 use crate::domain::{Sid, SubjectId};
 use crate::policy::Policies;
 use crate::store::records::ShredReceipt;
@@ -35,7 +35,7 @@ impl Vault {
         reason: &str,
     ) -> Result<ShredOutcome, VaultError> {
         let policies = self.policies();
-        let mut event = self.event(ctx, "shred", None, &policies);
+        let mut event = self.event(ctx, Action::Shred, None, &policies);
         let sid = self.keyring.index().sid(subject);
         let committed = {
             let _writer = self.lock_subject(&sid)?;
@@ -64,7 +64,7 @@ impl Vault {
         // A subject whose keys fail their integrity check (quarantined) can still be shredded:
         // the shred destroys entries, it never needs to open them.
         match self.subject_keys(sid) {
-            Ok(keys) => event.subject = keys.map(|k| k.pseudonym.to_string()),
+            Ok(keys) => event.subject = keys.map(|k| k.pseudonym),
             Err(VaultError::DataLoss(_)) => event.subject = self.readable_pseudonym(sid),
             Err(e) => return Err(e),
         }
@@ -178,12 +178,9 @@ impl Vault {
             self.stage_pending_purge(&sid, incarnation.as_ref(), &ranges, &mut batch)
                 .map_err(replay)?;
             let event = AuditEvent {
-                principal: "privault".into(),
-                action: "ledger_reshred".into(),
-                outcome: "ok".into(),
                 request_id: "ledger".into(),
                 policy_version: self.policies().version(),
-                ..AuditEvent::default()
+                ..AuditEvent::new("privault", Action::LedgerReshred)
             };
             self.commit(batch, event).map_err(replay)?;
             self.forget_subject(&sid);

@@ -8,7 +8,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::keys::{MAX_SEALS_PER_DEK, SubjectKeys};
 use super::{CallContext, Vault, VaultError, field_audit};
-use crate::audit::AuditEvent;
+use crate::audit::{Action, AuditEvent, FieldOutcome};
 use crate::crypto::FieldTimes;
 use crate::domain::{FieldName, KeyClass, Purpose, Sid, SubjectId};
 use crate::policy::{FieldAction, FieldContext, Policies};
@@ -32,9 +32,9 @@ impl Vault {
         for field in fields {
             let decision = policies.decide_field(&ctx.principal, action, field, context);
             let outcome = if decision.allowed {
-                "allowed"
+                FieldOutcome::Allowed
             } else {
-                "denied"
+                FieldOutcome::Denied
             };
             event
                 .fields
@@ -63,7 +63,7 @@ impl Vault {
         fields: Vec<(FieldName, SecretString)>,
     ) -> Result<Vec<FieldName>, VaultError> {
         let policies = self.policies();
-        let mut event = self.event(ctx, "write", Some(purpose), &policies);
+        let mut event = self.event(ctx, Action::Write, Some(purpose), &policies);
         let _writer = self.lock_subject(&self.keyring.index().sid(subject))?;
         let staged = self.put_inner(ctx, &policies, subject, purpose, &fields, &mut event);
         self.finish_staged(event, staged)
@@ -96,7 +96,7 @@ impl Vault {
         let mut batch = Batch::new();
         let classes: BTreeSet<KeyClass> = specs.iter().map(|s| s.key_class.clone()).collect();
         let mut keys = self.keys_for_write(&sid, &classes, &mut batch, now)?;
-        event.subject = Some(keys.pseudonym.to_string());
+        event.subject = Some(keys.pseudonym);
 
         // An overwrite rotates the class's DEK, so the superseded ciphertext keeps no live key;
         // so does a DEK that has sealed its share of random nonces.
@@ -163,7 +163,9 @@ impl Vault {
                     &mut batch,
                 )?;
             }
-            event.fields.push(field_audit(field, "written", &[]));
+            event
+                .fields
+                .push(field_audit(field, FieldOutcome::Written, &[]));
         }
         let mut written: Vec<FieldName> = names.into_iter().cloned().collect();
         written.sort();
@@ -198,7 +200,7 @@ impl Vault {
         fields: &[FieldName],
     ) -> Result<Vec<FieldName>, VaultError> {
         let policies = self.policies();
-        let mut event = self.event(ctx, "delete", Some(purpose), &policies);
+        let mut event = self.event(ctx, Action::Delete, Some(purpose), &policies);
         let _writer = self.lock_subject(&self.keyring.index().sid(subject))?;
         let staged = self.delete_inner(ctx, &policies, subject, purpose, fields, &mut event);
         self.finish_staged(event, staged)
@@ -231,9 +233,9 @@ impl Vault {
                 batch.delete(Cf::Fields, subject_key(&sid, field.as_str()));
                 self.stage_unindex(&sid, field, &mut batch)?;
                 deleted.push((*field).clone());
-                "deleted"
+                FieldOutcome::Deleted
             } else {
-                "absent"
+                FieldOutcome::Absent
             };
             event.fields.push(field_audit(field, outcome, &[]));
         }

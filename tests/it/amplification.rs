@@ -105,11 +105,8 @@ async fn a_response_past_the_byte_budget_is_refused_whole() {
     .await;
     assert_eq!(results[0].value, big);
     let store = privault::store::Store::open_read_only(&vault.data_dir().join("db")).unwrap();
-    let outcomes: Vec<String> = store
-        .scan_prefix(privault::store::Cf::Audit, &[])
-        .unwrap()
-        .iter()
-        .map(|(_, r)| serde_json::from_slice::<privault::audit::AuditRecord>(r).unwrap())
+    let outcomes: Vec<String> = audit_views(&store)
+        .into_iter()
         .filter(|r| r.outcome == "resource_exhausted")
         .map(|r| r.outcome)
         .collect();

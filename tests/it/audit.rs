@@ -1,20 +1,15 @@
 //! The first cut of the audit log: one chained record per call, naming the subject only by its
 //! audit pseudonym and never holding a value.
 
-use privault::audit::{AuditRecord, verify};
-use privault::store::{Cf, Store};
+use privault::audit::{RecordView, verify};
+use privault::store::Store;
 
 use crate::support::*;
 
-fn records(vault: &TestVault) -> Vec<AuditRecord> {
+fn records(vault: &TestVault) -> Vec<RecordView> {
     let store = Store::open(&vault.data_dir().join("db")).unwrap();
     verify(&store).unwrap();
-    store
-        .scan_prefix(Cf::Audit, &[])
-        .unwrap()
-        .into_iter()
-        .map(|(_, v)| serde_json::from_slice(&v).unwrap())
-        .collect()
+    audit_views(&store).into_iter().collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -151,12 +146,9 @@ async fn a_call_refused_at_the_edge_for_bad_syntax_is_audited() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     server.stop().await;
     let store = privault::store::Store::open(&vault.data_dir().join("db")).unwrap();
-    let refused: Vec<privault::audit::AuditRecord> = store
-        .scan_prefix(privault::store::Cf::Audit, &[])
-        .unwrap()
-        .iter()
-        .map(|(_, r)| serde_json::from_slice(r).unwrap())
-        .filter(|r: &privault::audit::AuditRecord| r.outcome == "invalid_argument")
+    let refused: Vec<privault::audit::RecordView> = audit_views(&store)
+        .into_iter()
+        .filter(|r: &privault::audit::RecordView| r.outcome == "invalid_argument")
         .collect();
     assert_eq!(refused.len(), 2, "{refused:?}");
     assert!(

@@ -305,11 +305,8 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_promise() {
         String::from_utf8_lossy(&verify.stderr)
     );
     let store = privault::store::Store::open_snapshot(&data.join("db")).unwrap();
-    let audited: BTreeSet<String> = store
-        .scan_prefix(privault::store::Cf::Audit, &[])
-        .unwrap()
-        .iter()
-        .map(|(_, r)| serde_json::from_slice::<privault::audit::AuditRecord>(r).unwrap())
+    let audited: BTreeSet<String> = audit_views(&store)
+        .into_iter()
         .filter(|r| r.action == "read" && r.outcome == "ok")
         .map(|r| r.request_id)
         .collect();

@@ -315,12 +315,7 @@ async fn unauthorized_admin_calls_are_denied_and_audited() {
     server.stop().await;
 
     let store = privault::store::Store::open(&vault.data_dir().join("db")).unwrap();
-    let records: Vec<privault::audit::AuditRecord> = store
-        .scan_prefix(privault::store::Cf::Audit, &[])
-        .unwrap()
-        .into_iter()
-        .map(|(_, v)| serde_json::from_slice(&v).unwrap())
-        .collect();
+    let records: Vec<privault::audit::RecordView> = audit_views(&store).into_iter().collect();
     let admin: Vec<(&str, &str, &str)> = records
         .iter()
         .map(|r| (r.principal.as_str(), r.action.as_str(), r.outcome.as_str()))

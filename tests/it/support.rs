@@ -312,18 +312,27 @@ pub async fn audit_query(
     (records, next)
 }
 
+/// Every audit record in `store`, in order, as the JSON view shows it.
+pub fn audit_views(store: &privault::store::Store) -> Vec<privault::audit::RecordView> {
+    let dicts = privault::audit::Dictionaries::default();
+    let mut filter = privault::audit::AuditFilter {
+        limit: privault::audit::MAX_PAGE,
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    loop {
+        let (records, next) = privault::audit::query(store, &dicts, &filter).unwrap();
+        out.extend(records.iter().map(privault::audit::AuditRecord::view));
+        match next {
+            Some(n) => filter.from_seq = n,
+            None => return out,
+        }
+    }
+}
+
 /// The action of every audit record in `store`, in order.
 pub fn audit_actions(store: &privault::store::Store) -> Vec<String> {
-    store
-        .scan_prefix(privault::store::Cf::Audit, &[])
-        .unwrap()
-        .iter()
-        .map(|(_, r)| {
-            serde_json::from_slice::<privault::audit::AuditRecord>(r)
-                .unwrap()
-                .action
-        })
-        .collect()
+    audit_views(store).into_iter().map(|r| r.action).collect()
 }
 
 /// One field of `subject` read in process as `principal` for `purpose`.

@@ -4,9 +4,11 @@
 
 use std::sync::Arc;
 
+use privault::audit::Action;
 use privault::clock::ManualClock;
 use privault::domain::{Principal, SubjectId};
 use privault::store::Cf;
+use privault::store::keys::audit_key;
 use privault::vault::{CallContext, ReadOutcome, Vault, VaultConfig};
 
 use crate::support::*;
@@ -52,6 +54,7 @@ fn a_format1_directory_is_upgraded_in_place_and_keeps_its_data_chain_and_consent
     let (_tmp, config) = format1_copy();
     let clock = Arc::new(ManualClock::new(1_790_000_100_000));
     let v = Vault::open(&config, clock.clone()).unwrap();
+    let first_new_seq = v.audit_head_seq();
     assert_eq!(
         email(&v, ACCOUNT, "cust-1", "account"),
         value("one@example.com")
@@ -78,6 +81,25 @@ fn a_format1_directory_is_upgraded_in_place_and_keeps_its_data_chain_and_consent
     // The chain continues across the upgrade, and the upgrade is on it.
     assert!(privault::audit::verify(v.store()).is_ok());
     assert!(audit_actions(v.store()).contains(&"pseudonym_wrap".to_owned()));
+    let first = v.store().get(Cf::Audit, &audit_key(1)).unwrap().unwrap();
+    let (_, last) = v.store().last(Cf::Audit).unwrap().unwrap();
+    assert_eq!(
+        (first[0], last[0]),
+        (b'{', 2),
+        "the JSON records are kept as written, the binary ones continue them"
+    );
+    // The upgrade indexed the JSON records by subject: cust-2's history holds its format-1 write
+    // and today's reads.
+    let history = v
+        .export(&ctx(DPO), &SubjectId::new("cust-2".into()).unwrap())
+        .unwrap()
+        .history;
+    assert_eq!(history.first().map(|h| h.action), Some(Action::Write));
+    assert!(
+        history
+            .iter()
+            .any(|h| h.action == Action::Read && h.seq > first_new_seq)
+    );
     // No pseudonym is left in clear: every entry is the longer wrapped record.
     let entries = v.store().scan_prefix(Cf::Keys, &[]).unwrap();
     let clear = entries
