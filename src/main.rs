@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the vault.
-    Serve(cli::serve::ServeArgs),
+    Serve(Box<cli::serve::ServeArgs>),
     /// Work with a policy directory.
     #[command(subcommand)]
     Policy(cli::policy::PolicyCommand),
@@ -62,7 +62,7 @@ fn main() -> ExitCode {
     // tokens): none may leave a core dump.
     cli::hardening::disable_core_dumps();
     let result = match cli.command {
-        Command::Serve(args) => cli::serve::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Serve(args) => cli::serve::run(*args).map(|()| ExitCode::SUCCESS),
         Command::Policy(command) => cli::policy::run(command),
         Command::Audit(command) => cli::audit::run(command),
         Command::Export(args) => cli::export::run(args),

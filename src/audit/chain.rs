@@ -12,11 +12,16 @@ use std::thread::JoinHandle;
 
 use super::AuditError;
 use super::codec::{self, Interner, MAX_DICTIONARY};
+use super::log::{Log, Sealed};
 use super::record::{AuditEvent, chain_hash};
-use super::stored::{Dictionaries, GENESIS, SegmentStart, Stored, load_segment_dictionary};
+use super::segment::{self, Checkpoint};
+use super::stored::{
+    Dictionaries, GENESIS, SegmentStart, Stored, load_segment_dictionary, segment_start,
+};
 use crate::clock::Millis;
+use crate::crypto::AuditSigner;
 use crate::store::keys::{
-    audit_defs_key, audit_index_key, audit_key, audit_segment_key, audit_seq,
+    audit_defs_key, audit_index_key, audit_key, audit_sealed_key, audit_segment_key,
 };
 use crate::store::{Batch, Cf, Store};
 
@@ -138,6 +143,16 @@ struct Shared {
     encoder: Mutex<Encoder>,
     /// The seq of the last durable record, for followers of the log.
     durable: tokio::sync::watch::Sender<u64>,
+    /// Whether closed segments wait to be sealed.
+    seal: Mutex<SealQueue>,
+    seal_wake: Condvar,
+    /// Held while sealing: one sealer at a time.
+    sealing: Mutex<()>,
+}
+
+struct SealQueue {
+    wanted: bool,
+    closed: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -148,8 +163,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct AuditLog {
     shared: Arc<Shared>,
     store: Arc<Store>,
+    sealed: Arc<Sealed>,
     dicts: Dictionaries,
     committer: Option<JoinHandle<()>>,
+    sealer: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -160,10 +177,10 @@ impl std::fmt::Debug for AuditLog {
     }
 }
 
-/// Loads the head of `store`'s chain and checks that it names the last stored record.
-fn stored_head(store: &Store) -> Result<Head, AuditError> {
-    let stored = store.get(Cf::Meta, HEAD_KEY)?;
-    let last = store.last(Cf::Audit)?;
+/// Loads the head of the chain and checks that it names the last stored record.
+fn stored_head(log: Log<'_>) -> Result<Head, AuditError> {
+    let stored = log.store.get(Cf::Meta, HEAD_KEY)?;
+    let last = log.last()?;
     match (stored, last) {
         (None, None) => Ok(Head {
             seq: 0,
@@ -171,19 +188,15 @@ fn stored_head(store: &Store) -> Result<Head, AuditError> {
             segment: 1,
             segment_bytes: 0,
         }),
-        (Some(bytes), Some((key, value))) => {
+        (Some(bytes), Some((seq, value))) => {
             let head =
                 decode_head(&bytes).ok_or_else(|| AuditError::Corrupt("malformed head".into()))?;
             let last = Stored::parse(&value)
                 .map_err(|_| AuditError::Corrupt("malformed last record".into()))?;
-            if audit_seq(&key) != Some(head.seq)
-                || last.seq() != Some(head.seq)
-                || last.hash() != Some(head.hash)
-            {
+            if seq != head.seq || last.seq() != Some(head.seq) || last.hash() != Some(head.hash) {
                 return Err(AuditError::Corrupt(format!(
-                    "head names seq {} but the last record is seq {}",
+                    "head names seq {} but the last record is seq {seq}",
                     head.seq,
-                    audit_seq(&key).unwrap_or_default()
                 )));
             }
             Ok(head)
@@ -194,8 +207,21 @@ fn stored_head(store: &Store) -> Result<Head, AuditError> {
 
 /// The head `(seq, hash)` of `store`'s audit log, checked against its last record.
 pub fn head_of(store: &Store) -> Result<(u64, [u8; 32]), AuditError> {
-    let head = stored_head(store)?;
+    let sealed = Sealed::load(store)?;
+    let head = stored_head(Log {
+        store,
+        sealed: &sealed,
+    })?;
     Ok((head.seq, head.hash))
+}
+
+/// What seals segments: the audit key, and the keyring it belongs to.
+#[derive(Clone)]
+pub struct SegmentSigner {
+    /// The audit signing key.
+    pub signer: AuditSigner,
+    /// The keyring's id, bound into every checkpoint.
+    pub keyring_id: [u8; 16],
 }
 
 /// How the log is cut.
@@ -216,9 +242,18 @@ impl Default for AuditOptions {
 impl AuditLog {
     /// Loads the head, checks that it names the last stored record, rebuilds the open segment's
     /// dictionary from its records, and starts the committer.
-    pub fn open(store: Arc<Store>, options: AuditOptions) -> Result<Self, AuditError> {
-        let head = stored_head(&store)?;
-        let dict = Interner::from_strings(load_segment_dictionary(&store, head.segment)?);
+    pub fn open(
+        store: Arc<Store>,
+        options: AuditOptions,
+        signer: Option<SegmentSigner>,
+    ) -> Result<Self, AuditError> {
+        let sealed = Arc::new(Sealed::load(&store)?);
+        let log = Log {
+            store: &store,
+            sealed: &sealed,
+        };
+        let head = stored_head(log)?;
+        let dict = Interner::from_strings(load_segment_dictionary(log, head.segment)?);
         let (durable, _) = tokio::sync::watch::channel(head.seq);
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
@@ -234,7 +269,29 @@ impl AuditLog {
                 segment_bytes_limit: options.segment_bytes.max(1),
             }),
             durable,
+            seal: Mutex::new(SealQueue {
+                wanted: true,
+                closed: false,
+            }),
+            seal_wake: Condvar::new(),
+            sealing: Mutex::new(()),
         });
+        let sealer = match signer {
+            None => None,
+            Some(signer) => Some(
+                std::thread::Builder::new()
+                    .name("privault-audit-seal".into())
+                    .spawn({
+                        let shared = Arc::clone(&shared);
+                        let store = Arc::clone(&store);
+                        let sealed = Arc::clone(&sealed);
+                        move || run_sealer(&shared, &store, &sealed, &signer)
+                    })
+                    .map_err(|e| {
+                        AuditError::GroupFailed(format!("cannot start the sealer: {e}"))
+                    })?,
+            ),
+        };
         let committer = std::thread::Builder::new()
             .name("privault-audit".into())
             .spawn({
@@ -246,9 +303,25 @@ impl AuditLog {
         Ok(Self {
             shared,
             store,
+            sealed,
             dicts: Dictionaries::default(),
             committer: Some(committer),
+            sealer,
         })
+    }
+
+    /// A reader of the whole log: live records and sealed segments.
+    pub fn log(&self) -> Log<'_> {
+        Log {
+            store: &self.store,
+            sealed: &self.sealed,
+        }
+    }
+
+    /// Seals every closed segment now (the sealer does it on its own after each roll); for tests
+    /// and tools that need the files at once.
+    pub fn seal_now(&self, signer: &SegmentSigner) -> Result<usize, AuditError> {
+        seal_closed(&self.shared, &self.store, &self.sealed, signer)
     }
 
     /// The dictionaries of the segments read, for decoding records.
@@ -342,6 +415,13 @@ impl Drop for AuditLog {
         {
             tracing::error!("the audit committer panicked");
         }
+        lock(&self.shared.seal).closed = true;
+        self.shared.seal_wake.notify_one();
+        if let Some(sealer) = self.sealer.take()
+            && sealer.join().is_err()
+        {
+            tracing::error!("the audit sealer panicked");
+        }
     }
 }
 
@@ -404,6 +484,10 @@ fn write_and_answer(shared: &Shared, store: &Store, pending: Vec<Pending>) {
     match written {
         Ok((next, seqs)) => {
             *lock(&shared.head) = next;
+            if next.segment != head.segment {
+                lock(&shared.seal).wanted = true;
+                shared.seal_wake.notify_one();
+            }
             shared.durable.send_replace(next.seq);
             for (reply, seq) in replies.into_iter().zip(seqs) {
                 reply.send(Ok(seq));
@@ -490,6 +574,144 @@ fn write_group(
     }
 }
 
+/// The sealer: seals closed segments whenever the committer opens a new one, until closed.
+fn run_sealer(shared: &Shared, store: &Store, sealed: &Sealed, signer: &SegmentSigner) {
+    loop {
+        {
+            let mut queue = lock(&shared.seal);
+            while !queue.wanted && !queue.closed {
+                queue = shared
+                    .seal_wake
+                    .wait(queue)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            if queue.closed {
+                return;
+            }
+            queue.wanted = false;
+        }
+        if let Err(e) = seal_closed(shared, store, sealed, signer) {
+            // The records stay in the live column family, where they are as durable: sealing
+            // is tried again at the next roll and at the next start.
+            tracing::error!(error = %e, "could not seal an audit segment");
+        }
+    }
+}
+
+/// Seals every closed, unsealed segment in order; returns how many it sealed. A segment is copied
+/// to its file (synced), made visible to readers, and only then, in one batch with its sealed
+/// entry, deleted from the column family: a crash anywhere leaves it either live or sealed, and
+/// sealing again overwrites a file no entry names.
+fn seal_closed(
+    shared: &Shared,
+    store: &Store,
+    sealed: &Sealed,
+    signer: &SegmentSigner,
+) -> Result<usize, AuditError> {
+    let _one_at_a_time = lock(&shared.sealing);
+    let open = lock(&shared.head).segment;
+    let done: Vec<u64> = sealed.checkpoints().iter().map(|c| c.segment).collect();
+    let mut count = 0;
+    for segment in 1..open {
+        if done.contains(&segment) {
+            continue;
+        }
+        let (Some(start), Some(next)) = (
+            segment_start(store, segment)?,
+            segment_start(store, segment + 1)?,
+        ) else {
+            return Err(AuditError::Corrupt(format!(
+                "segment {segment} or the next is missing from the segment table"
+            )));
+        };
+        let last_seq = next.first_seq - 1;
+        let mut records = Vec::with_capacity((next.first_seq - start.first_seq) as usize);
+        let mut at = start.first_seq;
+        while at <= last_seq {
+            let page = store.scan_from(Cf::Audit, &audit_key(at), 4096)?;
+            if page.is_empty() {
+                break;
+            }
+            for (key, value) in page {
+                if key.as_slice() > audit_key(last_seq).as_slice() {
+                    break;
+                }
+                if key != audit_key(at) {
+                    return Err(AuditError::Corrupt(format!("record {at} is missing")));
+                }
+                records.push(value);
+                at += 1;
+            }
+        }
+        if at != last_seq + 1 {
+            return Err(AuditError::Corrupt(format!("record {at} is missing")));
+        }
+        let last_hash = records
+            .last()
+            .and_then(|r| Stored::parse(r).ok())
+            .and_then(|r| r.hash())
+            .ok_or_else(|| AuditError::Corrupt(format!("record {last_seq} is unreadable")))?;
+        if last_hash != next.prev_hash {
+            return Err(AuditError::Corrupt(format!(
+                "segment {} does not continue segment {segment}",
+                segment + 1
+            )));
+        }
+        let mut checkpoint = Checkpoint {
+            segment,
+            first_seq: start.first_seq,
+            last_seq,
+            prev_hash: start.prev_hash,
+            last_hash,
+            keyring_id: signer.keyring_id,
+            public_key: signer.signer.public_key(),
+            signature: [0; 64],
+        };
+        checkpoint.signature = signer
+            .signer
+            .sign_checkpoint(&signer.keyring_id, &checkpoint.body());
+        let dir = sealed.dir();
+        create_private_dir(dir)?;
+        fail::fail_point!("audit-seal-before-file", |_| Err(AuditError::GroupFailed(
+            "sealing failed (injected)".into()
+        )));
+        segment::write(dir, &checkpoint, &records)
+            .map_err(|e| AuditError::GroupFailed(e.to_string()))?;
+        sealed.add(checkpoint);
+        fail::fail_point!("audit-seal-after-file", |_| Err(AuditError::GroupFailed(
+            "sealing failed (injected)".into()
+        )));
+        let mut batch = Batch::new();
+        batch.put(Cf::Meta, audit_sealed_key(segment), checkpoint.encode());
+        batch.delete_range(
+            Cf::Audit,
+            audit_key(start.first_seq).to_vec(),
+            audit_key(last_seq + 1).to_vec(),
+        );
+        store.write(&batch)?;
+        tracing::info!(
+            segment,
+            first_seq = start.first_seq,
+            last_seq,
+            "sealed an audit segment"
+        );
+        count += 1;
+    }
+    Ok(count)
+}
+
+fn create_private_dir(dir: &std::path::Path) -> Result<(), AuditError> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(AuditError::GroupFailed(format!(
+            "cannot create {}: {e}",
+            dir.display()
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
@@ -513,7 +735,8 @@ mod tests {
     fn concurrent_commits_share_writes_and_keep_one_chain() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
-        let log = Arc::new(AuditLog::open(Arc::clone(&store), AuditOptions::default()).unwrap());
+        let log =
+            Arc::new(AuditLog::open(Arc::clone(&store), AuditOptions::default(), None).unwrap());
         let threads: Vec<_> = (0..8)
             .map(|t| {
                 let log = Arc::clone(&log);
@@ -546,7 +769,8 @@ mod tests {
     fn deferred_commits_resolve_once_durable_and_keep_one_chain() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
-        let log = Arc::new(AuditLog::open(Arc::clone(&store), AuditOptions::default()).unwrap());
+        let log =
+            Arc::new(AuditLog::open(Arc::clone(&store), AuditOptions::default(), None).unwrap());
         let threads: Vec<_> = (0..6)
             .map(|t| {
                 let log = Arc::clone(&log);
@@ -580,5 +804,105 @@ mod tests {
         });
         assert_eq!(seqs.len(), 6 * 40 - 3 * 10);
         assert_eq!(verify(&store).unwrap().0, 240);
+    }
+
+    fn signer() -> SegmentSigner {
+        SegmentSigner {
+            signer: AuditSigner::new(&crate::crypto::Key256::random().unwrap()),
+            keyring_id: [7; 16],
+        }
+    }
+
+    fn subject_event(i: u64) -> AuditEvent {
+        AuditEvent {
+            subject: Some(crate::domain::Pseudonym([(i % 3) as u8; 16])),
+            purpose: Some(format!("purpose-{}", i % 5)),
+            ..AuditEvent::new(format!("Service::\"s{}\"", i % 4), Action::Read)
+        }
+    }
+
+    #[test]
+    fn closed_segments_are_sealed_into_signed_files_and_read_back_with_the_live_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("db")).unwrap());
+        let options = AuditOptions { segment_bytes: 600 };
+        let signer = signer();
+        let log = AuditLog::open(Arc::clone(&store), options, Some(signer.clone())).unwrap();
+        for i in 0..60 {
+            log.commit(Batch::new(), subject_event(i), 1_000 + i)
+                .unwrap();
+        }
+        log.seal_now(&signer).unwrap();
+        let sealed = log.log().sealed.checkpoints();
+        assert!(sealed.len() >= 5, "{} segments sealed", sealed.len());
+        for pair in sealed.windows(2) {
+            assert_eq!(pair[0].last_seq + 1, pair[1].first_seq);
+            assert_eq!(pair[0].last_hash, pair[1].prev_hash);
+        }
+        // The sealed records left the column family; the log still reads whole.
+        let live = store.scan_prefix(Cf::Audit, &[]).unwrap().len();
+        assert!(live < 60 - sealed.len(), "{live} records still live");
+        assert_eq!(verify(&store).unwrap().0, 60);
+        let filter = crate::audit::AuditFilter {
+            subject: Some(crate::domain::Pseudonym([1; 16])),
+            limit: 100,
+            ..Default::default()
+        };
+        let (records, _) = crate::audit::query(log.log(), log.dictionaries(), &filter).unwrap();
+        let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
+        assert_eq!(
+            seqs,
+            (1..=60).filter(|s| (s - 1) % 3 == 1).collect::<Vec<_>>()
+        );
+        assert!(records.iter().all(|r| r.event == subject_event(r.seq - 1)));
+        // The chain continues on reopening, after the sealed segments.
+        drop(log);
+        let log = AuditLog::open(Arc::clone(&store), options, Some(signer)).unwrap();
+        log.commit(Batch::new(), subject_event(60), 2_000).unwrap();
+        drop(log);
+        assert_eq!(verify(&store).unwrap().0, 61);
+    }
+
+    #[test]
+    fn a_changed_or_missing_sealed_segment_is_reported_at_its_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("db")).unwrap());
+        let signer = signer();
+        let log = AuditLog::open(
+            Arc::clone(&store),
+            AuditOptions { segment_bytes: 600 },
+            Some(signer.clone()),
+        )
+        .unwrap();
+        for i in 0..30 {
+            log.commit(Batch::new(), subject_event(i), 1_000 + i)
+                .unwrap();
+        }
+        log.seal_now(&signer).unwrap();
+        let second = log.log().sealed.checkpoints()[1];
+        drop(log);
+        let path = dir
+            .path()
+            .join("audit")
+            .join(segment::file_name(second.segment));
+        let original = std::fs::read(&path).unwrap();
+        // A byte of the segment's second record changed.
+        let mut changed = original.clone();
+        let second_record_start = 8 + 4 + file_len_of_first(&original) + 4;
+        changed[second_record_start + 10] ^= 1;
+        std::fs::write(&path, &changed).unwrap();
+        let err = verify(&store).unwrap_err();
+        assert_eq!(err.seq, second.first_seq + 1, "{err}");
+        // The file removed: refused at the segment's first seq.
+        std::fs::remove_file(&path).unwrap();
+        let err = verify(&store).unwrap_err();
+        assert_eq!(err.seq, second.first_seq, "{err}");
+        assert!(!err.unreadable, "{err}");
+        std::fs::write(&path, &original).unwrap();
+        assert_eq!(verify(&store).unwrap().0, 30);
+    }
+
+    fn file_len_of_first(file: &[u8]) -> usize {
+        u32::from_be_bytes(file[8..12].try_into().unwrap()) as usize
     }
 }

@@ -5,14 +5,20 @@
 
 mod chain;
 mod codec;
+mod log;
 mod query;
 mod record;
+mod segment;
 mod stored;
 mod vocab;
 
-pub use chain::{AuditLog, AuditOptions, CommitTicket, DEFAULT_SEGMENT_BYTES, head_of};
+pub use chain::{
+    AuditLog, AuditOptions, CommitTicket, DEFAULT_SEGMENT_BYTES, SegmentSigner, head_of,
+};
+pub use log::{Log, Sealed, segments_dir};
 pub use query::{AuditFilter, MAX_PAGE, query};
 pub use record::{AuditEvent, AuditRecord, DetailView, FieldAudit, FieldView, RecordView};
+pub use segment::Checkpoint;
 pub use stored::{
     Dictionaries, SegmentStart, VerifyError, index_json_records, verify, verify_range,
 };

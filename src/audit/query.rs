@@ -3,14 +3,14 @@
 //! the subject index (segment by segment), never the whole log.
 
 use super::AuditError;
+use super::log::Log;
 use super::record::AuditRecord;
 use super::stored::Dictionaries;
 use super::vocab::{Action, Outcome};
 use crate::clock::Millis;
 use crate::domain::Pseudonym;
 use crate::store::keys::{
-    AUDIT_SEGMENT_PREFIX, audit_index_key, audit_index_prefix, audit_key, audit_segment_key,
-    audit_seq, trailing_seq,
+    AUDIT_SEGMENT_PREFIX, audit_index_key, audit_index_prefix, audit_segment_key, trailing_seq,
 };
 use crate::store::{Cf, Store};
 
@@ -70,13 +70,13 @@ pub(super) fn last_segment(store: &Store) -> Result<u64, AuditError> {
 
 /// One page of matching records, and the seq to continue from when there may be more.
 pub fn query(
-    store: &Store,
+    log: Log<'_>,
     dicts: &Dictionaries,
     filter: &AuditFilter,
 ) -> Result<(Vec<AuditRecord>, Option<u64>), AuditError> {
     match filter.subject {
-        Some(subject) if store.has(Cf::AuditIndex) => by_subject(store, dicts, filter, &subject),
-        _ => by_seq(store, dicts, filter),
+        Some(subject) if log.store.has(Cf::AuditIndex) => by_subject(log, dicts, filter, &subject),
+        _ => by_seq(log, dicts, filter),
     }
 }
 
@@ -86,7 +86,7 @@ fn past_end(filter: &AuditFilter, seq: u64) -> bool {
 
 /// Walks the log in seq order.
 fn by_seq(
-    store: &Store,
+    log: Log<'_>,
     dicts: &Dictionaries,
     filter: &AuditFilter,
 ) -> Result<(Vec<AuditRecord>, Option<u64>), AuditError> {
@@ -95,19 +95,17 @@ fn by_seq(
     let mut next = filter.from_seq.max(1);
     let mut prev = None;
     loop {
-        let page = store.scan_from(Cf::Audit, &audit_key(next), 1024)?;
+        let page = log.scan_from(next, 1024)?;
         if page.is_empty() {
             return Ok((out, None));
         }
-        for (key, bytes) in page {
-            let seq = audit_seq(&key)
-                .ok_or_else(|| AuditError::Corrupt("malformed record key".into()))?;
+        for (seq, bytes) in page {
             if past_end(filter, seq) {
                 return Ok((out, None));
             }
             // Consecutive records chain: the previous one's hash is this one's prev_hash.
             let known_prev = prev.filter(|_| seq == next);
-            let record = dicts.decode(store, seq, &bytes, known_prev)?;
+            let record = dicts.decode(log, seq, &bytes, known_prev)?;
             next = seq + 1;
             prev = Some(record.hash);
             if filter.matches(&record) {
@@ -123,7 +121,7 @@ fn by_seq(
 /// Reads one subject's records through the index: each segment's entries for the pseudonym,
 /// from `from_seq` on.
 fn by_subject(
-    store: &Store,
+    log: Log<'_>,
     dicts: &Dictionaries,
     filter: &AuditFilter,
     subject: &Pseudonym,
@@ -131,11 +129,11 @@ fn by_subject(
     let limit = filter.limit.clamp(1, MAX_PAGE);
     let mut out = Vec::new();
     let from = filter.from_seq.max(1);
-    for segment in 1..=last_segment(store)? {
+    for segment in 1..=last_segment(log.store)? {
         let prefix = audit_index_prefix(segment, &subject.0);
         let mut start = audit_index_key(segment, &subject.0, from);
         loop {
-            let page = store.scan_from(Cf::AuditIndex, &start, 256)?;
+            let page = log.store.scan_from(Cf::AuditIndex, &start, 256)?;
             let mut more = false;
             for (key, _) in &page {
                 if !key.starts_with(&prefix) {
@@ -149,13 +147,13 @@ fn by_subject(
                     return Ok((out, None));
                 }
                 start = audit_index_key(segment, &subject.0, seq + 1);
-                let Some(bytes) = store.get(Cf::Audit, &audit_key(seq))? else {
+                let Some(bytes) = log.get(seq)? else {
                     return Err(AuditError::Corrupt(format!(
                         "the subject index names record {seq}, which is missing"
                     )));
                 };
                 // The index is derived data: the record itself must name the subject.
-                let record = dicts.decode(store, seq, &bytes, None)?;
+                let record = dicts.decode(log, seq, &bytes, None)?;
                 if record.event.subject != Some(*subject) {
                     return Err(AuditError::Corrupt(format!(
                         "the subject index names record {seq} of another subject"

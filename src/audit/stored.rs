@@ -7,12 +7,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use super::AuditError;
 use super::codec::{self, CodecError, FORMAT_V2, Header};
+use super::log::{Log, Sealed};
 use super::record::{AuditRecord, V1Error, V1Record, chain_hash};
 use crate::store::keys::{
     audit_defs_key, audit_defs_prefix, audit_key, audit_segment_key, audit_seq, prefix_end,
     trailing_seq,
 };
-use crate::store::{Cf, Store, StoreError};
+use crate::store::{Cf, Store};
 
 /// The hash before the first record.
 pub const GENESIS: [u8; 32] = [0; 32];
@@ -117,7 +118,7 @@ pub(super) fn segment_start(
 /// The strings segment `segment` defined in records before `before` (every one when `None`),
 /// rebuilt from the records the hints name; `through` is the last such record.
 fn load_dictionary(
-    store: &Store,
+    log: Log<'_>,
     segment: u64,
     mut strings: Vec<String>,
     after: u64,
@@ -127,7 +128,9 @@ fn load_dictionary(
     let end = before.map_or_else(|| prefix_end(&prefix), |b| Some(audit_defs_key(segment, b)));
     let mut through = after;
     loop {
-        let page = store.scan_from(Cf::Meta, &audit_defs_key(segment, through + 1), 256)?;
+        let page = log
+            .store
+            .scan_from(Cf::Meta, &audit_defs_key(segment, through + 1), 256)?;
         let mut progressed = false;
         for (key, _) in page {
             if !key.starts_with(&prefix) || end.as_ref().is_some_and(|e| &key >= e) {
@@ -135,8 +138,8 @@ fn load_dictionary(
             }
             let seq = trailing_seq(&key)
                 .ok_or_else(|| AuditError::Corrupt("malformed dictionary hint".into()))?;
-            let bytes = store
-                .get(Cf::Audit, &audit_key(seq))?
+            let bytes = log
+                .get(seq)?
                 .ok_or_else(|| AuditError::Corrupt(format!("record {seq} is missing")))?;
             let Ok(Stored::V2 { header, .. }) = Stored::parse(&bytes) else {
                 return Err(AuditError::Corrupt(format!("record {seq} is unreadable")));
@@ -158,10 +161,10 @@ fn load_dictionary(
 
 /// Every string segment `segment` has defined so far.
 pub(super) fn load_segment_dictionary(
-    store: &Store,
+    log: Log<'_>,
     segment: u64,
 ) -> Result<Vec<String>, AuditError> {
-    load_dictionary(store, segment, Vec::new(), 0, None).map(|(strings, _)| strings)
+    load_dictionary(log, segment, Vec::new(), 0, None).map(|(strings, _)| strings)
 }
 
 /// A segment's dictionary as far as it is known, and the last record whose definitions it holds.
@@ -189,7 +192,7 @@ impl Default for Dictionaries {
 impl Dictionaries {
     /// Segment `segment`'s dictionary as far as it is known; with `refresh`, extended by the
     /// records written since it was cached.
-    fn get(&self, store: &Store, segment: u64, refresh: bool) -> Result<Known, AuditError> {
+    fn get(&self, log: Log<'_>, segment: u64, refresh: bool) -> Result<Known, AuditError> {
         let cached = self
             .cache
             .lock()
@@ -198,8 +201,8 @@ impl Dictionaries {
             .cloned();
         let built = match cached {
             Some(c) if !refresh => return Ok(c),
-            Some(c) => load_dictionary(store, segment, c.0.clone(), c.1, None)?,
-            None => load_dictionary(store, segment, Vec::new(), 0, None)?,
+            Some(c) => load_dictionary(log, segment, c.0.clone(), c.1, None)?,
+            None => load_dictionary(log, segment, Vec::new(), 0, None)?,
         };
         let built = Arc::new(built);
         self.cache
@@ -212,11 +215,11 @@ impl Dictionaries {
     /// The time and event of stored `bytes` of record `seq`, without its hashes.
     pub fn event(
         &self,
-        store: &Store,
+        log: Log<'_>,
         seq: u64,
         bytes: &[u8],
     ) -> Result<(crate::clock::Millis, super::AuditEvent), AuditError> {
-        self.decode(store, seq, bytes, Some(GENESIS))
+        self.decode(log, seq, bytes, Some(GENESIS))
             .map(|r| (r.time_ms, r.event))
     }
 
@@ -224,7 +227,7 @@ impl Dictionaries {
     /// given).
     pub fn decode(
         &self,
-        store: &Store,
+        log: Log<'_>,
         seq: u64,
         bytes: &[u8],
         prev: Option<[u8; 32]>,
@@ -237,7 +240,7 @@ impl Dictionaries {
             } => {
                 let mut event = None;
                 for refresh in [false, true] {
-                    let dict = self.get(store, header.segment, refresh)?;
+                    let dict = self.get(log, header.segment, refresh)?;
                     match codec::body(body, &dict.0) {
                         Ok(e) => {
                             event = Some(e);
@@ -250,7 +253,7 @@ impl Dictionaries {
                 let event = event.ok_or_else(|| corrupt("undecodable"))?;
                 let prev_hash = match prev {
                     Some(p) => p,
-                    None => prev_hash_of(store, seq)?,
+                    None => prev_hash_of(log, seq)?,
                 };
                 AuditRecord {
                     seq: header.seq,
@@ -268,21 +271,21 @@ impl Dictionaries {
     }
 
     /// Record `seq`, if stored.
-    pub fn read(&self, store: &Store, seq: u64) -> Result<Option<AuditRecord>, AuditError> {
-        match store.get(Cf::Audit, &audit_key(seq))? {
+    pub fn read(&self, log: Log<'_>, seq: u64) -> Result<Option<AuditRecord>, AuditError> {
+        match log.get(seq)? {
             None => Ok(None),
-            Some(bytes) => self.decode(store, seq, &bytes, None).map(Some),
+            Some(bytes) => self.decode(log, seq, &bytes, None).map(Some),
         }
     }
 }
 
 /// The hash of the record before `seq`.
-fn prev_hash_of(store: &Store, seq: u64) -> Result<[u8; 32], AuditError> {
+fn prev_hash_of(log: Log<'_>, seq: u64) -> Result<[u8; 32], AuditError> {
     if seq <= 1 {
         return Ok(GENESIS);
     }
-    let bytes = store
-        .get(Cf::Audit, &audit_key(seq - 1))?
+    let bytes = log
+        .get(seq - 1)?
         .ok_or_else(|| AuditError::Corrupt(format!("record {} is missing", seq - 1)))?;
     Stored::parse(&bytes)
         .ok()
@@ -344,13 +347,13 @@ impl Walker {
 
     /// A walk from record `from`, trusting the stored hash of `from - 1` and rebuilding the
     /// dictionary of `from`'s segment from the records before it.
-    fn from_seq(store: &Store, from: u64) -> Result<Self, VerifyError> {
+    fn from_seq(log: Log<'_>, from: u64) -> Result<Self, VerifyError> {
         if from <= 1 {
             return Ok(Self::from_genesis());
         }
         let fail = |reason: &str| VerifyError::bad(from - 1, reason);
-        let prev_bytes = store
-            .get(Cf::Audit, &audit_key(from - 1))
+        let prev_bytes = log
+            .get(from - 1)
             .map_err(|e| VerifyError::storage(from - 1, e))?
             .ok_or_else(|| fail("missing"))?;
         let prev_stored = Stored::parse(&prev_bytes).map_err(fail)?;
@@ -365,7 +368,7 @@ impl Walker {
         if let Stored::V2 { header, .. } = prev_stored {
             walker.seen_v2 = true;
             walker.segment = header.segment;
-            walker.dict = load_dictionary(store, header.segment, Vec::new(), 0, Some(from))
+            walker.dict = load_dictionary(log, header.segment, Vec::new(), 0, Some(from))
                 .map_err(|e| VerifyError::bad(from, e.to_string()))?
                 .0;
         }
@@ -456,39 +459,65 @@ impl Walker {
     }
 }
 
-/// Walks the whole chain; returns the head `(seq, hash)` or the first bad seq.
+/// Walks the whole chain of `store` (its live records and sealed segments); returns the head
+/// `(seq, hash)` or the first bad seq.
 pub fn verify(store: &Store) -> Result<(u64, String), VerifyError> {
-    verify_range(store, 1, None)
+    let sealed = Sealed::load(store).map_err(|e| VerifyError::storage(1, e))?;
+    verify_range(
+        Log {
+            store,
+            sealed: &sealed,
+        },
+        1,
+        None,
+    )
 }
 
 /// Walks records `from..=to` (to the end when `to` is `None`), starting from the stored hash of
-/// record `from - 1`. Returns the last `(seq, hash)` walked, or the first bad seq and why.
+/// record `from - 1`; at the end of each sealed segment, checks its checkpoint (the last hash and
+/// the signature). Returns the last `(seq, hash)` walked, or the first bad seq and why.
 pub fn verify_range(
-    store: &Store,
+    log: Log<'_>,
     from: u64,
     to: Option<u64>,
 ) -> Result<(u64, String), VerifyError> {
-    let mut walker = Walker::from_seq(store, from.max(1))?;
+    let mut walker = Walker::from_seq(log, from.max(1))?;
+    let checkpoints = log.sealed.checkpoints();
     'pages: loop {
         let at = walker.expected();
-        let page = store
-            .scan_from(Cf::Audit, &audit_key(at), 1024)
-            .map_err(|e: StoreError| VerifyError::storage(at, e))?;
+        let page = log.scan_from(at, 1024).map_err(|e| match e {
+            AuditError::Corrupt(reason) => VerifyError::bad(at, reason),
+            e => VerifyError::storage(at, e),
+        })?;
         if page.is_empty() {
             break;
         }
-        for (key, value) in page {
+        for (seq, value) in page {
             let expected = walker.expected();
             if to.is_some_and(|t| expected > t) {
                 break 'pages;
             }
-            if audit_seq(&key) != Some(expected) {
+            if seq != expected {
                 return Err(VerifyError::bad(
                     expected,
                     "missing (the next record has another seq)",
                 ));
             }
-            walker.step(store, &value)?;
+            let record = walker.step(log.store, &value)?;
+            if let Some(cp) = checkpoints.iter().find(|c| c.last_seq == seq) {
+                if cp.last_hash != record.hash {
+                    return Err(VerifyError::bad(
+                        seq,
+                        format!(
+                            "segment {} does not end with its checkpoint's hash",
+                            cp.segment
+                        ),
+                    ));
+                }
+                cp.check_signature(None).map_err(|why| {
+                    VerifyError::bad(seq, format!("segment {}: {why}", cp.segment))
+                })?;
+            }
         }
     }
     if let Some(t) = to
@@ -497,6 +526,18 @@ pub fn verify_range(
         return Err(VerifyError::bad(
             walker.expected(),
             "missing (the log ends before the requested range)",
+        ));
+    }
+    if let Some(cp) = checkpoints.last()
+        && to.is_none()
+        && walker.expected() <= cp.last_seq
+    {
+        return Err(VerifyError::bad(
+            walker.expected(),
+            format!(
+                "missing: segment {} was sealed through seq {}, the log ends before",
+                cp.segment, cp.last_seq
+            ),
         ));
     }
     Ok((walker.expected() - 1, hex::encode(walker.prev())))

@@ -10,7 +10,8 @@ use clap::{Args, Subcommand};
 use privault::api::pb;
 use privault::api::pb::audit_client::AuditClient;
 use privault::audit::{
-    Action, AuditFilter, DetailView, Dictionaries, MAX_PAGE, Outcome, query, verify_range,
+    Action, AuditFilter, DetailView, Dictionaries, Log, MAX_PAGE, Outcome, Sealed, query,
+    verify_range,
 };
 use privault::clock::{SystemClock, parse_rfc3339};
 use privault::domain::Pseudonym;
@@ -150,7 +151,12 @@ pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             to_seq,
         } => {
             let store = open_store_read_only(&data_dir)?;
-            let (seq, hash) = match verify_range(&store, from_seq, to_seq) {
+            let sealed = Sealed::load(&store)?;
+            let log = Log {
+                store: &store,
+                sealed: &sealed,
+            };
+            let (seq, hash) = match verify_range(log, from_seq, to_seq) {
                 Ok(h) => h,
                 Err(e) if e.unreadable => {
                     eprintln!(
@@ -186,11 +192,16 @@ pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             filters,
         } => {
             let store = open_store_read_only(&data_dir)?;
+            let sealed = Sealed::load(&store)?;
+            let log = Log {
+                store: &store,
+                sealed: &sealed,
+            };
             let mut f = filter(&filters, subject)?;
             let mut out = std::io::stdout().lock();
             let dicts = Dictionaries::default();
             loop {
-                let (records, next) = query(&store, &dicts, &f)?;
+                let (records, next) = query(log, &dicts, &f)?;
                 for r in records {
                     writeln!(out, "{}", serde_json::to_string(&r.view())?)?;
                 }

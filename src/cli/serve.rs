@@ -102,6 +102,10 @@ pub struct Settings {
     /// MiB of RocksDB's block cache; reads that miss it leave the async runtime [default: 256]
     #[arg(long, env = "PRIVAULT_BLOCK_CACHE_MIB")]
     block_cache_mib: Option<usize>,
+    /// Bytes of audit records after which the log starts a new segment and seals the last one
+    /// into a signed file under audit/ [default: 67108864]
+    #[arg(long, env = "PRIVAULT_AUDIT_SEGMENT_BYTES")]
+    audit_segment_bytes: Option<u64>,
 }
 
 impl Settings {
@@ -134,7 +138,8 @@ impl Settings {
             request_timeout_secs,
             shutdown_grace_secs,
             key_cache_subjects,
-            block_cache_mib
+            block_cache_mib,
+            audit_segment_bytes
         )
     }
 }
@@ -206,6 +211,12 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Resolved> {
         s.root_passphrase_env.as_deref(),
     )?;
     vault.limits = limits;
+    if let Some(bytes) = s.audit_segment_bytes {
+        if bytes < 4096 {
+            bail!("--audit-segment-bytes is at least 4096");
+        }
+        vault.audit.segment_bytes = bytes;
+    }
 
     let tls = match (&s.tls_cert, &s.tls_key) {
         (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),

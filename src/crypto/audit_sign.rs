@@ -7,8 +7,11 @@ use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use super::{CryptoError, Key256};
 
 const HEAD_LABEL: &[u8] = b"privault/audit-head/v1";
+const CHECKPOINT_LABEL: &[u8] = b"privault/audit-segment/v1";
 
-/// The private half; wiped on drop, never printed.
+/// The private half; wiped on drop, never printed. Cloned only for the thread that seals the
+/// log's segments.
+#[derive(Clone)]
 pub struct AuditSigner {
     key: SigningKey,
 }
@@ -41,6 +44,14 @@ impl AuditSigner {
         self.key.verifying_key().to_bytes()
     }
 
+    /// Signs the checkpoint `body` (the sealed segment's numbers and hashes) of the log of keyring
+    /// `keyring_id`.
+    pub fn sign_checkpoint(&self, keyring_id: &[u8; 16], body: &[u8]) -> [u8; 64] {
+        self.key
+            .sign(&[CHECKPOINT_LABEL, keyring_id, body].concat())
+            .to_bytes()
+    }
+
     /// Signs the head `(seq, hash)` of the log of keyring `keyring_id`.
     pub fn sign_head(&self, keyring_id: &[u8; 16], seq: u64, hash: &[u8; 32]) -> [u8; 64] {
         self.key.sign(&message(keyring_id, seq, hash)).to_bytes()
@@ -59,6 +70,22 @@ pub fn verify_head(
         .map_err(|_| CryptoError::MalformedKey("not an Ed25519 public key"))?;
     key.verify(
         &message(keyring_id, seq, hash),
+        &Signature::from_bytes(signature),
+    )
+    .map_err(|_| CryptoError::Open)
+}
+
+/// Checks a segment checkpoint's signature against a public key.
+pub fn verify_checkpoint(
+    public_key: &[u8; 32],
+    keyring_id: &[u8; 16],
+    body: &[u8],
+    signature: &[u8; 64],
+) -> Result<(), CryptoError> {
+    let key = VerifyingKey::from_bytes(public_key)
+        .map_err(|_| CryptoError::MalformedKey("not an Ed25519 public key"))?;
+    key.verify(
+        &[CHECKPOINT_LABEL, keyring_id, body].concat(),
         &Signature::from_bytes(signature),
     )
     .map_err(|_| CryptoError::Open)

@@ -106,6 +106,14 @@ pub const AUDIT_SEGMENT_PREFIX: &[u8] = b"audit_segment/";
 /// record that defines strings in its segment's dictionary.
 pub const AUDIT_DEFS_PREFIX: &[u8] = b"audit_defs/";
 
+/// The meta-CF prefix of sealed segments: `prefix ‖ segment` → its signed checkpoint.
+pub const AUDIT_SEALED_PREFIX: &[u8] = b"audit_sealed/";
+
+/// The meta-CF key of sealed segment `segment`.
+pub fn audit_sealed_key(segment: u64) -> Vec<u8> {
+    [AUDIT_SEALED_PREFIX, &segment.to_be_bytes()].concat()
+}
+
 /// The meta-CF key of segment `segment` in the segment table.
 pub fn audit_segment_key(segment: u64) -> Vec<u8> {
     [AUDIT_SEGMENT_PREFIX, &segment.to_be_bytes()].concat()

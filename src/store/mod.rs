@@ -142,7 +142,14 @@ pub type Entry = (Vec<u8>, Vec<u8>);
 /// A set of changes applied atomically by [`Store::write`].
 #[derive(Debug, Default)]
 pub struct Batch {
-    ops: Vec<(Cf, Vec<u8>, Option<Vec<u8>>)>,
+    ops: Vec<Op>,
+}
+
+#[derive(Debug)]
+enum Op {
+    Put(Cf, Vec<u8>, Vec<u8>),
+    Delete(Cf, Vec<u8>),
+    DeleteRange(Cf, Vec<u8>, Vec<u8>),
 }
 
 impl Batch {
@@ -153,12 +160,17 @@ impl Batch {
 
     /// Sets `key` to `value` in `cf`.
     pub fn put(&mut self, cf: Cf, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
-        self.ops.push((cf, key.into(), Some(value.into())));
+        self.ops.push(Op::Put(cf, key.into(), value.into()));
     }
 
     /// Deletes `key` from `cf`.
     pub fn delete(&mut self, cf: Cf, key: impl Into<Vec<u8>>) {
-        self.ops.push((cf, key.into(), None));
+        self.ops.push(Op::Delete(cf, key.into()));
+    }
+
+    /// Deletes every key of `cf` in `from..to`.
+    pub fn delete_range(&mut self, cf: Cf, from: impl Into<Vec<u8>>, to: impl Into<Vec<u8>>) {
+        self.ops.push(Op::DeleteRange(cf, from.into(), to.into()));
     }
 
     /// Moves every change of `other` to the end of this batch.
@@ -433,11 +445,11 @@ impl Store {
     /// Applies `batch` atomically and durably: the WAL is synced before this returns.
     pub fn write(&self, batch: &Batch) -> Result<(), StoreError> {
         let mut wb = WriteBatch::default();
-        for (cf, key, value) in &batch.ops {
-            let handle = self.cf(*cf)?;
-            match value {
-                Some(v) => wb.put_cf(handle, key, v),
-                None => wb.delete_cf(handle, key),
+        for op in &batch.ops {
+            match op {
+                Op::Put(cf, key, value) => wb.put_cf(self.cf(*cf)?, key, value),
+                Op::Delete(cf, key) => wb.delete_cf(self.cf(*cf)?, key),
+                Op::DeleteRange(cf, from, to) => wb.delete_range_cf(self.cf(*cf)?, from, to),
             }
         }
         let mut opts = WriteOptions::default();

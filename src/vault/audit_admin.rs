@@ -4,7 +4,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::{CallContext, Vault, VaultError, require};
-use crate::audit::{Action, AuditFilter, AuditRecord, VerifyError, query, verify_range};
+use crate::audit::{
+    Action, AuditFilter, AuditRecord, Log, Sealed, VerifyError, query, verify_range,
+};
 use crate::clock::rfc3339;
 use crate::domain::SubjectId;
 use crate::policy::AdminAction;
@@ -107,7 +109,7 @@ impl Vault {
         };
         filter.subject = pseudonym.or(filter.subject);
         self.audit_call(ctx, Action::AuditQuery, pseudonym, || {
-            query(&self.store, self.audit.dictionaries(), &filter)
+            query(self.audit.log(), self.audit.dictionaries(), &filter)
                 .map_err(|e| VaultError::DataLoss(e.to_string()))
         })
     }
@@ -120,7 +122,7 @@ impl Vault {
         to: Option<u64>,
     ) -> Result<Result<(u64, String), VerifyError>, VaultError> {
         self.audit_call(ctx, Action::AuditVerify, None, || {
-            Ok(verify_range(&self.store, from, to))
+            Ok(verify_range(self.audit.log(), from, to))
         })
     }
 }
@@ -174,19 +176,19 @@ pub fn check_signed_head(
     if head.seq == 0 {
         return Ok(());
     }
-    let last = store
-        .last(crate::store::Cf::Audit)
-        .ok()
-        .flatten()
-        .and_then(|(k, _)| crate::store::keys::audit_seq(&k))
-        .unwrap_or(0);
+    let sealed = Sealed::load(store).map_err(|e| HeadMismatch::Signature(e.to_string()))?;
+    let log = Log {
+        store,
+        sealed: &sealed,
+    };
+    let last = log.last().ok().flatten().map_or(0, |(seq, _)| seq);
     if last < head.seq {
         return Err(HeadMismatch::Truncated {
             signed: head.seq,
             last,
         });
     }
-    match verify_range(store, head.seq, Some(head.seq)) {
+    match verify_range(log, head.seq, Some(head.seq)) {
         Ok((_, stored)) if stored == head.hash => Ok(()),
         _ => Err(HeadMismatch::Rewritten(head.seq)),
     }

@@ -148,7 +148,7 @@ impl Vault {
         let mut history = Vec::new();
         let mut used = 0usize;
         loop {
-            let (records, next) = query(&self.store, self.audit.dictionaries(), &filter)
+            let (records, next) = query(self.audit.log(), self.audit.dictionaries(), &filter)
                 .map_err(|e| VaultError::DataLoss(e.to_string()))?;
             for r in records {
                 let e = r.event;

@@ -39,7 +39,7 @@ pub fn change_passphrase(
     new: &Passphrase,
     clock: &dyn Clock,
 ) -> Result<(), OpenError> {
-    let audit = AuditLog::open(Arc::new(Store::open(&config.db_dir())?), config.audit)?;
+    let audit = AuditLog::open(Arc::new(Store::open(&config.db_dir())?), config.audit, None)?;
     let (old, _) = root_key(config)?;
     let kdf = KdfParams::recommended().map_err(KeyringError::from)?;
     let new_root = RootKey::from_passphrase(new, &kdf).map_err(KeyringError::from)?;

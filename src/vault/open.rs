@@ -168,7 +168,11 @@ impl Vault {
                 "indexed the JSON audit records by subject"
             );
         }
-        let audit = AuditLog::open(Arc::clone(&store), config.audit)?;
+        let signer = crate::audit::SegmentSigner {
+            signer: keyring.audit_signer().clone(),
+            keyring_id: keyring.id(),
+        };
+        let audit = AuditLog::open(Arc::clone(&store), config.audit, Some(signer))?;
         let ledger = Ledger::open(&config.ledger_path())?;
         let wraps = super::wraps::WrapCounter::open(&store, keyring.current_epoch())?;
         let vault = Self {

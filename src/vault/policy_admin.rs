@@ -11,8 +11,7 @@ use crate::domain::{FieldName, Principal, Purpose};
 use crate::policy::{
     AccessRequest, AdminAction, Decision, Policies, PolicyError, ReadDecision, Sources,
 };
-use crate::store::keys::{audit_key, audit_seq};
-use crate::store::{Batch, Cf};
+use crate::store::Batch;
 
 /// Longest comment accepted on apply or rollback.
 const MAX_COMMENT_BYTES: usize = 1024;
@@ -200,21 +199,21 @@ impl Vault {
             changes: Vec::new(),
         };
         let mut next: Option<u64> = None;
+        let unreadable = || VaultError::DataLoss("an audit record is unreadable".into());
         'pages: loop {
-            let start = next.map(audit_key);
-            let page =
-                self.store
-                    .scan_back(Cf::Audit, start.as_ref().map(|k| k.as_slice()), 1024)?;
+            let page = self
+                .audit
+                .log()
+                .scan_back(next, 1024)
+                .map_err(|_| unreadable())?;
             if page.is_empty() {
                 break;
             }
-            for (key, bytes) in page {
-                let unreadable = || VaultError::DataLoss("an audit record is unreadable".into());
-                let seq = audit_seq(&key).ok_or_else(unreadable)?;
+            for (seq, bytes) in page {
                 let (_, record) = self
                     .audit
                     .dictionaries()
-                    .event(&self.store, seq, &bytes)
+                    .event(self.audit.log(), seq, &bytes)
                     .map_err(|_| unreadable())?;
                 next = seq.checked_sub(1).filter(|s| *s > 0);
                 if record.action == Action::Read {

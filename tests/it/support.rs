@@ -315,13 +315,18 @@ pub async fn audit_query(
 /// Every audit record in `store`, in order, as the JSON view shows it.
 pub fn audit_views(store: &privault::store::Store) -> Vec<privault::audit::RecordView> {
     let dicts = privault::audit::Dictionaries::default();
+    let sealed = privault::audit::Sealed::load(store).unwrap();
+    let log = privault::audit::Log {
+        store,
+        sealed: &sealed,
+    };
     let mut filter = privault::audit::AuditFilter {
         limit: privault::audit::MAX_PAGE,
         ..Default::default()
     };
     let mut out = Vec::new();
     loop {
-        let (records, next) = privault::audit::query(store, &dicts, &filter).unwrap();
+        let (records, next) = privault::audit::query(log, &dicts, &filter).unwrap();
         out.extend(records.iter().map(privault::audit::AuditRecord::view));
         match next {
             Some(n) => filter.from_seq = n,
