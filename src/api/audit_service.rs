@@ -15,12 +15,77 @@ use crate::vault::SignedHead;
 #[derive(Debug, Clone)]
 pub struct AuditService {
     edge: Edge,
+    /// Turns true when the server begins to shut down: every tail ends.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl AuditService {
-    /// The service behind `edge`.
-    pub fn new(edge: Edge) -> Self {
-        Self { edge }
+    /// The service behind `edge`; tails end when `stopping` turns true.
+    pub fn new(edge: Edge, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+        Self { edge, stopping }
+    }
+}
+
+/// Records a tail sends per read of the log.
+const TAIL_PAGE: usize = 256;
+/// Messages a tail buffers for a slow reader before it waits.
+const TAIL_BUFFER: usize = 64;
+
+/// Follows the log for one tail: sends every durable record from `next` on, in order, then waits
+/// for the head to move; ends when the reader goes away or the server stops.
+async fn follow(
+    vault: std::sync::Arc<crate::vault::Vault>,
+    mut next: u64,
+    mut head: tokio::sync::watch::Receiver<u64>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+    out: tokio::sync::mpsc::Sender<Result<pb::AuditRecord, Status>>,
+) {
+    loop {
+        let through = *head.borrow_and_update();
+        while next <= through {
+            let v = std::sync::Arc::clone(&vault);
+            let page =
+                tokio::task::spawn_blocking(move || v.audit_tail_page(next, through, TAIL_PAGE))
+                    .await;
+            let records = match page {
+                Ok(Ok(records)) if !records.is_empty() => records,
+                Ok(Ok(_)) => {
+                    // Below the oldest record kept (dropped by retention): say so, never skip.
+                    let _ = out
+                        .send(Err(Status::out_of_range(format!(
+                            "record {next} is no longer in the live log: read it from the archive"
+                        ))))
+                        .await;
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "audit tail cannot read the log");
+                    let _ = out
+                        .send(Err(Status::data_loss("the audit log cannot be read")))
+                        .await;
+                    return;
+                }
+                Err(_) => return,
+            };
+            for r in records {
+                next = r.seq + 1;
+                if out.send(Ok(record(r))).await.is_err() {
+                    return;
+                }
+            }
+        }
+        tokio::select! {
+            changed = head.changed() => if changed.is_err() { return },
+            _ = async { stopping.wait_for(|s| *s).await.is_ok() } => {
+                let _ = out
+                    .send(Err(Status::unavailable(format!(
+                        "the vault is shutting down: resume from seq {next}"
+                    ))))
+                    .await;
+                return;
+            }
+            () = out.closed() => return,
+        }
     }
 }
 
@@ -93,10 +158,42 @@ fn time(text: &str, name: &str) -> Result<Option<u64>, Status> {
 }
 
 type QueryStream = Pin<Box<dyn Stream<Item = Result<pb::AuditQueryResponse, Status>> + Send>>;
+type TailStream = Pin<Box<dyn Stream<Item = Result<pb::AuditRecord, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl pb::audit_server::Audit for AuditService {
     type QueryStream = QueryStream;
+    type TailStream = TailStream;
+
+    async fn tail(
+        &self,
+        request: Request<pb::AuditTailRequest>,
+    ) -> Result<Response<TailStream>, Status> {
+        let ctx = self.edge.context(&request, Action::AuditTail).await?;
+        let pb::AuditTailRequest { from_seq } = request.into_inner();
+        let response = self
+            .edge
+            .run(
+                ctx,
+                move |vault, ctx| vault.audit_tail(ctx, from_seq),
+                |t| t,
+            )
+            .await?;
+        let metadata = response.metadata().clone();
+        let (start, head) = response.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(TAIL_BUFFER);
+        tokio::spawn(follow(
+            self.edge.vault(),
+            start,
+            head,
+            self.stopping.clone(),
+            tx,
+        ));
+        let stream: TailStream = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let mut out = Response::new(stream);
+        *out.metadata_mut() = metadata;
+        Ok(out)
+    }
 
     async fn query(
         &self,

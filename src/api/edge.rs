@@ -53,6 +53,11 @@ impl Edge {
         }
     }
 
+    /// The vault behind the edge, for work that outlives one call's handler (a tail's follower).
+    pub fn vault(&self) -> Arc<Vault> {
+        Arc::clone(&self.vault)
+    }
+
     /// The identity mode.
     pub fn identity(&self) -> &Identity {
         &self.identity

@@ -148,9 +148,11 @@ pub async fn serve_with(
         pb::policy_admin_server::PolicyAdminServer::new(PolicyAdminService::new(edge.clone()))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max_out);
-    let audit_service = pb::audit_server::AuditServer::new(AuditService::new(edge.clone()))
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max_out);
+    let (stop_tails, tails_stop) = tokio::sync::watch::channel(false);
+    let audit_service =
+        pb::audit_server::AuditServer::new(AuditService::new(edge.clone(), tails_stop))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max_out);
     let key_service = pb::key_admin_server::KeyAdminServer::new(KeyService::new(edge.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max_out);
@@ -165,6 +167,8 @@ pub async fn serve_with(
     let shutdown = async move {
         shutdown.await;
         drain_health(reporter).await;
+        // A tail follows the log forever: it ends, telling its reader where to resume.
+        let _ = stop_tails.send(true);
         let _ = draining.send(());
     };
     let serve = builder

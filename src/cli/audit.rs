@@ -89,6 +89,16 @@ pub enum AuditCommand {
         #[command(flatten)]
         root: super::root::RootArgs,
     },
+    /// Follow a running vault's log (JSON Lines on stdout, the export keys): every record from
+    /// --from-seq on, then each new one; reconnects after a disconnect and resumes where it was,
+    /// so that every record is printed exactly once.
+    Tail {
+        /// The first record to print; 0: only records written from now on.
+        #[arg(long, default_value_t = 0)]
+        from_seq: u64,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Query a running vault (JSON Lines on stdout).
     Query {
         /// Only this subject (mapped by the vault to its pseudonym).
@@ -226,6 +236,7 @@ pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             filters,
             remote,
         } => remote_query(subject_id, &filters, &remote),
+        AuditCommand::Tail { from_seq, remote } => remote_tail(from_seq, &remote),
     }
 }
 
@@ -267,6 +278,51 @@ fn remote_query(
                 return Ok(ExitCode::SUCCESS);
             }
             from_seq = next;
+        }
+    })
+}
+
+fn remote_tail(from_seq: u64, remote: &Remote) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut next = from_seq;
+        let mut out = std::io::stdout().lock();
+        loop {
+            let stream = async {
+                let mut client = AuditClient::new(remote.channel().await?);
+                let request = remote.request(pb::AuditTailRequest { from_seq: next })?;
+                anyhow::Ok(client.tail(request).await?.into_inner())
+            };
+            let failure = match stream.await {
+                Ok(mut stream) => loop {
+                    match stream.message().await {
+                        Ok(Some(r)) => {
+                            next = r.seq + 1;
+                            writeln!(out, "{}", record_json(r))?;
+                            out.flush()?;
+                        }
+                        Ok(None) => break None,
+                        Err(status) => break Some(anyhow::Error::from(status)),
+                    }
+                },
+                Err(e) => Some(e),
+            };
+            if let Some(status) = failure
+                .as_ref()
+                .and_then(|e| e.downcast_ref::<tonic::Status>())
+                && !matches!(
+                    status.code(),
+                    tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal
+                )
+            {
+                eprintln!("audit tail: {}", status.message());
+                return Ok(ExitCode::FAILURE);
+            }
+            let why = failure.map_or_else(|| "the stream ended".to_owned(), |e| format!("{e:#}"));
+            eprintln!("audit tail: {why}; resuming from seq {next} in 1 s");
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }
     })
 }

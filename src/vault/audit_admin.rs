@@ -114,6 +114,44 @@ impl Vault {
         })
     }
 
+    /// Admits a tail of the log from `from_seq` (0: from the next record on): authorized as
+    /// `audit_read` and audited once, when it starts. Returns the first seq to send and a follower
+    /// of the durable head.
+    pub fn audit_tail(
+        &self,
+        ctx: &CallContext,
+        from_seq: u64,
+    ) -> Result<(u64, tokio::sync::watch::Receiver<u64>), VaultError> {
+        self.audit_call(ctx, Action::AuditTail, None, || {
+            let follower = self.audit.subscribe();
+            let start = if from_seq == 0 {
+                *follower.borrow() + 1
+            } else {
+                from_seq
+            };
+            Ok((start, follower))
+        })
+    }
+
+    /// Up to `limit` records from `from_seq` on, up to `through` (a durable head): the pages of a
+    /// tail its caller was admitted to by [`Vault::audit_tail`].
+    pub fn audit_tail_page(
+        &self,
+        from_seq: u64,
+        through: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, VaultError> {
+        let filter = AuditFilter {
+            from_seq,
+            to_seq: Some(through),
+            limit,
+            ..AuditFilter::default()
+        };
+        query(self.audit.log(), self.audit.dictionaries(), &filter)
+            .map(|(records, _)| records)
+            .map_err(|e| VaultError::DataLoss(e.to_string()))
+    }
+
     /// Verifies records `from..=to` of the chain.
     pub fn audit_verify(
         &self,
