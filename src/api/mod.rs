@@ -127,6 +127,10 @@ pub async fn serve_with(
             .set_service_status(name, tonic_health::ServingStatus::Serving)
             .await;
     }
+    tokio::spawn(report_audit_retention(
+        reporter.clone(),
+        vault.audit_retention_blocked(),
+    ));
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -200,6 +204,29 @@ pub async fn serve_with(
     Ok(())
 }
 
+/// The health name that turns NOT_SERVING while the audit log is past its retention bound with a
+/// segment not archived (the vault still serves; the disk is filling).
+pub const AUDIT_RETENTION_HEALTH: &str = "privault.audit.retention";
+
+async fn report_audit_retention(
+    reporter: tonic_health::server::HealthReporter,
+    mut blocked: tokio::sync::watch::Receiver<Option<u64>>,
+) {
+    loop {
+        let status = if blocked.borrow_and_update().is_some() {
+            tonic_health::ServingStatus::NotServing
+        } else {
+            tonic_health::ServingStatus::Serving
+        };
+        reporter
+            .set_service_status(AUDIT_RETENTION_HEALTH, status)
+            .await;
+        if blocked.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// The names `grpc.health.v1.Health` answers for: the server as a whole and the vault.
 const HEALTH_SERVICES: [&str; 2] = [
     "",
@@ -215,7 +242,7 @@ async fn drain_health(mut reporter: tonic_health::server::HealthReporter) {
             .set_service_status(name, tonic_health::ServingStatus::NotServing)
             .await;
     }
-    for name in HEALTH_SERVICES {
+    for name in HEALTH_SERVICES.into_iter().chain([AUDIT_RETENTION_HEALTH]) {
         reporter.clear_service_status(name).await;
     }
 }

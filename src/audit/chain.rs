@@ -229,12 +229,15 @@ pub struct SegmentSigner {
 pub struct AuditOptions {
     /// A segment holding this many bytes of records is closed; the next record opens another.
     pub segment_bytes: u64,
+    /// The live log's retention bound (none by default: the log keeps everything).
+    pub retention: super::LogRetention,
 }
 
 impl Default for AuditOptions {
     fn default() -> Self {
         Self {
             segment_bytes: DEFAULT_SEGMENT_BYTES,
+            retention: super::LogRetention::default(),
         }
     }
 }
@@ -308,6 +311,11 @@ impl AuditLog {
             committer: Some(committer),
             sealer,
         })
+    }
+
+    /// Bytes of records in the open segment.
+    pub(super) fn open_segment_bytes(&self) -> u64 {
+        lock(&self.shared.head).segment_bytes
     }
 
     /// A reader of the whole log: live records and sealed segments.
@@ -825,7 +833,10 @@ mod tests {
     fn closed_segments_are_sealed_into_signed_files_and_read_back_with_the_live_tail() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(&dir.path().join("db")).unwrap());
-        let options = AuditOptions { segment_bytes: 600 };
+        let options = AuditOptions {
+            segment_bytes: 600,
+            ..AuditOptions::default()
+        };
         let signer = signer();
         let log = AuditLog::open(Arc::clone(&store), options, Some(signer.clone())).unwrap();
         for i in 0..60 {
@@ -870,7 +881,10 @@ mod tests {
         let signer = signer();
         let log = AuditLog::open(
             Arc::clone(&store),
-            AuditOptions { segment_bytes: 600 },
+            AuditOptions {
+                segment_bytes: 600,
+                ..AuditOptions::default()
+            },
             Some(signer.clone()),
         )
         .unwrap();

@@ -2,19 +2,26 @@
 //! ones not sealed yet) and the sealed segment files. This and the group writer are the only parts
 //! of the audit module that touch storage: the seam a second backend would fill.
 
+use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use super::AuditError;
 use super::segment::{Checkpoint, SegmentFile, file_name};
-use crate::store::keys::{AUDIT_SEALED_PREFIX, audit_key, audit_seq};
+use crate::store::keys::{
+    AUDIT_DROPPED_PREFIX, AUDIT_SEALED_PREFIX, audit_key, audit_seq, trailing_seq,
+};
 use crate::store::{Cf, Store};
 
 /// The sealed segments: their checkpoints (from the meta CF) and recently read files.
 pub struct Sealed {
     dir: PathBuf,
     list: RwLock<Vec<Checkpoint>>,
+    /// Segments dropped from the live log, and the archive directory holding each.
+    dropped: RwLock<BTreeMap<u64, PathBuf>>,
+    /// An archive directory to read every dropped segment from instead (`verify --archive`).
+    archive: Option<PathBuf>,
     files: Mutex<lru::LruCache<u64, Arc<SegmentFile>>>,
 }
 
@@ -43,16 +50,75 @@ impl Sealed {
             list.push(cp);
         }
         list.sort_by_key(|c| c.first_seq);
+        let mut dropped = BTreeMap::new();
+        for (key, value) in store.scan_prefix(Cf::Meta, AUDIT_DROPPED_PREFIX)? {
+            let marker: super::archive::Marker = serde_json::from_slice(&value).map_err(|_| {
+                AuditError::Corrupt("a dropped segment's entry is malformed".into())
+            })?;
+            let segment = trailing_seq(&key).ok_or_else(|| {
+                AuditError::Corrupt("a dropped segment's key is malformed".into())
+            })?;
+            dropped.insert(segment, marker.archive_dir);
+        }
         Ok(Self {
             dir: segments_dir(store),
             list: RwLock::new(list),
+            dropped: RwLock::new(dropped),
+            archive: None,
             files: Mutex::new(lru::LruCache::new(NonZeroUsize::MIN.saturating_add(7))),
+        })
+    }
+
+    /// The sealed segments of `store`, with dropped ones read from the archive `dir`.
+    pub fn load_with_archive(store: &Store, dir: &Path) -> Result<Self, AuditError> {
+        Ok(Self {
+            archive: Some(dir.to_owned()),
+            ..Self::load(store)?
         })
     }
 
     /// Where the files are.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Whether `segment` was dropped from the live log (its copy is in an archive).
+    pub fn is_dropped(&self, segment: u64) -> bool {
+        self.dropped
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&segment)
+    }
+
+    /// Records that `segment` left the live log for the archive `dir`.
+    pub(super) fn mark_dropped(&self, segment: u64, dir: PathBuf) {
+        self.dropped
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(segment, dir);
+        self.files
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop(&segment);
+    }
+
+    /// Where `segment`'s file is read from.
+    fn path(&self, segment: u64) -> PathBuf {
+        let name = file_name(segment);
+        match self
+            .dropped
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&segment)
+        {
+            Some(archived) => self.archive.as_ref().unwrap_or(archived).join(name),
+            None => self.dir.join(name),
+        }
+    }
+
+    /// Whether `segment`'s file can be read (a dropped one: whether its archive is at hand).
+    pub fn readable(&self, segment: u64) -> bool {
+        self.path(segment).exists()
     }
 
     /// Every sealed segment's checkpoint, in order.
@@ -88,13 +154,20 @@ impl Sealed {
         {
             return Ok(Arc::clone(f));
         }
-        let path = self.dir.join(file_name(segment));
+        let path = self.path(segment);
         if !path.exists() {
-            return Err(AuditError::Corrupt(format!(
-                "sealed segment {segment} is missing from {} (dropped without an archive, or \
-                 deleted)",
-                self.dir.display()
-            )));
+            return Err(AuditError::Corrupt(if self.is_dropped(segment) {
+                format!(
+                    "segment {segment} was archived to {} and is not there",
+                    path.parent().unwrap_or(&path).display()
+                )
+            } else {
+                format!(
+                    "sealed segment {segment} is missing from {} (dropped without an archive, \
+                     or deleted)",
+                    self.dir.display()
+                )
+            }));
         }
         let file =
             Arc::new(SegmentFile::open(&path).map_err(|e| AuditError::Corrupt(e.to_string()))?);
@@ -132,7 +205,14 @@ impl Log<'_> {
     /// it (so that a missing file is reported at its own first seq).
     pub fn scan_from(&self, seq: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, AuditError> {
         let mut out = Vec::new();
-        let next = seq.max(1);
+        let mut next = seq.max(1);
+        // Dropped segments whose archive is not at hand are skipped: the live log starts after.
+        while let Some(cp) = self.sealed.find(next)
+            && self.sealed.is_dropped(cp.segment)
+            && !self.sealed.readable(cp.segment)
+        {
+            next = cp.last_seq + 1;
+        }
         if let Some(cp) = self.sealed.find(next) {
             return self
                 .sealed

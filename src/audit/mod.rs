@@ -3,6 +3,7 @@
 //! Records hold principals, actions, audit pseudonyms, purposes, per-field outcomes and policy ids:
 //! never a value or a raw subject id.
 
+mod archive;
 mod chain;
 mod codec;
 mod log;
@@ -12,6 +13,7 @@ mod segment;
 mod stored;
 mod vocab;
 
+pub use archive::{Archived, LogRetention, Marker, RetentionReport, archive_to, verify_segment};
 pub use chain::{
     AuditLog, AuditOptions, CommitTicket, DEFAULT_SEGMENT_BYTES, SegmentSigner, head_of,
 };

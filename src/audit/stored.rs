@@ -124,6 +124,10 @@ fn load_dictionary(
     after: u64,
     before: Option<u64>,
 ) -> Result<(Vec<String>, u64), AuditError> {
+    if log.sealed.is_dropped(segment) {
+        // Its hints left with it: the archived file's own records define its dictionary.
+        return dictionary_from_records(log, segment, before);
+    }
     let prefix = audit_defs_prefix(segment);
     let end = before.map_or_else(|| prefix_end(&prefix), |b| Some(audit_defs_key(segment, b)));
     let mut through = after;
@@ -157,6 +161,45 @@ fn load_dictionary(
             return Ok((strings, through));
         }
     }
+}
+
+/// The dictionary of sealed segment `segment`, read from its records' definitions.
+fn dictionary_from_records(
+    log: Log<'_>,
+    segment: u64,
+    before: Option<u64>,
+) -> Result<(Vec<String>, u64), AuditError> {
+    let cp = log
+        .sealed
+        .checkpoints()
+        .into_iter()
+        .find(|c| c.segment == segment)
+        .ok_or_else(|| AuditError::Corrupt(format!("segment {segment} is not sealed")))?;
+    let end = before.map_or(cp.last_seq, |b| b.saturating_sub(1).min(cp.last_seq));
+    let mut strings = Vec::new();
+    let mut at = cp.first_seq;
+    while at <= end {
+        let page = log.scan_from(at, 1024)?;
+        let Some((last, _)) = page.last() else { break };
+        let last = *last;
+        for (seq, bytes) in page {
+            if seq > end {
+                break;
+            }
+            if let Ok(Stored::V2 { header, .. }) = Stored::parse(&bytes)
+                && !header.defs.is_empty()
+            {
+                if header.first_id as usize != strings.len() {
+                    return Err(AuditError::Corrupt(format!(
+                        "record {seq} does not continue segment {segment}'s dictionary"
+                    )));
+                }
+                strings.extend(header.defs);
+            }
+        }
+        at = last + 1;
+    }
+    Ok((strings, end))
 }
 
 /// Every string segment `segment` has defined so far.
@@ -307,7 +350,7 @@ pub struct VerifyError {
 }
 
 impl VerifyError {
-    fn bad(seq: u64, reason: impl Into<String>) -> Self {
+    pub(super) fn bad(seq: u64, reason: impl Into<String>) -> Self {
         Self {
             seq,
             reason: reason.into(),
@@ -342,6 +385,28 @@ impl Walker {
             segment: 1,
             dict: Vec::new(),
             seen_v2: false,
+        }
+    }
+
+    /// A walk of segment `cp.segment` alone, from its checkpoint's previous hash.
+    pub(super) fn at_segment_start(cp: &super::segment::Checkpoint) -> Self {
+        Self {
+            prev: cp.prev_hash,
+            expected: cp.first_seq,
+            segment: cp.segment,
+            dict: Vec::new(),
+            seen_v2: false,
+        }
+    }
+
+    /// A walk from the first record after dropped segment `cp`, from its signed last hash.
+    fn after_segment(cp: &super::segment::Checkpoint) -> Self {
+        Self {
+            prev: cp.last_hash,
+            expected: cp.last_seq + 1,
+            segment: cp.segment,
+            dict: Vec::new(),
+            seen_v2: true,
         }
     }
 
@@ -386,7 +451,11 @@ impl Walker {
     }
 
     /// Checks that `bytes` are the next record; returns its decoded form.
-    pub(super) fn step(&mut self, store: &Store, bytes: &[u8]) -> Result<AuditRecord, VerifyError> {
+    pub(super) fn step(
+        &mut self,
+        store: Option<&Store>,
+        bytes: &[u8],
+    ) -> Result<AuditRecord, VerifyError> {
         let seq = self.expected;
         let fail = |reason: &str| VerifyError::bad(seq, reason);
         let record = match Stored::parse(bytes).map_err(fail)? {
@@ -422,6 +491,9 @@ impl Walker {
                     if header.segment != self.segment + 1 {
                         return Err(fail("segment out of order"));
                     }
+                    let Some(store) = store else {
+                        return Err(fail("a segment file holds records of another segment"));
+                    };
                     let start = segment_start(store, header.segment)
                         .map_err(|e| VerifyError::storage(seq, e))?;
                     if start
@@ -481,8 +553,23 @@ pub fn verify_range(
     from: u64,
     to: Option<u64>,
 ) -> Result<(u64, String), VerifyError> {
-    let mut walker = Walker::from_seq(log, from.max(1))?;
     let checkpoints = log.sealed.checkpoints();
+    // Segments dropped from the live log whose archive is not at hand: the chain continues from
+    // the last one's signed checkpoint.
+    let unreadable_prefix = checkpoints
+        .iter()
+        .take_while(|c| log.sealed.is_dropped(c.segment) && !log.sealed.readable(c.segment))
+        .last()
+        .copied();
+    let mut walker = match unreadable_prefix {
+        Some(cp) if from <= cp.last_seq + 1 => {
+            cp.check_signature(None).map_err(|why| {
+                VerifyError::bad(cp.last_seq, format!("segment {}: {why}", cp.segment))
+            })?;
+            Walker::after_segment(&cp)
+        }
+        _ => Walker::from_seq(log, from.max(1))?,
+    };
     'pages: loop {
         let at = walker.expected();
         let page = log.scan_from(at, 1024).map_err(|e| match e {
@@ -503,7 +590,7 @@ pub fn verify_range(
                     "missing (the next record has another seq)",
                 ));
             }
-            let record = walker.step(log.store, &value)?;
+            let record = walker.step(Some(log.store), &value)?;
             if let Some(cp) = checkpoints.iter().find(|c| c.last_seq == seq) {
                 if cp.last_hash != record.hash {
                     return Err(VerifyError::bad(

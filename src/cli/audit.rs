@@ -10,8 +10,8 @@ use clap::{Args, Subcommand};
 use privault::api::pb;
 use privault::api::pb::audit_client::AuditClient;
 use privault::audit::{
-    Action, AuditFilter, DetailView, Dictionaries, Log, MAX_PAGE, Outcome, Sealed, query,
-    verify_range,
+    Action, AuditFilter, DetailView, Dictionaries, Log, MAX_PAGE, Outcome, Sealed, archive_to,
+    query, verify_range,
 };
 use privault::clock::{SystemClock, parse_rfc3339};
 use privault::domain::Pseudonym;
@@ -68,6 +68,21 @@ pub enum AuditCommand {
         /// Last seq to walk.
         #[arg(long)]
         to_seq: Option<u64>,
+        /// An archive (`privault audit archive --to DIR`): segments dropped from the live log
+        /// are read from it, so that archive and live log are checked as one chain.
+        #[arg(long)]
+        archive: Option<PathBuf>,
+    },
+    /// Copy every sealed segment not yet archived to DIR, verify each copy on its own (chain and
+    /// signed checkpoint), and mark it archived, so that the vault's retention bound may drop it.
+    /// Works beside a running vault.
+    Archive {
+        /// The vault's data directory.
+        #[arg(long, env = "PRIVAULT_DATA_DIR", default_value = "./privault-data")]
+        data_dir: PathBuf,
+        /// The archive directory (created if missing).
+        #[arg(long)]
+        to: PathBuf,
     },
     /// Write records as JSON Lines (seq, time, principal, action, subject, purpose, fields,
     /// outcome, policy_version, prev_hash, hash, request_id, peer).
@@ -80,6 +95,9 @@ pub enum AuditCommand {
         subject: Option<String>,
         #[command(flatten)]
         filters: Filters,
+        /// An archive: segments dropped from the live log are read from it.
+        #[arg(long)]
+        archive: Option<PathBuf>,
     },
     /// Print the head signed with the vault's audit key, as JSON; keep it to detect truncation.
     Head {
@@ -159,9 +177,10 @@ pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             root,
             from_seq,
             to_seq,
+            archive,
         } => {
             let store = open_store_read_only(&data_dir)?;
-            let sealed = Sealed::load(&store)?;
+            let sealed = sealed_with(&store, archive.as_deref())?;
             let log = Log {
                 store: &store,
                 sealed: &sealed,
@@ -200,9 +219,10 @@ pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             data_dir,
             subject,
             filters,
+            archive,
         } => {
             let store = open_store_read_only(&data_dir)?;
-            let sealed = Sealed::load(&store)?;
+            let sealed = sealed_with(&store, archive.as_deref())?;
             let log = Log {
                 store: &store,
                 sealed: &sealed,
@@ -237,6 +257,28 @@ pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             remote,
         } => remote_query(subject_id, &filters, &remote),
         AuditCommand::Tail { from_seq, remote } => remote_tail(from_seq, &remote),
+        AuditCommand::Archive { data_dir, to } => {
+            let store = open_store_read_only(&data_dir)?;
+            let sealed = Sealed::load(&store)?;
+            let now = privault::clock::rfc3339(privault::clock::Clock::now_ms(&SystemClock));
+            let archived = archive_to(&sealed, &to, now)?;
+            for a in &archived {
+                let c = &a.checkpoint;
+                println!(
+                    "segment {} seqs {}..{} {}",
+                    c.segment,
+                    c.first_seq,
+                    c.last_seq,
+                    if a.copied {
+                        "archived and verified"
+                    } else {
+                        "already archived, verified"
+                    }
+                );
+            }
+            println!("{} segments in {}", archived.len(), to.display());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -279,6 +321,17 @@ fn remote_query(
             }
             from_seq = next;
         }
+    })
+}
+
+/// The sealed segments of `store`, reading dropped ones from `archive` when given.
+fn sealed_with(
+    store: &privault::store::Store,
+    archive: Option<&std::path::Path>,
+) -> anyhow::Result<Sealed> {
+    Ok(match archive {
+        Some(dir) => Sealed::load_with_archive(store, dir)?,
+        None => Sealed::load(store)?,
     })
 }
 

@@ -106,6 +106,12 @@ pub struct Settings {
     /// into a signed file under audit/ [default: 67108864]
     #[arg(long, env = "PRIVAULT_AUDIT_SEGMENT_BYTES")]
     audit_segment_bytes: Option<u64>,
+    /// Drop sealed audit segments older than this many days, once archived [default: keep all]
+    #[arg(long, env = "PRIVAULT_AUDIT_RETENTION_DAYS")]
+    audit_retention_days: Option<u64>,
+    /// Drop the oldest archived audit segments while the live log is larger [default: keep all]
+    #[arg(long, env = "PRIVAULT_AUDIT_MAX_BYTES")]
+    audit_max_bytes: Option<u64>,
 }
 
 impl Settings {
@@ -139,7 +145,9 @@ impl Settings {
             shutdown_grace_secs,
             key_cache_subjects,
             block_cache_mib,
-            audit_segment_bytes
+            audit_segment_bytes,
+            audit_retention_days,
+            audit_max_bytes
         )
     }
 }
@@ -217,6 +225,10 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Resolved> {
         }
         vault.audit.segment_bytes = bytes;
     }
+    vault.audit.retention = privault::audit::LogRetention {
+        max_age_ms: s.audit_retention_days.map(|d| d.saturating_mul(86_400_000)),
+        max_bytes: s.audit_max_bytes,
+    };
 
     let tls = match (&s.tls_cert, &s.tls_key) {
         (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
@@ -318,6 +330,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let shutdown = shutdown_signal()?;
         tokio::spawn(reload_on_sighup(Arc::clone(&vault), resolved.tokens));
         tokio::spawn(sweep_retention(Arc::clone(&vault)));
+        tokio::spawn(sweep_audit_log(Arc::clone(&vault)));
         tokio::spawn(finish_epoch_roll(Arc::clone(&vault)));
         // Always scheduled: without --epoch-roll-days the epoch still rolls once its KEK nears
         // the random-nonce bound.
@@ -421,6 +434,20 @@ async fn sweep_retention(vault: Arc<Vault>) {
             }
             Ok(Err(e)) => tracing::error!("retention sweep failed: {e}"),
             Err(e) => tracing::error!("retention sweep task failed: {e}"),
+        }
+    }
+}
+
+/// Applies the audit log's retention bound at start and every minute.
+async fn sweep_audit_log(vault: Arc<Vault>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        let v = Arc::clone(&vault);
+        match tokio::task::spawn_blocking(move || v.sweep_audit_log()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!("audit log retention sweep failed: {e}"),
+            Err(e) => tracing::error!("audit log retention task failed: {e}"),
         }
     }
 }

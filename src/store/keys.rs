@@ -109,6 +109,15 @@ pub const AUDIT_DEFS_PREFIX: &[u8] = b"audit_defs/";
 /// The meta-CF prefix of sealed segments: `prefix ‖ segment` → its signed checkpoint.
 pub const AUDIT_SEALED_PREFIX: &[u8] = b"audit_sealed/";
 
+/// The meta-CF prefix of segments dropped from the live log: `prefix ‖ segment` → the marker
+/// naming their archived copy.
+pub const AUDIT_DROPPED_PREFIX: &[u8] = b"audit_dropped/";
+
+/// The meta-CF key of dropped segment `segment`.
+pub fn audit_dropped_key(segment: u64) -> Vec<u8> {
+    [AUDIT_DROPPED_PREFIX, &segment.to_be_bytes()].concat()
+}
+
 /// The meta-CF key of sealed segment `segment`.
 pub fn audit_sealed_key(segment: u64) -> Vec<u8> {
     [AUDIT_SEALED_PREFIX, &segment.to_be_bytes()].concat()

@@ -59,6 +59,45 @@ impl Vault {
         SignedHead::sign(&self.keyring, seq, &hash, self.clock.now_ms())
     }
 
+    /// Applies the audit log's retention bound: drops the archived segments past it. Past the bound
+    /// with a segment not archived, keeps everything and says so (the log, and
+    /// [`Vault::audit_retention_blocked`], which the health service reports).
+    pub fn sweep_audit_log(&self) -> Result<crate::audit::RetentionReport, VaultError> {
+        if !self.audit_retention.is_set() {
+            return Ok(crate::audit::RetentionReport::default());
+        }
+        let report = self
+            .audit
+            .enforce_retention(&self.audit_retention, self.clock.now_ms())
+            .map_err(|e| {
+                tracing::error!(error = %e, "audit log retention failed");
+                VaultError::Unavailable("the audit log's retention sweep failed".into())
+            })?;
+        if !report.dropped.is_empty() {
+            tracing::info!(
+                segments = ?report.dropped,
+                live_bytes = report.live_bytes,
+                "audit log: dropped archived segments past the retention bound"
+            );
+        }
+        if let Some(segment) = report.blocked_by {
+            tracing::warn!(
+                segment,
+                live_bytes = report.live_bytes,
+                "AUDIT LOG PAST ITS RETENTION BOUND: segment {segment} and later are not archived, \
+                 so the live log keeps everything; run `privault audit archive --to DIR`"
+            );
+        }
+        self.audit_blocked.send_replace(report.blocked_by);
+        Ok(report)
+    }
+
+    /// Follows whether the audit log is past its retention bound with a segment not archived (the
+    /// oldest such segment).
+    pub fn audit_retention_blocked(&self) -> tokio::sync::watch::Receiver<Option<u64>> {
+        self.audit_blocked.subscribe()
+    }
+
     /// The seq of the last durable audit record.
     pub fn audit_head_seq(&self) -> u64 {
         self.audit.head_seq()

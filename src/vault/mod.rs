@@ -122,6 +122,9 @@ pub struct Vault {
     stripes: Box<[Mutex<()>]>,
     limits: Limits,
     policies_dir: std::path::PathBuf,
+    audit_retention: crate::audit::LogRetention,
+    /// The oldest segment past the log's retention bound that is not archived, if any.
+    audit_blocked: tokio::sync::watch::Sender<Option<u64>>,
 }
 
 impl std::fmt::Debug for Vault {

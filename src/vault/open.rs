@@ -189,6 +189,8 @@ impl Vault {
             stripes: (0..SUBJECT_STRIPES).map(|_| Mutex::new(())).collect(),
             limits: config.limits,
             policies_dir: config.policies_dir.clone(),
+            audit_retention: config.audit.retention,
+            audit_blocked: tokio::sync::watch::channel(None).0,
         };
         if format == FORMAT_CLEAR_PSEUDONYMS {
             vault

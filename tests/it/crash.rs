@@ -1,8 +1,8 @@
 //! The crash campaign: the real binary under a mixed load (puts, reads, shreds, consent changes,
 //! an epoch roll) killed with SIGKILL at random moments, round after round on one data directory,
 //! checked by an oracle that lives outside it: every acknowledged write is readable, every
-//! acknowledged shred stays unreadable, every value a read returned has its audit record, the
-//! chain verifies, no purge is left pending, and every start-up reaches `listening on`.
+//! acknowledged shred stays unreadable, every value a read returned has its audit record (the log
+//! cut into 4 KiB segments, so that kills land while segments roll and seal), the chain verifies, no purge is left pending, and every start-up reaches `listening on`.
 //!
 //! CI runs a few short rounds; `PRIVAULT_CRASH_ROUNDS=60 cargo test --test it crash --
 //! --nocapture` is the long campaign.
@@ -47,6 +47,9 @@ fn start_server(data: &std::path::Path) -> (Served, Duration) {
     let mut command = Command::new(BIN);
     command.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]);
     command.arg(data).arg("--policies").arg(shipped_policies());
+    // Small audit segments: the log rolls and seals all the time, so kills land mid-segment and
+    // mid-seal too.
+    command.args(["--audit-segment-bytes", "4096"]);
     let started = Instant::now();
     let served = spawn_served(command);
     (served, started.elapsed())

@@ -5,6 +5,7 @@
 mod amplification;
 mod audit;
 mod audit_log;
+mod audit_segments;
 mod binary;
 mod consent;
 mod crash;
