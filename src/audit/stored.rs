@@ -216,6 +216,8 @@ type Known = Arc<(Vec<String>, u64)>;
 /// The dictionaries of recently read segments.
 pub struct Dictionaries {
     cache: Mutex<lru::LruCache<u64, Known>>,
+    /// Records decoded through it: what a query cost.
+    decoded: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Dictionaries {
@@ -228,6 +230,7 @@ impl Default for Dictionaries {
     fn default() -> Self {
         Self {
             cache: Mutex::new(lru::LruCache::new(NonZeroUsize::MIN.saturating_add(15))),
+            decoded: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
@@ -275,6 +278,8 @@ impl Dictionaries {
         bytes: &[u8],
         prev: Option<[u8; 32]>,
     ) -> Result<AuditRecord, AuditError> {
+        self.decoded
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let corrupt = |why: &str| AuditError::Corrupt(format!("record {seq}: {why}"));
         let record = match Stored::parse(bytes).map_err(corrupt)? {
             Stored::V1(r) => r.decode().map_err(|_| corrupt("unreadable record"))?,
@@ -311,6 +316,11 @@ impl Dictionaries {
             return Err(corrupt("stored under another seq"));
         }
         Ok(record)
+    }
+
+    /// How many records were decoded through these dictionaries.
+    pub fn decoded(&self) -> u64 {
+        self.decoded.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Record `seq`, if stored.

@@ -10,4 +10,5 @@ mod support;
 
 mod purge;
 mod races;
+mod seal;
 mod steps;
