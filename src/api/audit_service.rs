@@ -48,7 +48,7 @@ async fn follow(
                 tokio::task::spawn_blocking(move || v.audit_tail_page(next, through, TAIL_PAGE))
                     .await;
             let records = match page {
-                Ok(Ok(records)) if !records.is_empty() => records,
+                Ok(Ok(records)) if records.first().is_some_and(|r| r.seq == next) => records,
                 Ok(Ok(_)) => {
                     // Below the oldest record kept (dropped by retention): say so, never skip.
                     let _ = out

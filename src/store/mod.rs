@@ -213,6 +213,11 @@ fn db_options() -> Options {
     // the end: a 64 MiB write-back burst queued ahead of the audit log's WAL sync stalled reads
     // for tens of milliseconds (the p99.9 of a paced load).
     opts.set_bytes_per_sync(1 << 20);
+    // A WAL file lives until every column family with data in it has flushed; the audit CF fills
+    // a memtable every few seconds while the meta and data CFs may not for hours, so without a
+    // bound the WAL files (all the audit bytes again) grew to gigabytes (RocksDB's default is 4x
+    // the write buffers). Past this, the column families holding the oldest WAL are flushed.
+    opts.set_max_total_wal_size(128 << 20);
     opts
 }
 
