@@ -822,6 +822,19 @@ mod tests {
         }
     }
 
+    /// A log in a temp dir cut into segments of `segment_bytes`, with a sealer.
+    fn sealing_log(segment_bytes: u64) -> (tempfile::TempDir, Arc<Store>, SegmentSigner, AuditLog) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("db")).unwrap());
+        let signer = signer();
+        let options = AuditOptions {
+            segment_bytes,
+            ..AuditOptions::default()
+        };
+        let log = AuditLog::open(Arc::clone(&store), options, Some(signer.clone())).unwrap();
+        (dir, store, signer, log)
+    }
+
     fn subject_event(i: u64) -> AuditEvent {
         AuditEvent {
             subject: Some(crate::domain::Pseudonym([(i % 3) as u8; 16])),
@@ -877,18 +890,7 @@ mod tests {
 
     #[test]
     fn a_changed_or_missing_sealed_segment_is_reported_at_its_seq() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(&dir.path().join("db")).unwrap());
-        let signer = signer();
-        let log = AuditLog::open(
-            Arc::clone(&store),
-            AuditOptions {
-                segment_bytes: 600,
-                ..AuditOptions::default()
-            },
-            Some(signer.clone()),
-        )
-        .unwrap();
+        let (dir, store, signer, log) = sealing_log(600);
         for i in 0..30 {
             log.commit(Batch::new(), subject_event(i), 1_000 + i)
                 .unwrap();
@@ -919,18 +921,7 @@ mod tests {
 
     #[test]
     fn a_query_by_subject_reads_only_that_subjects_records() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(&dir.path().join("db")).unwrap());
-        let signer = signer();
-        let log = AuditLog::open(
-            Arc::clone(&store),
-            AuditOptions {
-                segment_bytes: 4096,
-                ..AuditOptions::default()
-            },
-            Some(signer.clone()),
-        )
-        .unwrap();
+        let (dir, store, signer, log) = sealing_log(4096);
         let rare = crate::domain::Pseudonym([0xee; 16]);
         for i in 0..2000u64 {
             let mut event = subject_event(i);

@@ -460,20 +460,25 @@ fn detail(r: &mut Reader<'_>) -> Result<Detail, CodecError> {
 mod tests {
     use super::*;
 
+    /// Fields returned as values under the checkout policy.
+    fn values(names: &[&str]) -> Vec<FieldAudit> {
+        names
+            .iter()
+            .map(|f| FieldAudit {
+                field: (*f).into(),
+                outcome: FieldOutcome::Value,
+                policy_ids: vec!["checkout-fulfillment".into()],
+            })
+            .collect()
+    }
+
     fn sample() -> AuditEvent {
         AuditEvent {
             principal: "Service::\"checkout\"".into(),
             action: Action::Read,
             subject: Some(Pseudonym([0xab; 16])),
             purpose: Some("fulfillment".into()),
-            fields: ["email", "name"]
-                .iter()
-                .map(|f| FieldAudit {
-                    field: (*f).into(),
-                    outcome: FieldOutcome::Value,
-                    policy_ids: vec!["checkout-fulfillment".into()],
-                })
-                .collect(),
+            fields: values(&["email", "name"]),
             outcome: Outcome::Ok,
             request_id: "00ff10".into(),
             policy_version: "3".into(),
@@ -528,14 +533,7 @@ mod tests {
             principal: "Service::\"checkout\"".into(),
             subject: Some(Pseudonym(*b"0123456789abcdef")),
             purpose: Some("fulfillment".into()),
-            fields: ["email", "name", "phone", "street", "city"]
-                .iter()
-                .map(|f| FieldAudit {
-                    field: (*f).into(),
-                    outcome: FieldOutcome::Value,
-                    policy_ids: vec!["checkout-fulfillment".into()],
-                })
-                .collect(),
+            fields: values(&["email", "name", "phone", "street", "city"]),
             request_id: "5f0c3e2a9b7d4c1e8f6a2b3c4d5e6f70".into(),
             policy_version: "3".into(),
             peer: Some("127.0.0.1:50412".into()),
