@@ -921,7 +921,7 @@ mod tests {
 
     #[test]
     fn a_query_by_subject_reads_only_that_subjects_records() {
-        let (dir, store, signer, log) = sealing_log(4096);
+        let (_dir, _store, signer, log) = sealing_log(4096);
         let rare = crate::domain::Pseudonym([0xee; 16]);
         for i in 0..2000u64 {
             let mut event = subject_event(i);
