@@ -947,6 +947,36 @@ mod tests {
         assert_eq!(dicts.decoded(), 5, "five records read of 2000");
     }
 
+    #[test]
+    fn the_log_reads_backwards_and_forwards_across_sealed_files_and_the_live_tail() {
+        let (_dir, _store, signer, log) = sealing_log(600);
+        for i in 0..60 {
+            log.commit(Batch::new(), subject_event(i), 1_000 + i)
+                .unwrap();
+        }
+        log.seal_now(&signer).unwrap();
+        let reader = log.log();
+        let seqs = |page: Vec<(u64, Vec<u8>)>| page.into_iter().map(|(s, _)| s).collect::<Vec<_>>();
+        assert_eq!(
+            seqs(reader.scan_back(None, 1000).unwrap()),
+            (1..=60).rev().collect::<Vec<_>>()
+        );
+        assert_eq!(
+            seqs(reader.scan_back(Some(30), 5).unwrap()),
+            vec![30, 29, 28, 27, 26]
+        );
+        let mut forward = Vec::new();
+        let mut next = 1;
+        loop {
+            let page = seqs(reader.scan_from(next, 7).unwrap());
+            let Some(&last) = page.last() else { break };
+            forward.extend(page);
+            next = last + 1;
+        }
+        assert_eq!(forward, (1..=60).collect::<Vec<_>>());
+        assert_eq!(reader.last().unwrap().map(|(s, _)| s), Some(60));
+    }
+
     fn file_len_of_first(file: &[u8]) -> usize {
         u32::from_be_bytes(file[8..12].try_into().unwrap()) as usize
     }
