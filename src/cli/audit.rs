@@ -212,6 +212,28 @@ pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
                 }
                 println!("signed head {} {} is in the log", signed.seq, signed.hash);
             }
+            let dropped: Vec<_> = sealed
+                .checkpoints()
+                .into_iter()
+                .filter(|c| sealed.is_dropped(c.segment))
+                .collect();
+            if let (Some(first), Some(last)) = (dropped.first(), dropped.last()) {
+                let at_hand = dropped.iter().all(|c| sealed.readable(c.segment));
+                println!(
+                    "segments {}..{} (seqs {}..{}) were dropped from the live log for the \
+                     archive; {}",
+                    first.segment,
+                    last.segment,
+                    first.first_seq,
+                    last.last_seq,
+                    if at_hand {
+                        "verified from the archive"
+                    } else {
+                        "the chain was verified from their signed checkpoint (give --archive DIR \
+                         to verify their records)"
+                    }
+                );
+            }
             println!("{seq} {hash}");
             Ok(ExitCode::SUCCESS)
         }
