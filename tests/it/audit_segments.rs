@@ -101,6 +101,18 @@ async fn archived_segments_leave_the_live_log_and_the_chain_reads_and_verifies_a
         subject_history(&server, "cust-1").await[..history.len()],
         history[..]
     );
+    // A tail from a record whose archive is not at hand says so; it never skips to the next one.
+    let away = vault.dir.path().join("archive-away");
+    std::fs::rename(&archive, &away).unwrap();
+    let mut auditor = server.auditor(AUDITOR).await;
+    let mut tail = auditor
+        .tail(privault::api::pb::AuditTailRequest { from_seq: 1 })
+        .await
+        .unwrap()
+        .into_inner();
+    let status = tail.message().await.expect_err("no record is sent");
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+    std::fs::rename(&away, &archive).unwrap();
     let head = v.audit_head_seq();
     drop(v);
     server.stop().await;
