@@ -134,7 +134,9 @@ pub fn archive_to(sealed: &Sealed, to: &Path, now: String) -> Result<Vec<Archive
             archived_at: now.clone(),
         };
         let path = marker_path(sealed.dir(), cp.segment);
-        if read_marker(sealed.dir(), cp.segment).as_ref() != Some(&marker) || !present {
+        let marked = read_marker(sealed.dir(), cp.segment)
+            .is_some_and(|m| m.archive_dir == marker.archive_dir && m.sha256 == marker.sha256);
+        if !marked {
             let tmp = path.with_extension("archived.tmp");
             let json =
                 serde_json::to_vec(&marker).map_err(|e| AuditError::GroupFailed(e.to_string()))?;

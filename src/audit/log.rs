@@ -204,7 +204,6 @@ impl Log<'_> {
     /// Up to `limit` records from `seq` on, in order; a page read from a sealed segment ends with
     /// it (so that a missing file is reported at its own first seq).
     pub fn scan_from(&self, seq: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, AuditError> {
-        let mut out = Vec::new();
         let mut next = seq.max(1);
         // Dropped segments whose archive is not at hand are skipped: the live log starts after.
         while let Some(cp) = self.sealed.find(next)
@@ -220,17 +219,7 @@ impl Log<'_> {
                 .range(next, limit)
                 .map_err(|e| AuditError::Corrupt(e.to_string()));
         }
-        if out.len() < limit {
-            for (key, value) in
-                self.store
-                    .scan_from(Cf::Audit, &audit_key(next), limit - out.len())?
-            {
-                let seq = audit_seq(&key)
-                    .ok_or_else(|| AuditError::Corrupt("malformed record key".into()))?;
-                out.push((seq, value));
-            }
-        }
-        Ok(out)
+        with_seqs(self.store.scan_from(Cf::Audit, &audit_key(next), limit)?)
     }
 
     /// Up to `limit` records from `seq` (the last when `None`) backwards.
@@ -243,14 +232,11 @@ impl Log<'_> {
         let in_sealed = seq.is_some_and(|s| self.sealed.find(s).is_some());
         if !in_sealed {
             let start = seq.map(audit_key);
-            for (key, value) in
-                self.store
-                    .scan_back(Cf::Audit, start.as_ref().map(|k| k.as_slice()), limit)?
-            {
-                let seq = audit_seq(&key)
-                    .ok_or_else(|| AuditError::Corrupt("malformed record key".into()))?;
-                out.push((seq, value));
-            }
+            out = with_seqs(self.store.scan_back(
+                Cf::Audit,
+                start.as_ref().map(|k| k.as_slice()),
+                limit,
+            )?)?;
         }
         let mut next = match (out.last(), seq) {
             (Some((s, _)), _) => s.checked_sub(1),
@@ -281,4 +267,16 @@ impl Log<'_> {
     pub fn last(&self) -> Result<Option<(u64, Vec<u8>)>, AuditError> {
         Ok(self.scan_back(None, 1)?.pop())
     }
+}
+
+/// Audit-CF entries as `(seq, stored bytes)`.
+fn with_seqs(entries: Vec<crate::store::Entry>) -> Result<Vec<(u64, Vec<u8>)>, AuditError> {
+    entries
+        .into_iter()
+        .map(|(key, value)| {
+            audit_seq(&key)
+                .map(|seq| (seq, value))
+                .ok_or_else(|| AuditError::Corrupt("malformed record key".into()))
+        })
+        .collect()
 }
