@@ -94,6 +94,13 @@ macro_rules! name_type {
                 f.write_str(&self.0)
             }
         }
+
+        // Hash and Eq are the inner string's, so maps keyed by the name are searched by `&str`.
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
     };
 }
 

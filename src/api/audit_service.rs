@@ -104,7 +104,7 @@ pub(super) fn record(r: AuditRecord) -> pb::AuditRecord {
             .map(|f| pb::AuditFieldOutcome {
                 field: f.field,
                 outcome: f.outcome.name().to_owned(),
-                policy_ids: f.policy_ids,
+                policy_ids: f.policy_ids.to_vec(),
             })
             .collect(),
         outcome: e.outcome.name().to_owned(),

@@ -195,7 +195,7 @@ impl From<FieldRead> for pb::FieldResult {
             field: field.to_string(),
             outcome: outcome.into(),
             value,
-            policy_ids,
+            policy_ids: policy_ids.to_vec(),
             reason,
         }
     }

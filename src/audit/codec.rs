@@ -141,7 +141,7 @@ pub fn encode(
         id(&f.field, &mut body);
         body.push(f.outcome.code());
         encode_varint(f.policy_ids.len() as u64, &mut body);
-        for p in &f.policy_ids {
+        for p in f.policy_ids.iter() {
             id(p, &mut body);
         }
     }
@@ -467,7 +467,7 @@ mod tests {
             .map(|f| FieldAudit {
                 field: (*f).into(),
                 outcome: FieldOutcome::Value,
-                policy_ids: vec!["checkout-fulfillment".into()],
+                policy_ids: vec!["checkout-fulfillment".into()].into(),
             })
             .collect()
     }
@@ -549,12 +549,12 @@ mod tests {
                 FieldAudit {
                     field: "email".into(),
                     outcome: FieldOutcome::Allowed,
-                    policy_ids: vec!["account-manage".into()],
+                    policy_ids: vec!["account-manage".into()].into(),
                 },
                 FieldAudit {
                     field: "card".into(),
                     outcome: FieldOutcome::Denied,
-                    policy_ids: vec![],
+                    policy_ids: vec![].into(),
                 },
             ],
             peer: Some("[2001:db8::1]:443".into()),

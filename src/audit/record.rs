@@ -18,7 +18,7 @@ pub struct FieldAudit {
     /// What became of it.
     pub outcome: FieldOutcome,
     /// The determining policies.
-    pub policy_ids: Vec<String>,
+    pub policy_ids: crate::policy::PolicyIds,
 }
 
 /// What a call contributes to its record; the chain adds seq, time and hashes.
@@ -182,7 +182,7 @@ impl AuditRecord {
                 .map(|f| FieldView {
                     field: f.field.clone(),
                     outcome: f.outcome.name().to_owned(),
-                    policy_ids: f.policy_ids.clone(),
+                    policy_ids: f.policy_ids.to_vec(),
                 })
                 .collect(),
             outcome: e.outcome.name().to_owned(),
@@ -284,7 +284,7 @@ impl V1Record {
                 fields.push(FieldAudit {
                     field: f.field.clone(),
                     outcome,
-                    policy_ids: f.policy_ids.clone(),
+                    policy_ids: f.policy_ids.as_slice().into(),
                 });
                 continue;
             }

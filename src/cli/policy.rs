@@ -183,7 +183,7 @@ fn print_decision(set: &Policies, prefix: &str, decision: &Decision) {
     if decision.policy_ids.is_empty() && !decision.allowed {
         println!("    no policy permits it (default deny)");
     }
-    for id in &decision.policy_ids {
+    for id in decision.policy_ids.iter() {
         match set.location(id) {
             Some(pos) => println!("    {id}  {pos}"),
             None => println!("    {id}"),

@@ -175,7 +175,7 @@ pub fn run_cases(policies: &Policies, cases: Vec<TestCase>) -> TestReport {
             let policies_ok = case
                 .expect_policies
                 .as_ref()
-                .is_none_or(|expected| *expected == decision.policy_ids);
+                .is_none_or(|expected| expected[..] == decision.policy_ids[..]);
             let passed =
                 decision.allowed == case.expect_allow && policies_ok && decision.errors.is_empty();
             CaseResult {

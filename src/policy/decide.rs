@@ -2,16 +2,16 @@
 //! error is a deny (Cedar skips an erroring policy, so an erroring `forbid` must not let a read
 //! through).
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use cedar_policy::{
     AuthorizationError, Context, Decision as CedarDecision, EntityId, EntityUid, Request,
     RestrictedExpression,
 };
 
-use super::cache::DecisionKey;
+use super::cache::{ContextDecisions, DecisionCache};
 use super::entities::uid;
-use super::{Permit, Policies};
+use super::{Permit, Policies, PolicyIds};
 use crate::catalog::EffectiveConsents;
 use crate::domain::{FieldName, Principal, PrincipalKind, Purpose};
 
@@ -123,6 +123,8 @@ pub struct FieldContext {
     consents: EffectiveConsents,
     with_withdrawn: bool,
     cedar: OnceLock<Result<Context, String>>,
+    // The call's decisions, found once: the cache they came from and the principal they are for.
+    decisions: OnceLock<(u64, Principal, Arc<ContextDecisions>)>,
 }
 
 impl FieldContext {
@@ -134,6 +136,21 @@ impl FieldContext {
     /// The subject's effective consents, sorted.
     pub fn consents(&self) -> &EffectiveConsents {
         &self.consents
+    }
+
+    /// The cached decisions of `principal` in this context, looked up in `cache` once per call.
+    fn decisions(&self, principal: &Principal, cache: &DecisionCache) -> Arc<ContextDecisions> {
+        match self.decisions.get() {
+            Some((id, p, found)) if *id == cache.id() && p == principal => Arc::clone(found),
+            Some(_) => cache.context(principal, self),
+            None => {
+                let found = cache.context(principal, self);
+                let _ = self
+                    .decisions
+                    .set((cache.id(), principal.clone(), Arc::clone(&found)));
+                found
+            }
+        }
     }
 
     fn cedar(&self) -> Result<Context, String> {
@@ -177,6 +194,7 @@ pub(super) fn schema_declares_withdrawn(
         consents: EffectiveConsents::default(),
         with_withdrawn: true,
         cedar: OnceLock::new(),
+        decisions: OnceLock::new(),
     };
     let (Ok(context), Ok(principal), Ok(action), Ok(resource)) = (
         context.cedar(),
@@ -195,8 +213,9 @@ pub struct Decision {
     /// True only for an error-free Allow.
     pub allowed: bool,
     /// The determining policies: the permits of an Allow, the forbids of a Deny (empty when
-    /// nothing permitted), or the erroring policies of an evaluation error.
-    pub policy_ids: Vec<String>,
+    /// nothing permitted), or the erroring policies of an evaluation error. Shared, so that a
+    /// cached decision is handed out without copying.
+    pub policy_ids: PolicyIds,
     /// Evaluation errors; any error makes the decision a deny.
     pub errors: Vec<String>,
 }
@@ -206,7 +225,7 @@ impl Decision {
     fn error(message: String) -> Self {
         Self {
             allowed: false,
-            policy_ids: Vec::new(),
+            policy_ids: PolicyIds::default(),
             errors: vec![message],
         }
     }
@@ -229,6 +248,7 @@ impl Policies {
             consents,
             with_withdrawn: self.context_has_withdrawn,
             cedar: OnceLock::new(),
+            decisions: OnceLock::new(),
         }
     }
 
@@ -275,7 +295,7 @@ impl Policies {
             policy_ids.dedup();
             return Decision {
                 allowed: false,
-                policy_ids,
+                policy_ids: policy_ids.into(),
                 errors,
             };
         }
@@ -283,7 +303,7 @@ impl Policies {
         policy_ids.sort();
         Decision {
             allowed: response.decision() == CedarDecision::Allow,
-            policy_ids,
+            policy_ids: policy_ids.into(),
             errors,
         }
     }
@@ -297,12 +317,12 @@ impl Policies {
         field: &FieldName,
         context: &FieldContext,
     ) -> Decision {
-        let key = DecisionKey::new(principal, action, field, context);
-        if let Some(hit) = self.cache.get(&key) {
+        let decisions = context.decisions(principal, &self.cache);
+        if let Some(hit) = decisions.get(action, field) {
             return hit;
         }
         let decision = self.evaluate_field(principal, action, field, context);
-        self.cache.insert(key, decision.clone());
+        decisions.insert(action, field, decision.clone());
         decision
     }
 
@@ -348,9 +368,13 @@ impl Policies {
             });
         }
         let mut denied = read;
-        denied.policy_ids.extend(masked.policy_ids);
-        denied.policy_ids.sort();
-        denied.policy_ids.dedup();
+        if !masked.policy_ids.is_empty() {
+            let mut ids = denied.policy_ids.to_vec();
+            ids.extend(masked.policy_ids.iter().cloned());
+            ids.sort();
+            ids.dedup();
+            denied.policy_ids = ids.into();
+        }
         denied.errors.extend(masked.errors);
         ReadDecision::Denied(denied)
     }
@@ -361,7 +385,7 @@ impl Policies {
         if principal.kind() != PrincipalKind::Operator {
             return Decision {
                 allowed: false,
-                policy_ids: Vec::new(),
+                policy_ids: PolicyIds::default(),
                 errors: Vec::new(),
             };
         }

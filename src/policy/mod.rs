@@ -41,13 +41,17 @@ pub enum PolicyError {
     Invalid(SourceErrors),
 }
 
+/// The ids of the policies that determined a decision, sorted; shared between the decision cache,
+/// the read's result and its audit record.
+pub type PolicyIds = Arc<[String]>;
+
 /// The proof that `policy` allowed a read of one field: only this module can make one, and every
 /// read helper in the vault takes one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Permit {
     field: FieldName,
     masked: bool,
-    policy_ids: Vec<String>,
+    policy_ids: PolicyIds,
 }
 
 impl Permit {
@@ -62,7 +66,7 @@ impl Permit {
     }
 
     /// The permitting policies.
-    pub fn policy_ids(&self) -> &[String] {
+    pub fn policy_ids(&self) -> &PolicyIds {
         &self.policy_ids
     }
 }

@@ -26,7 +26,7 @@ pub const MAX_FIND_MATCHES: usize = 100;
 struct Match {
     subject: SubjectId,
     pseudonym: crate::domain::Pseudonym,
-    policy_ids: Vec<String>,
+    policy_ids: crate::policy::PolicyIds,
 }
 
 impl Vault {
@@ -124,7 +124,11 @@ impl Vault {
             Err(e) => return self.fail(event, e),
         };
         if matches.is_empty() {
-            event.fields = vec![field_audit(field, FieldOutcome::Absent, &[])];
+            event.fields = vec![field_audit(
+                field,
+                FieldOutcome::Absent,
+                &Default::default(),
+            )];
             self.finish(event, Ok((Batch::new(), ())))?;
             return Ok(Vec::new());
         }
@@ -210,7 +214,7 @@ impl Vault {
                 )];
                 return Err(VaultError::PermissionDenied {
                     action: "read",
-                    denied: vec![(field.to_string(), decision.policy_ids)],
+                    denied: vec![(field.to_string(), decision.policy_ids.to_vec())],
                 });
             }
         }

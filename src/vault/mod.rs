@@ -43,7 +43,7 @@ use crate::catalog::FieldSpec;
 use crate::clock::Clock;
 use crate::domain::{FieldName, Principal, Purpose, Sid};
 use crate::keyring::Keyring;
-use crate::policy::Policies;
+use crate::policy::{Policies, PolicyIds};
 use crate::store::{Batch, Store};
 
 /// How many locks changes to subjects are spread over: enough that 32 concurrent writers to
@@ -312,15 +312,15 @@ fn require(decision: crate::policy::Decision, action: &'static str) -> Result<()
     } else {
         Err(VaultError::PermissionDenied {
             action,
-            denied: vec![(String::new(), decision.policy_ids)],
+            denied: vec![(String::new(), decision.policy_ids.to_vec())],
         })
     }
 }
 
-fn field_audit(field: &FieldName, outcome: FieldOutcome, policy_ids: &[String]) -> FieldAudit {
+fn field_audit(field: &FieldName, outcome: FieldOutcome, policy_ids: &PolicyIds) -> FieldAudit {
     FieldAudit {
         field: field.to_string(),
         outcome,
-        policy_ids: policy_ids.to_vec(),
+        policy_ids: Arc::clone(policy_ids),
     }
 }

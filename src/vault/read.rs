@@ -11,7 +11,7 @@ use super::{CallContext, Vault, VaultError, field_audit};
 use crate::audit::{Action, AuditEvent, CommitTicket, FieldOutcome, Outcome};
 use crate::catalog::FieldSpec;
 use crate::domain::{FieldName, Purpose, Sid, SubjectId};
-use crate::policy::{Permit, Policies, ReadDecision};
+use crate::policy::{Permit, Policies, PolicyIds, ReadDecision};
 use crate::store::keys::subject_key;
 use crate::store::{Batch, Cf};
 
@@ -36,7 +36,7 @@ pub struct FieldRead {
     /// Its outcome.
     pub outcome: ReadOutcome,
     /// The determining policies.
-    pub policy_ids: Vec<String>,
+    pub policy_ids: PolicyIds,
 }
 
 impl ReadOutcome {
@@ -322,7 +322,7 @@ impl Vault {
                 }
                 ReadDecision::Allowed(permit) => {
                     let outcome = stored.get(field).cloned().unwrap_or(ReadOutcome::Absent);
-                    (outcome, permit.policy_ids().to_vec())
+                    (outcome, Arc::clone(permit.policy_ids()))
                 }
             };
             event

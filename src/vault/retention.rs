@@ -130,7 +130,11 @@ impl Vault {
                 continue;
             };
             if still_expired {
-                fields.push(field_audit(&field, FieldOutcome::Expired, &[]));
+                fields.push(field_audit(
+                    &field,
+                    FieldOutcome::Expired,
+                    &Default::default(),
+                ));
                 self.stage_unindex(&sid, &field, &mut batch)?;
                 batch.delete(Cf::Fields, key);
                 removed.push(field);

@@ -40,7 +40,7 @@ impl Vault {
                 .fields
                 .push(field_audit(field, outcome, &decision.policy_ids));
             if !decision.allowed {
-                denied.push((field.to_string(), decision.policy_ids));
+                denied.push((field.to_string(), decision.policy_ids.to_vec()));
             }
         }
         if denied.is_empty() {
@@ -163,9 +163,11 @@ impl Vault {
                     &mut batch,
                 )?;
             }
-            event
-                .fields
-                .push(field_audit(field, FieldOutcome::Written, &[]));
+            event.fields.push(field_audit(
+                field,
+                FieldOutcome::Written,
+                &Default::default(),
+            ));
         }
         let mut written: Vec<FieldName> = names.into_iter().cloned().collect();
         written.sort();
@@ -237,7 +239,9 @@ impl Vault {
             } else {
                 FieldOutcome::Absent
             };
-            event.fields.push(field_audit(field, outcome, &[]));
+            event
+                .fields
+                .push(field_audit(field, outcome, &Default::default()));
         }
         let keys = self.rotate_away(&sid, &deleted, policies, &mut batch)?;
         Ok(Staged {
