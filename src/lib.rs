@@ -14,6 +14,7 @@ pub mod diagnostic;
 pub mod domain;
 pub mod keyring;
 pub mod ledger;
+pub mod metrics;
 pub mod policy;
 pub mod store;
 pub mod vault;

@@ -79,6 +79,9 @@ impl Identity {
                     tokio::task::spawn_blocking(move || verifier.verify(&checked, &token, peer))
                         .await
                         .map_err(|_| Status::unavailable("token check failed"))?;
+                if verdict.is_err() {
+                    crate::metrics::metrics().token_failures.inc();
+                }
                 match verdict {
                     Ok(()) => Ok(principal),
                     Err(TokenRejection::Invalid(message)) => Err(Status::unauthenticated(message)),

@@ -7,6 +7,8 @@ mod debug;
 mod edge;
 mod identity;
 mod key_service;
+mod metrics_endpoint;
+mod observe;
 mod peers;
 mod policy_service;
 mod service;
@@ -26,6 +28,7 @@ pub use audit_service::AuditService;
 pub use edge::Edge;
 pub use identity::{AUTHORIZATION_HEADER, Identity, PRINCIPAL_HEADER};
 pub use key_service::KeyService;
+pub use metrics_endpoint::{metrics_tls, serve_metrics};
 pub use policy_service::PolicyAdminService;
 pub use service::VaultService;
 
@@ -167,6 +170,7 @@ pub async fn serve_with(
     if let Some(tls) = options.tls {
         builder = builder.tls_config(tls)?;
     }
+    let mut builder = builder.layer(observe::ObserveLayer);
     let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
         shutdown.await;

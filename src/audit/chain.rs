@@ -511,6 +511,13 @@ fn write_and_answer(shared: &Shared, store: &Store, pending: Vec<Pending>) {
             "slow audit group write"
         );
     }
+    let metrics = crate::metrics::metrics();
+    metrics.audit_commit_duration.observe(took.as_secs_f64());
+    metrics.audit_group_size.observe(replies.len() as f64);
+    match &written {
+        Ok(_) => metrics.audit_records.inc_by(replies.len() as u64),
+        Err(_) => metrics.audit_failures.inc_by(replies.len() as u64),
+    };
     match written {
         Ok((next, seqs)) => {
             *lock(&shared.head) = next;

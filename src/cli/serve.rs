@@ -112,6 +112,10 @@ pub struct Settings {
     /// Drop the oldest archived audit segments while the live log is larger [default: keep all]
     #[arg(long, env = "PRIVAULT_AUDIT_MAX_BYTES")]
     audit_max_bytes: Option<u64>,
+    /// Address of the Prometheus `GET /metrics` listener: over TLS with the server's certificate
+    /// when --tls-cert is set, otherwise loopback only [default: off]
+    #[arg(long, env = "PRIVAULT_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 impl Settings {
@@ -147,7 +151,8 @@ impl Settings {
             block_cache_mib,
             audit_segment_bytes,
             audit_retention_days,
-            audit_max_bytes
+            audit_max_bytes,
+            metrics_listen
         )
     }
 }
@@ -156,6 +161,8 @@ impl Settings {
 struct Resolved {
     vault: VaultConfig,
     listen: SocketAddr,
+    /// The metrics listener's address, and its TLS when the server has TLS.
+    metrics: Option<(SocketAddr, Option<tokio_rustls::TlsAcceptor>)>,
     options: ServeOptions,
     tokens: Option<Arc<TokenVerifier>>,
     lock_memory: bool,
@@ -267,6 +274,15 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Resolved> {
              network in clear"
         );
     }
+    let metrics = match (s.metrics_listen, &tls) {
+        (None, _) => None,
+        (Some(addr), Some((cert, key))) => Some((addr, Some(api::metrics_tls(cert, key)?))),
+        (Some(addr), None) if addr.ip().is_loopback() => Some((addr, None)),
+        (Some(addr), None) => bail!(
+            "refusing to serve metrics on {addr} without TLS: without --tls-cert the metrics \
+             listener is loopback only"
+        ),
+    };
     let tls_config = match (&tls, &s.client_ca) {
         (Some((cert, key)), Some(ca)) => Some(tls::server_tls(cert, key, ca)?),
         (Some((cert, key)), None) => Some(tls::server_tls_without_client_auth(cert, key)?),
@@ -290,6 +306,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Resolved> {
     Ok(Resolved {
         vault,
         listen,
+        metrics,
         options,
         tokens,
         lock_memory: s.lock_memory.unwrap_or(true),
@@ -337,6 +354,27 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         {
             let days = resolved.epoch_roll_days.unwrap_or(u64::MAX / 86_400_000);
             tokio::spawn(scheduled_epoch_roll(Arc::clone(&vault), days));
+        }
+        if let Some((metrics_addr, metrics_tls)) = resolved.metrics {
+            let metrics_listener = TcpListener::bind(metrics_addr)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {metrics_addr}"))?;
+            tracing::info!(
+                "metrics on {}://{}/metrics",
+                if metrics_tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                },
+                metrics_listener.local_addr()?
+            );
+            // It serves until the process ends: a scrape during the drain still sees it.
+            tokio::spawn(api::serve_metrics(
+                Arc::clone(&vault),
+                metrics_listener,
+                metrics_tls,
+                std::future::pending(),
+            ));
         }
         tracing::info!("listening on {addr}");
         api::serve_with(vault, resolved.options, listener, shutdown).await?;

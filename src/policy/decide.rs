@@ -319,9 +319,11 @@ impl Policies {
     ) -> Decision {
         let decisions = context.decisions(principal, &self.cache);
         if let Some(hit) = decisions.get(action, field) {
+            crate::metrics::metrics().decided(action.name(), hit.allowed, true);
             return hit;
         }
         let decision = self.evaluate_field(principal, action, field, context);
+        crate::metrics::metrics().decided(action.name(), decision.allowed, false);
         decisions.insert(action, field, decision.clone());
         decision
     }

@@ -187,9 +187,23 @@ impl Batch {
 /// The vault's RocksDB database.
 pub struct Store {
     db: DB,
+    cache: Cache,
     path: PathBuf,
     // A secondary instance's own directory (its info log), removed when it closes.
     _secondary: Option<tempfile::TempDir>,
+}
+
+/// RocksDB's gauges (bytes), summed over the column families.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoreStats {
+    /// Live table files.
+    pub live_sst_bytes: u64,
+    /// Memtables, active and immutable.
+    pub memtable_bytes: u64,
+    /// What compaction estimates it still has to rewrite.
+    pub pending_compaction_bytes: u64,
+    /// The shared block cache in use.
+    pub block_cache_bytes: u64,
 }
 
 impl std::fmt::Debug for Store {
@@ -324,6 +338,7 @@ impl Store {
         })?;
         let store = Self {
             db,
+            cache,
             path: path.to_owned(),
             _secondary: None,
         };
@@ -353,6 +368,23 @@ impl Store {
         StoreError::Db {
             path: self.path.clone(),
             message: e.into_string(),
+        }
+    }
+
+    /// RocksDB's own gauges, summed over the column families, for the metrics endpoint.
+    pub fn stats(&self) -> StoreStats {
+        let sum = |property: &str| {
+            Cf::ALL
+                .iter()
+                .filter_map(|cf| self.cf(*cf).ok())
+                .filter_map(|handle| self.db.property_int_value_cf(handle, property).ok()?)
+                .sum()
+        };
+        StoreStats {
+            live_sst_bytes: sum("rocksdb.live-sst-files-size"),
+            memtable_bytes: sum("rocksdb.cur-size-all-mem-tables"),
+            pending_compaction_bytes: sum("rocksdb.estimate-pending-compaction-bytes"),
+            block_cache_bytes: self.cache.get_usage() as u64,
         }
     }
 

@@ -88,6 +88,9 @@ impl Vault {
                  so the live log keeps everything; run `privault audit archive --to DIR`"
             );
         }
+        crate::metrics::metrics()
+            .audit_retention_blocked
+            .set(i64::from(report.blocked_by.is_some()));
         self.audit_blocked.send_replace(report.blocked_by);
         Ok(report)
     }

@@ -150,6 +150,11 @@ impl Vault {
         self.limits
     }
 
+    /// RocksDB's gauges, for the metrics endpoint.
+    pub fn store_stats(&self) -> crate::store::StoreStats {
+        self.store.stats()
+    }
+
     /// The store, for offline tools and tests.
     pub fn store(&self) -> &Store {
         &self.store

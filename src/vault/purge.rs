@@ -88,6 +88,9 @@ impl Vault {
             .map_err(|_| malformed())?;
         let started = std::time::Instant::now();
         self.store.purge(&ranges)?;
+        crate::metrics::metrics()
+            .purge_duration
+            .observe(started.elapsed().as_secs_f64());
         // A customer who came back since shares the handle: then only the erased incarnation's
         // own id tells its entries apart.
         let came_back = self.incarnation_of(sid).ok().flatten().is_some();

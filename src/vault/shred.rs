@@ -45,6 +45,7 @@ impl Vault {
             self.forget_subject(&sid);
             (existed, audit_seq)
         };
+        crate::metrics::metrics().shreds.inc();
         let purged = self.finish_purge(&sid);
         Ok(ShredOutcome {
             existed: committed.0,

@@ -14,6 +14,7 @@ mod hostile;
 mod identity;
 mod keys;
 mod lookup;
+mod metrics;
 mod model;
 mod outcomes;
 mod pki;

@@ -1,0 +1,158 @@
+//! `GET /metrics`: scraped from the real endpoint beside a real server, parsed as Prometheus text;
+//! counters move as calls are made, and no label or value carries a subject id or a field value.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::*;
+
+const CANARY_SUBJECT: &str = "canary-subject-5f3a9c";
+const CANARY_VALUE: &str = "canary-value-b81e02@example.com";
+
+async fn scrape(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).await.unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    (head.to_owned(), body.to_owned())
+}
+
+fn parse(text: &str) -> prometheus_parse::Scrape {
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap()
+}
+
+/// The sum of `name`'s samples whose labels include every `(label, value)` of `labels`.
+fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            prometheus_parse::Value::Histogram(ref h) => {
+                h.iter().map(|b| b.count).fold(0.0, f64::max)
+            }
+            _ => 0.0,
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn metrics_move_with_calls_and_never_name_a_subject_or_a_value() {
+    let vault = TestVault::new();
+    let server = vault.start().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_addr = listener.local_addr().unwrap();
+    let (stop_metrics, stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics = tokio::spawn(privault::api::serve_metrics(
+        server.vault(),
+        listener,
+        None,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let (head, before) = scrape(metrics_addr, "/metrics").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text")
+    );
+    let before = parse(&before);
+    let rpc = "/privault.v1.Vault/GetFields";
+
+    let mut account = server.client(ACCOUNT).await;
+    account
+        .put_fields(put_request(
+            CANARY_SUBJECT,
+            "account",
+            &[("email", CANARY_VALUE)],
+        ))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        account
+            .get_fields(get_request(CANARY_SUBJECT, "account", &["email"]))
+            .await
+            .unwrap();
+    }
+    // A refused call (no such purpose) and a call to a method nobody serves.
+    let refused = account
+        .get_fields(get_request(CANARY_SUBJECT, "no_such_purpose", &["email"]))
+        .await
+        .unwrap_err();
+    let mut dpo = server.client(DPO).await;
+    dpo.shred_subject(privault::api::pb::ShredSubjectRequest {
+        subject_id: CANARY_SUBJECT.into(),
+        reason: "ticket".into(),
+    })
+    .await
+    .unwrap();
+
+    let (_, text) = scrape(metrics_addr, "/metrics").await;
+    assert!(
+        !text.contains(CANARY_SUBJECT),
+        "a subject id in the metrics"
+    );
+    assert!(!text.contains(CANARY_VALUE), "a value in the metrics");
+    let after = parse(&text);
+    let moved = |name: &str, labels: &[(&str, &str)]| {
+        value(&after, name, labels) - value(&before, name, labels)
+    };
+    assert_eq!(
+        moved("privault_requests_total", &[("rpc", rpc), ("code", "OK")]),
+        3.0
+    );
+    let code = format!("{:?}", refused.code());
+    assert!(
+        code == "InvalidArgument" || code == "PermissionDenied",
+        "{code}"
+    );
+    assert_eq!(moved("privault_requests_total", &[("rpc", rpc)]), 4.0);
+    assert!(moved("privault_request_duration_seconds_count", &[("rpc", rpc)]) >= 4.0);
+    assert!(
+        moved(
+            "privault_decisions_total",
+            &[("action", "read"), ("outcome", "allow")]
+        ) >= 3.0
+    );
+    assert!(moved("privault_decision_cache_hits_total", &[]) >= 2.0);
+    assert!(moved("privault_audit_records_total", &[]) >= 6.0);
+    assert!(moved("privault_audit_group_size_count", &[]) >= 1.0);
+    assert_eq!(moved("privault_shreds_total", &[]), 1.0);
+    assert!(value(&after, "privault_rocksdb_block_cache_bytes", &[]) >= 0.0);
+    assert!(value(&after, "privault_process_resident_memory_bytes", &[]) > 0.0);
+    assert!(value(&after, "privault_process_open_fds", &[]) > 0.0);
+    assert_eq!(value(&after, "privault_quarantined_subjects", &[]), 0.0);
+    // Every label value is one of a closed set: methods served (or `other`), codes, enums.
+    for sample in &after.samples {
+        for (label, v) in sample.labels.iter() {
+            match label.as_str() {
+                "rpc" => assert!(
+                    v.starts_with("/privault.v1.") || v.starts_with("/grpc.") || v == "other",
+                    "{v}"
+                ),
+                "code" => assert!(v.chars().all(|c| c.is_ascii_uppercase() || c == '_'), "{v}"),
+                "action" | "outcome" => {
+                    assert!(v.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{v}")
+                }
+                "le" | "quantile" => {}
+                other => panic!("unexpected label {other}"),
+            }
+        }
+    }
+    let (head, _) = scrape(metrics_addr, "/elsewhere").await;
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    let _ = stop_metrics.send(());
+    metrics.await.unwrap();
+    server.stop().await;
+}
