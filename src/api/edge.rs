@@ -79,6 +79,8 @@ impl Edge {
         let mut id = [0u8; 8];
         random_bytes(&mut id).map_err(|_| Status::unavailable("random number generator failed"))?;
         let request_id = hex::encode(id);
+        // The call's span (api/observe.rs) names it in every log line of the call.
+        tracing::Span::current().record("request_id", request_id.as_str());
         let peer = request.remote_addr().map(|a| a.to_string());
         match self.identity.principal(request).await {
             Ok(principal) => Ok(Authorized {

@@ -1,7 +1,11 @@
-//! Counts and times every call at the HTTP/2 layer, under the tonic server: the method from the
-//! path (only the methods this server serves become labels; any other path is `other`, so a
-//! caller cannot mint label values), and the gRPC code from the response's headers or, for a
-//! call that ran, its trailers. A call whose response is dropped unfinished counts as CANCELLED.
+//! Observes every call at the HTTP/2 layer, under the tonic server: counts and times it (the
+//! method from the path: only the methods this server serves become labels, any other path is
+//! `other`, so a caller cannot mint label values; the gRPC code from the response's headers or,
+//! for a call that ran, its trailers; a response dropped unfinished counts as CANCELLED), and runs
+//! it in a `call` span carrying its trace id: the caller's, from a W3C `traceparent` header, or a
+//! fresh one. The trace id goes back in the `x-trace-id` response header, and the edge adds the
+//! request id to the span, so every log line of the call names both. Nothing else of the request
+//! (no subject id, no value) enters the span.
 
 use std::collections::HashSet;
 use std::pin::Pin;
@@ -12,6 +16,7 @@ use std::time::Instant;
 use http_body::{Body, Frame};
 use prost::Message;
 use tonic::Code;
+use tracing::Instrument;
 
 use crate::metrics::{CallLabels, RpcLabels, metrics};
 
@@ -75,6 +80,49 @@ fn code_label(code: Code) -> &'static str {
     }
 }
 
+/// The response header that carries the call's trace id.
+pub const TRACE_ID_HEADER: &str = "x-trace-id";
+
+/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), when it is valid: lower
+/// case hex, version not `ff`, neither id all zeros (the spec's rule for ignoring the header).
+fn trace_id_of(traceparent: &str) -> Option<&str> {
+    let mut parts = traceparent.trim().split('-');
+    let (version, trace_id, parent_id, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let zero = |s: &str| s.bytes().all(|b| b == b'0');
+    // A later version may append fields; version 00 has exactly four.
+    let valid = hex(version, 2)
+        && version != "ff"
+        && (version != "00" || parts.next().is_none())
+        && hex(trace_id, 32)
+        && !zero(trace_id)
+        && hex(parent_id, 16)
+        && !zero(parent_id)
+        && hex(flags, 2);
+    valid.then_some(trace_id)
+}
+
+fn trace_id(headers: &http::HeaderMap) -> String {
+    if let Some(id) = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(trace_id_of)
+    {
+        return id.to_owned();
+    }
+    let mut id = [0u8; 16];
+    // Without randomness the call still runs; its trace id only has to tell it apart in logs.
+    if crate::crypto::random_bytes(&mut id).is_err() {
+        id[..8].copy_from_slice(&Instant::now().elapsed().as_nanos().to_be_bytes()[8..]);
+    }
+    hex::encode(id)
+}
+
 fn status_in(headers: &http::HeaderMap) -> Option<Code> {
     headers
         .get("grpc-status")
@@ -116,19 +164,34 @@ where
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let rpc = rpc_label(request.uri().path());
         let started = Instant::now();
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let response = response.await?;
-            let early = status_in(response.headers());
-            Ok(response.map(|inner| ObservedBody {
-                inner,
-                call: Some(Call {
-                    rpc,
-                    started,
-                    early,
-                }),
-            }))
-        })
+        let trace_id = trace_id(request.headers());
+        let span = tracing::info_span!(
+            "call",
+            rpc,
+            trace_id = %trace_id,
+            request_id = tracing::field::Empty
+        );
+        let response = span.in_scope(|| self.inner.call(request));
+        Box::pin(
+            async move {
+                let mut response = response.await?;
+                if let Ok(value) = http::HeaderValue::from_str(&trace_id) {
+                    response.headers_mut().insert(TRACE_ID_HEADER, value);
+                }
+                let early = status_in(response.headers());
+                let span = tracing::Span::current();
+                Ok(response.map(|inner| ObservedBody {
+                    inner,
+                    call: Some(Call {
+                        rpc,
+                        started,
+                        early,
+                        span,
+                    }),
+                }))
+            }
+            .instrument(span),
+        )
     }
 }
 
@@ -137,10 +200,19 @@ struct Call {
     started: Instant,
     // The code of a trailers-only response (every refused call), known from the headers.
     early: Option<Code>,
+    span: tracing::Span,
 }
 
 impl Call {
     fn finish(self, code: Code) {
+        let elapsed = self.started.elapsed();
+        self.span.in_scope(|| {
+            tracing::debug!(
+                code = code_label(code),
+                elapsed_us = elapsed.as_micros() as u64,
+                "call ended"
+            );
+        });
         let m = metrics();
         m.requests
             .get_or_create(&CallLabels {
@@ -150,7 +222,7 @@ impl Call {
             .inc();
         m.request_duration
             .get_or_create(&RpcLabels { rpc: self.rpc })
-            .observe(self.started.elapsed().as_secs_f64());
+            .observe(elapsed.as_secs_f64());
     }
 }
 
@@ -208,6 +280,38 @@ impl<B> Drop for ObservedBody<B> {
             // A trailers-only response may end without a frame being polled.
             let code = call.early.unwrap_or(Code::Cancelled);
             call.finish(code);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::trace_id_of;
+
+    #[test]
+    fn only_a_valid_traceparent_names_the_trace() {
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        assert_eq!(
+            trace_id_of(&format!("00-{id}-00f067aa0ba902b7-01")),
+            Some(id)
+        );
+        assert_eq!(
+            trace_id_of(&format!("01-{id}-00f067aa0ba902b7-01-later")),
+            Some(id),
+            "a later version may add fields"
+        );
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-cust-42-alice@example.com-01",
+        ] {
+            assert_eq!(trace_id_of(bad), None, "{bad}");
         }
     }
 }

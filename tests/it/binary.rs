@@ -40,8 +40,10 @@ fn start(cwd: &Path, extra: &[&str]) -> Served {
     reason = "the caller waits through `terminate`"
 )]
 pub fn spawn_served(mut command: Command) -> Served {
+    if !command.get_envs().any(|(k, _)| k == "RUST_LOG") {
+        command.env("RUST_LOG", "info");
+    }
     let mut child = command
-        .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -62,8 +64,13 @@ pub fn spawn_served(mut command: Command) -> Served {
             .unwrap_or_else(|_| panic!("no `listening on` line:\n{log}"));
         log.push_str(&line);
         log.push('\n');
-        if let Some(addr) = line.split("listening on ").nth(1) {
-            let addr = addr.trim().to_owned();
+        // Text or JSON: the address ends at a space or the closing quote.
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            let addr = rest
+                .split(|c: char| c == '"' || c.is_whitespace())
+                .next()
+                .unwrap_or_default()
+                .to_owned();
             return Served {
                 child,
                 log,
@@ -171,6 +178,44 @@ fn serve_refuses_a_non_loopback_address_without_tls() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
     assert!(!cwd.path().join("privault-data").exists());
+}
+
+#[test]
+fn metrics_listen_serves_on_loopback_and_is_refused_elsewhere_without_tls() {
+    let cwd = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .current_dir(cwd.path())
+        .args(["serve", "--metrics-listen", "0.0.0.0:0", "--policies"])
+        .arg(shipped_policies())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to serve metrics"));
+
+    std::os::unix::fs::symlink(shipped_policies(), cwd.path().join("policies")).unwrap();
+    with_server(
+        cwd.path(),
+        &["--metrics-listen", "127.0.0.1:0"],
+        |_, log| {
+            let addr = log
+                .split("metrics on http://")
+                .nth(1)
+                .and_then(|rest| rest.split("/metrics").next())
+                .unwrap_or_else(|| panic!("no metrics line:\n{log}"));
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut text = String::new();
+            stream.read_to_string(&mut text).unwrap();
+            assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+            assert!(
+                text.contains("privault_process_resident_memory_bytes"),
+                "{text}"
+            );
+        },
+    );
 }
 
 #[test]
@@ -431,4 +476,69 @@ async fn sigterm_ends_open_health_watches_and_exits_promptly() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_callers_traceparent_names_the_json_log_lines_of_its_call_and_the_response() {
+    use privault::api::pb::vault_client::VaultClient;
+
+    let cwd = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(shipped_policies(), cwd.path().join("policies")).unwrap();
+    let mut command = Command::new(BIN);
+    command
+        .current_dir(cwd.path())
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .env("RUST_LOG", "info,privault=debug");
+    let mut served = spawn_served(command);
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let subject = "trace-canary-subject-77";
+    let mut client = VaultClient::new(channel_to(&served.addr).await);
+    let mut request =
+        tonic::Request::new(crate::support::get_request(subject, "account", &["email"]));
+    let metadata = request.metadata_mut();
+    metadata.insert(
+        "x-privault-principal",
+        "Service::\"account\"".parse().unwrap(),
+    );
+    metadata.insert(
+        "traceparent",
+        format!("00-{trace}-00f067aa0ba902b7-01").parse().unwrap(),
+    );
+    let response = client.get_fields(request).await.unwrap();
+    assert_eq!(
+        response
+            .metadata()
+            .get("x-trace-id")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        trace
+    );
+    let request_id = response
+        .metadata()
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    // The call's lines carry its trace id and request id in the span, as JSON objects.
+    let mut ended = None;
+    while ended.is_none() {
+        let line = served
+            .lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("no log line of the call");
+        assert!(!line.contains(subject), "a subject id in the log: {line}");
+        let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else {
+            panic!("not a JSON line: {line}");
+        };
+        if json["fields"]["message"] == "call ended" && json["span"]["trace_id"] == trace {
+            ended = Some(json);
+        }
+    }
+    let ended = ended.unwrap();
+    assert_eq!(ended["span"]["rpc"], "/privault.v1.Vault/GetFields");
+    assert_eq!(ended["span"]["request_id"], request_id.as_str());
+    assert_eq!(ended["fields"]["code"], "OK");
+    assert!(terminate(&mut served.child).success());
 }
