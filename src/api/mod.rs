@@ -134,6 +134,12 @@ pub async fn serve_with(
         reporter.clone(),
         vault.audit_retention_blocked(),
     ));
+    let drain_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    tokio::spawn(report_audit_writable(
+        reporter.clone(),
+        vault.audit_writable(),
+        Arc::clone(&drain_flag),
+    ));
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -174,6 +180,7 @@ pub async fn serve_with(
     let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
         shutdown.await;
+        drain_flag.store(true, std::sync::atomic::Ordering::SeqCst);
         drain_health(reporter).await;
         // A tail follows the log forever: it ends, telling its reader where to resume.
         let _ = stop_tails.send(true);
@@ -231,10 +238,37 @@ async fn report_audit_retention(
     }
 }
 
-/// The names `grpc.health.v1.Health` answers for: the server as a whole and the vault.
-const HEALTH_SERVICES: [&str; 2] = [
+/// While the audit log cannot be written, every read fails closed: the server and every service
+/// report NOT_SERVING (load balancers send calls elsewhere) until a write succeeds again.
+async fn report_audit_writable(
+    reporter: tonic_health::server::HealthReporter,
+    mut writable: tokio::sync::watch::Receiver<bool>,
+    draining: Arc<std::sync::atomic::AtomicBool>,
+) {
+    while writable.changed().await.is_ok() {
+        let ok = *writable.borrow_and_update();
+        if draining.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let status = if ok {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tracing::error!("the audit log cannot be written: health NOT_SERVING until it can");
+            tonic_health::ServingStatus::NotServing
+        };
+        for name in HEALTH_SERVICES {
+            reporter.set_service_status(name, status).await;
+        }
+    }
+}
+
+/// The names `grpc.health.v1.Health` answers for: the server as a whole and each service.
+const HEALTH_SERVICES: [&str; 5] = [
     "",
     <pb::vault_server::VaultServer<VaultService> as tonic::server::NamedService>::NAME,
+    <pb::policy_admin_server::PolicyAdminServer<PolicyAdminService> as tonic::server::NamedService>::NAME,
+    <pb::audit_server::AuditServer<AuditService> as tonic::server::NamedService>::NAME,
+    <pb::key_admin_server::KeyAdminServer<KeyService> as tonic::server::NamedService>::NAME,
 ];
 
 /// The first step of a shutdown: every health status turns NOT_SERVING (load balancers stop

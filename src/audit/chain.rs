@@ -157,6 +157,8 @@ struct Shared {
     encoder: Mutex<Encoder>,
     /// The seq of the last durable record, for followers of the log.
     durable: tokio::sync::watch::Sender<u64>,
+    /// Whether the last group write succeeded: health follows it.
+    writable: tokio::sync::watch::Sender<bool>,
     /// Whether closed segments wait to be sealed.
     seal: Mutex<SealQueue>,
     seal_wake: Condvar,
@@ -286,6 +288,7 @@ impl AuditLog {
                 segment_bytes_limit: options.segment_bytes.max(1),
             }),
             durable,
+            writable: tokio::sync::watch::channel(true).0,
             seal: Mutex::new(SealQueue {
                 wanted: true,
                 closed: false,
@@ -354,6 +357,12 @@ impl AuditLog {
     /// Follows the seq of the last durable record.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.shared.durable.subscribe()
+    }
+
+    /// Follows whether the log can be written: false from a failed group write until one
+    /// succeeds again.
+    pub fn writable(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.shared.writable.subscribe()
     }
 
     /// Appends the record of `event` to `batch` and writes the batch durably; returns its seq.
@@ -518,6 +527,12 @@ fn write_and_answer(shared: &Shared, store: &Store, pending: Vec<Pending>) {
         Ok(_) => metrics.audit_records.inc_by(replies.len() as u64),
         Err(_) => metrics.audit_failures.inc_by(replies.len() as u64),
     };
+    let ok = written.is_ok();
+    shared.writable.send_if_modified(|writable| {
+        let changed = *writable != ok;
+        *writable = ok;
+        changed
+    });
     match written {
         Ok((next, seqs)) => {
             *lock(&shared.head) = next;

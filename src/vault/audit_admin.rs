@@ -101,6 +101,12 @@ impl Vault {
         self.audit_blocked.subscribe()
     }
 
+    /// Follows whether the audit log can be written (false from a failed write until one
+    /// succeeds): while it cannot, every read fails closed.
+    pub fn audit_writable(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.audit.writable()
+    }
+
     /// The seq of the last durable audit record.
     pub fn audit_head_seq(&self) -> u64 {
         self.audit.head_seq()

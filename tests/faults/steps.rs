@@ -14,6 +14,38 @@ fn email(v: &Vault, id: &str) -> ReadOutcome {
 }
 
 #[test]
+fn the_audit_log_reports_unwritable_from_a_failed_write_until_one_succeeds() {
+    let scenario = FailScenario::setup();
+    let vault = TestVault::new();
+    let v = vault.open().unwrap();
+    let writable = v.audit_writable();
+    put_email(&v, "cust-1", "one@example.com");
+    assert!(*writable.borrow(), "writable after a good write");
+    fail::cfg("audit-write", "return").unwrap();
+    let failed = v.put(
+        &ctx(ACCOUNT),
+        &subject("cust-1"),
+        &Purpose::new("account").unwrap(),
+        vec![(
+            FieldName::new("email").unwrap(),
+            secrecy::SecretString::from("two@example.com"),
+        )],
+    );
+    assert!(failed.is_err());
+    assert!(
+        !*writable.borrow(),
+        "a failed write makes the log unwritable"
+    );
+    fail::remove("audit-write");
+    put_email(&v, "cust-1", "three@example.com");
+    assert!(
+        *writable.borrow(),
+        "the next good write makes it writable again"
+    );
+    scenario.teardown();
+}
+
+#[test]
 fn a_write_whose_commit_fails_changes_nothing() {
     let scenario = FailScenario::setup();
     let vault = TestVault::new();

@@ -377,6 +377,26 @@ async fn reads_fail_closed_when_the_audit_record_cannot_be_written() {
     let status = failed.expect("the file size limit was never reached");
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     wait_for_line(&served, "failing closed");
+    // Load balancers are told: every health name turns NOT_SERVING.
+    let mut health = HealthClient::new(channel_to(&served.addr).await);
+    for service in ["", "privault.v1.Vault", "privault.v1.Audit"] {
+        let mut status = ServingStatus::Serving;
+        for _ in 0..50 {
+            status = health
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status();
+            if status == ServingStatus::NotServing {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(status, ServingStatus::NotServing, "service `{service}`");
+    }
 
     let mut read = tonic::Request::new(crate::support::get_request(
         "cust-0",
