@@ -15,6 +15,8 @@ use privault::clock::SystemClock;
 use privault::vault::{Limits, Vault, VaultConfig};
 use serde::Deserialize;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 #[derive(Args, Default)]
 pub struct ServeArgs {
@@ -345,15 +347,24 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         // Handlers are installed before `listening on`, so a SIGTERM right after it is a clean stop.
         let shutdown = shutdown_signal()?;
-        tokio::spawn(reload_on_sighup(Arc::clone(&vault), resolved.tokens));
-        tokio::spawn(sweep_retention(Arc::clone(&vault)));
-        tokio::spawn(sweep_audit_log(Arc::clone(&vault)));
+        // Background work runs under one tracker and stops between slices once the server has
+        // drained: a slice in progress is finished, never cut.
+        let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        tasks.spawn(reload_on_sighup(
+            Arc::clone(&vault),
+            resolved.tokens,
+            stop.clone(),
+        ));
+        tasks.spawn(sweep_retention(Arc::clone(&vault), stop.clone()));
+        tasks.spawn(sweep_audit_log(Arc::clone(&vault), stop.clone()));
+        // One blocking run: it is not waited for at shutdown (a roll resumes at the next start).
         tokio::spawn(finish_epoch_roll(Arc::clone(&vault)));
         // Always scheduled: without --epoch-roll-days the epoch still rolls once its KEK nears
         // the random-nonce bound.
         {
             let days = resolved.epoch_roll_days.unwrap_or(u64::MAX / 86_400_000);
-            tokio::spawn(scheduled_epoch_roll(Arc::clone(&vault), days));
+            tasks.spawn(scheduled_epoch_roll(Arc::clone(&vault), days, stop.clone()));
         }
         if let Some((metrics_addr, metrics_tls)) = resolved.metrics {
             let metrics_listener = TcpListener::bind(metrics_addr)
@@ -377,7 +388,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             ));
         }
         tracing::info!("listening on {addr}");
+        let grace = resolved.options.shutdown_grace;
         api::serve_with(vault, resolved.options, listener, shutdown).await?;
+        stop.cancel();
+        tasks.close();
+        if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+            tracing::warn!(
+                grace_secs = grace.as_secs(),
+                "background tasks still running after the grace period; stopping anyway"
+            );
+        }
         tracing::info!("stopped");
         anyhow::Ok(())
     })
@@ -385,13 +405,21 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 
 /// Re-reads the policy directory (and the token file) on every SIGHUP; an invalid one is refused
 /// and what is loaded stays.
-async fn reload_on_sighup(vault: Arc<Vault>, tokens: Option<Arc<TokenVerifier>>) {
+async fn reload_on_sighup(
+    vault: Arc<Vault>,
+    tokens: Option<Arc<TokenVerifier>>,
+    stop: CancellationToken,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hangups) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot listen for SIGHUP; reload by signal is off");
         return;
     };
-    while hangups.recv().await.is_some() {
+    loop {
+        tokio::select! {
+            signal = hangups.recv() => if signal.is_none() { return },
+            () = stop.cancelled() => return,
+        }
         if let Some(tokens) = &tokens {
             match tokens.reload() {
                 Ok(n) => tracing::info!(principals = n, "SIGHUP: token file reloaded"),
@@ -431,11 +459,14 @@ async fn finish_epoch_roll(vault: Arc<Vault>) {
 
 /// Rolls the epoch whenever the current one is older than `days` or its KEK has made nearly as
 /// many wraps as a random-nonce key may, checked hourly.
-async fn scheduled_epoch_roll(vault: Arc<Vault>, days: u64) {
+async fn scheduled_epoch_roll(vault: Arc<Vault>, days: u64, stop: CancellationToken) {
     let max_age_ms = days.saturating_mul(86_400_000);
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
         let v = Arc::clone(&vault);
         match tokio::task::spawn_blocking(move || v.roll_epoch_if_older(max_age_ms)).await {
             Ok(Ok(Some(done))) => tracing::info!(
@@ -452,12 +483,15 @@ async fn scheduled_epoch_roll(vault: Arc<Vault>, days: u64) {
 
 /// Deletes expired fields in the background: a bounded slice every second, so that a large store
 /// is swept over time without ever holding the writer for long.
-async fn sweep_retention(vault: Arc<Vault>) {
+async fn sweep_retention(vault: Arc<Vault>, stop: CancellationToken) {
     const SLICE: usize = 1000;
     let mut cursor = privault::vault::SweepCursor::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
         let v = Arc::clone(&vault);
         let from = cursor.clone();
         match tokio::task::spawn_blocking(move || v.sweep_expired(&from, SLICE)).await {
@@ -477,10 +511,13 @@ async fn sweep_retention(vault: Arc<Vault>) {
 }
 
 /// Applies the audit log's retention bound at start and every minute.
-async fn sweep_audit_log(vault: Arc<Vault>) {
+async fn sweep_audit_log(vault: Arc<Vault>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
         let v = Arc::clone(&vault);
         match tokio::task::spawn_blocking(move || v.sweep_audit_log()).await {
             Ok(Ok(_)) => {}
