@@ -9,6 +9,7 @@ mod audit_segments;
 mod binary;
 mod consent;
 mod crash;
+mod deploy;
 mod durability;
 mod hostile;
 mod identity;
