@@ -197,7 +197,7 @@ pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
                 Err(e) => {
                     eprintln!("{e}");
                     println!("bad seq {}", e.seq);
-                    return Ok(ExitCode::FAILURE);
+                    return Ok(super::check_failed());
                 }
             };
             if let Some(path) = head {
@@ -208,7 +208,7 @@ pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
                 let keyring = open_keyring(&offline_config(&data_dir, &root)?)?;
                 if let Err(e) = check_signed_head(&store, &keyring, &signed) {
                     eprintln!("{e}");
-                    return Ok(ExitCode::FAILURE);
+                    return Ok(super::check_failed());
                 }
                 println!("signed head {} {} is in the log", signed.seq, signed.hash);
             }

@@ -11,3 +11,10 @@ pub mod root;
 pub mod ropa;
 pub mod serve;
 pub mod token;
+
+/// The exit code of a check that ran and failed (a broken chain, a failing policy test, invalid
+/// policies, a signed head not in the log), apart from 1 (the command could not run) and 2 (usage,
+/// clap's own).
+pub fn check_failed() -> std::process::ExitCode {
+    std::process::ExitCode::from(3)
+}

@@ -122,7 +122,7 @@ pub fn load(dir: &Path) -> anyhow::Result<Option<Policies>> {
 
 fn validate(dir: &Path) -> anyhow::Result<ExitCode> {
     let Some(set) = load(dir)? else {
-        return Ok(ExitCode::FAILURE);
+        return Ok(super::check_failed());
     };
     println!(
         "{}: valid ({} policies, version {})",
@@ -135,13 +135,13 @@ fn validate(dir: &Path) -> anyhow::Result<ExitCode> {
 
 fn test(dir: &Path, allow_uncovered: bool) -> anyhow::Result<ExitCode> {
     let Some(set) = load(dir)? else {
-        return Ok(ExitCode::FAILURE);
+        return Ok(super::check_failed());
     };
     let cases = match load_cases(dir, &set) {
         Ok(c) => c,
         Err(PolicyError::Invalid(errors)) => {
             print_errors(dir, &errors);
-            return Ok(ExitCode::FAILURE);
+            return Ok(super::check_failed());
         }
         Err(e) => return Err(e.into()),
     };
@@ -152,7 +152,7 @@ fn test(dir: &Path, allow_uncovered: bool) -> anyhow::Result<ExitCode> {
     Ok(if failed == 0 && !uncovered_fails {
         ExitCode::SUCCESS
     } else {
-        ExitCode::FAILURE
+        super::check_failed()
     })
 }
 

@@ -88,6 +88,12 @@ fn with_outcome(store: &Store, seq: u64, code: u8) -> Vec<u8> {
 
 fn verify_output(vault: &TestVault) -> (bool, String) {
     let out = audit_cli(&["verify"], vault.data_dir());
+    // A broken chain is a failed check: exit 3, not 1 (could not run).
+    assert!(
+        matches!(out.status.code(), Some(0 | 3)),
+        "audit verify exited {:?}",
+        out.status.code()
+    );
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
@@ -196,7 +202,7 @@ async fn truncation_and_rewrites_are_found_against_an_earlier_signed_head() {
         "the chain alone cannot see a cut tail"
     );
     let out = with_head();
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(3), "a failed check exits 3");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("truncated: a head signed at seq 8"),
@@ -217,7 +223,7 @@ async fn truncation_and_rewrites_are_found_against_an_earlier_signed_head() {
         "a rechained log verifies on its own"
     );
     let out = with_head();
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(3), "a failed check exits 3");
     assert!(String::from_utf8_lossy(&out.stderr).contains("rewritten: record 8"));
 }
 

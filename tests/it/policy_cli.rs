@@ -61,7 +61,7 @@ expect = "allow"
     .unwrap();
     let out = privault(&["test"], dir.path());
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(3), "a failed check exits 3");
     assert!(
         stdout.contains("FAIL tests/wrong.toml:1:1 `the recommender reads payment data`"),
         "{stdout}"
@@ -88,7 +88,7 @@ fn an_untested_policy_fails_the_run_unless_allowed() {
     .unwrap();
     let out = privault(&["test"], dir.path());
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(3), "a failed check exits 3");
     assert!(
         stdout.contains("uncovered: no case is decided by fraud-reads-names"),
         "{stdout}"
@@ -110,7 +110,7 @@ fn a_malformed_case_is_reported_at_its_position() {
     .unwrap();
     let out = privault(&["test"], dir.path());
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(3), "a failed check exits 3");
     assert!(
         stdout.contains("tests/typo.toml:1:1: case `typo`: unknown field `emial`"),
         "{stdout}"
