@@ -118,7 +118,9 @@ fn trace_id(headers: &http::HeaderMap) -> String {
     let mut id = [0u8; 16];
     // Without randomness the call still runs; its trace id only has to tell it apart in logs.
     if crate::crypto::random_bytes(&mut id).is_err() {
-        id[..8].copy_from_slice(&Instant::now().elapsed().as_nanos().to_be_bytes()[8..]);
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        id[8..].copy_from_slice(&n.to_be_bytes());
     }
     hex::encode(id)
 }

@@ -119,6 +119,15 @@ mod tests {
         Policies::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")).unwrap()
     }
 
+    /// The shipped set without `shop.cedar`: a new version in which checkout reads nothing.
+    fn without_shop_policies() -> Policies {
+        let mut sources =
+            crate::policy::load_sources(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"))
+                .unwrap();
+        sources.policies.remove("shop.cedar");
+        Policies::from_sources(&sources).unwrap()
+    }
+
     #[test]
     fn cached_decisions_equal_evaluated_ones_and_key_on_consents() {
         let set = shipped();
@@ -157,11 +166,7 @@ mod tests {
             old.decide_field(&checkout, FieldAction::Read, &email, &ctx)
                 .allowed
         );
-        let mut sources =
-            crate::policy::load_sources(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"))
-                .unwrap();
-        sources.policies.remove("shop.cedar");
-        let new = Policies::from_sources(&sources).unwrap();
+        let new = without_shop_policies();
         assert_ne!(old.version(), new.version());
         let ctx = new.field_context(&Purpose::new("fulfillment").unwrap(), Default::default());
         assert!(
@@ -187,11 +192,7 @@ mod tests {
                     .allowed
             );
         }
-        let mut sources =
-            crate::policy::load_sources(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"))
-                .unwrap();
-        sources.policies.remove("shop.cedar");
-        let new = Policies::from_sources(&sources).unwrap();
+        let new = without_shop_policies();
         assert!(
             !new.decide_field(&checkout, FieldAction::Read, &email, &ctx)
                 .allowed,

@@ -24,13 +24,21 @@ pub fn subject(id: &str) -> SubjectId {
 }
 
 pub fn put_email(v: &Vault, id: &str, email: &str) {
+    try_put_email(v, id, email).unwrap();
+}
+
+/// Writes `email` for `id` as the account service, returning what the vault answered.
+pub fn try_put_email(
+    v: &Vault,
+    id: &str,
+    email: &str,
+) -> Result<Vec<FieldName>, privault::vault::VaultError> {
     v.put(
         &ctx(ACCOUNT),
         &subject(id),
         &Purpose::new("account").unwrap(),
         vec![(FieldName::new("email").unwrap(), SecretString::from(email))],
     )
-    .unwrap();
 }
 
 /// Parks the first call that reaches `point` until the test lets it go.

@@ -3,10 +3,9 @@
 //! (nothing changed) or resumes (finished at the next call or start); never half-applied.
 
 use fail::FailScenario;
-use privault::domain::{FieldName, Purpose};
 use privault::vault::{ReadOutcome, Vault, VaultError};
 
-use crate::races::{ctx, put_email, subject};
+use crate::races::{ctx, put_email, subject, try_put_email};
 use crate::support::*;
 
 fn email(v: &Vault, id: &str) -> ReadOutcome {
@@ -22,15 +21,7 @@ fn the_audit_log_reports_unwritable_from_a_failed_write_until_one_succeeds() {
     put_email(&v, "cust-1", "one@example.com");
     assert!(*writable.borrow(), "writable after a good write");
     fail::cfg("audit-write", "return").unwrap();
-    let failed = v.put(
-        &ctx(ACCOUNT),
-        &subject("cust-1"),
-        &Purpose::new("account").unwrap(),
-        vec![(
-            FieldName::new("email").unwrap(),
-            secrecy::SecretString::from("two@example.com"),
-        )],
-    );
+    let failed = try_put_email(&v, "cust-1", "two@example.com");
     assert!(failed.is_err());
     assert!(
         !*writable.borrow(),
@@ -52,15 +43,7 @@ fn a_write_whose_commit_fails_changes_nothing() {
     let v = vault.open().unwrap();
     put_email(&v, "cust-1", "old@example.com");
     fail::cfg("audit-write", "return").unwrap();
-    let failed = v.put(
-        &ctx(ACCOUNT),
-        &subject("cust-1"),
-        &Purpose::new("account").unwrap(),
-        vec![(
-            FieldName::new("email").unwrap(),
-            secrecy::SecretString::from("new@example.com"),
-        )],
-    );
+    let failed = try_put_email(&v, "cust-1", "new@example.com");
     fail::remove("audit-write");
     assert!(
         matches!(failed, Err(VaultError::Unavailable(_))),

@@ -166,31 +166,34 @@ async fn reflected_services(channel: tonic::transport::Channel) -> Vec<String> {
     names
 }
 
-#[test]
-fn serve_refuses_a_non_loopback_address_without_tls() {
-    let cwd = tempfile::tempdir().unwrap();
+/// Runs `privault serve` with `args` in `cwd`, expects it to refuse to start, and returns stderr.
+fn refused_serve(cwd: &Path, args: &[&str]) -> String {
     let out = Command::new(BIN)
-        .current_dir(cwd.path())
-        .args(["serve", "--listen", "0.0.0.0:0", "--policies"])
+        .current_dir(cwd)
+        .arg("serve")
+        .args(args)
+        .arg("--policies")
         .arg(shipped_policies())
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn serve_refuses_a_non_loopback_address_without_tls() {
+    let cwd = tempfile::tempdir().unwrap();
+    assert!(refused_serve(cwd.path(), &["--listen", "0.0.0.0:0"]).contains("loopback"));
     assert!(!cwd.path().join("privault-data").exists());
 }
 
 #[test]
 fn metrics_listen_serves_on_loopback_and_is_refused_elsewhere_without_tls() {
     let cwd = tempfile::tempdir().unwrap();
-    let out = Command::new(BIN)
-        .current_dir(cwd.path())
-        .args(["serve", "--metrics-listen", "0.0.0.0:0", "--policies"])
-        .arg(shipped_policies())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to serve metrics"));
+    assert!(
+        refused_serve(cwd.path(), &["--metrics-listen", "0.0.0.0:0"])
+            .contains("refusing to serve metrics")
+    );
 
     std::os::unix::fs::symlink(shipped_policies(), cwd.path().join("policies")).unwrap();
     with_server(
