@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod backup;
 pub mod catalog;
 pub mod clock;
 pub mod crypto;

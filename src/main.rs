@@ -67,6 +67,9 @@ enum Command {
     Keys(cli::keys::KeysCommand),
     /// The load tool: throughput and latency of GetFields/PutFields against the gRPC floor.
     Bench(cli::bench::BenchArgs),
+    /// Backups of `db/` and the audit segments: create (running or stopped vault), verify, restore.
+    #[command(subcommand)]
+    Backup(cli::backup::BackupCommand),
     /// Bearer tokens for the token identity mode.
     #[command(subcommand)]
     Token(cli::token::TokenCommand),
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
         Command::Token(command) => cli::token::run(command),
         Command::Bench(args) => cli::bench::run(args),
         Command::Keys(command) => cli::keys::run(command),
+        Command::Backup(command) => cli::backup::run(command),
     };
     match result {
         Ok(code) => code,

@@ -2,6 +2,7 @@
 //! runs the vault off the async runtime, and maps errors to status codes. No rules live here.
 
 mod audit_service;
+mod backup_service;
 mod convert;
 mod debug;
 mod edge;
@@ -25,6 +26,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Server, ServerTlsConfig};
 
 pub use audit_service::AuditService;
+pub use backup_service::{BackupService, manifest_from_message, manifest_message};
 pub use edge::Edge;
 pub use identity::{AUTHORIZATION_HEADER, Identity, PRINCIPAL_HEADER};
 pub use key_service::KeyService;
@@ -169,6 +171,9 @@ pub async fn serve_with(
     let key_service = pb::key_admin_server::KeyAdminServer::new(KeyService::new(edge.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max_out);
+    let backup_service = pb::backup_server::BackupServer::new(BackupService::new(edge.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max_out.max(2 << 20));
     let vault_service = pb::vault_server::VaultServer::new(VaultService::new(edge))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max_out);
@@ -194,6 +199,7 @@ pub async fn serve_with(
         .add_service(policy_service)
         .add_service(audit_service)
         .add_service(key_service)
+        .add_service(backup_service)
         .serve_with_incoming_shutdown(incoming(listener), shutdown);
     let grace = options.shutdown_grace;
     let grace_over = async move {
@@ -263,12 +269,13 @@ async fn report_audit_writable(
 }
 
 /// The names `grpc.health.v1.Health` answers for: the server as a whole and each service.
-const HEALTH_SERVICES: [&str; 5] = [
+const HEALTH_SERVICES: [&str; 6] = [
     "",
     <pb::vault_server::VaultServer<VaultService> as tonic::server::NamedService>::NAME,
     <pb::policy_admin_server::PolicyAdminServer<PolicyAdminService> as tonic::server::NamedService>::NAME,
     <pb::audit_server::AuditServer<AuditService> as tonic::server::NamedService>::NAME,
     <pb::key_admin_server::KeyAdminServer<KeyService> as tonic::server::NamedService>::NAME,
+    <pb::backup_server::BackupServer<BackupService> as tonic::server::NamedService>::NAME,
 ];
 
 /// The first step of a shutdown: every health status turns NOT_SERVING (load balancers stop

@@ -20,7 +20,7 @@ pub use chain::{
 pub use log::{Log, Sealed, segments_dir};
 pub use query::{AuditFilter, MAX_PAGE, query};
 pub use record::{AuditEvent, AuditRecord, DetailView, FieldAudit, FieldView, RecordView};
-pub use segment::Checkpoint;
+pub use segment::{Checkpoint, file_name as segment_file_name};
 pub use stored::{
     Dictionaries, SegmentStart, VerifyError, index_json_records, verify, verify_range,
 };

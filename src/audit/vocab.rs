@@ -96,6 +96,8 @@ pub enum Action {
     AuditDrop = 34,
     /// The retention sweeper erased a subject with nothing left (`shred_when_empty`).
     RetentionShred = 35,
+    /// `Backup/CreateBackup`, and `privault backup create` on a stopped vault.
+    Backup = 36,
 }
 
 /// How a call ended.

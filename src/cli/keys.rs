@@ -14,7 +14,7 @@ use privault::api::pb::key_admin_client::KeyAdminClient;
 use super::remote::Remote;
 use super::root::{RootArgs, passphrase};
 
-fn remotely(
+pub fn remotely(
     work: impl std::future::Future<Output = anyhow::Result<ExitCode>>,
 ) -> anyhow::Result<ExitCode> {
     tokio::runtime::Builder::new_current_thread()

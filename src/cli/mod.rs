@@ -1,6 +1,7 @@
 //! The binary's subcommands other than `serve`.
 
 pub mod audit;
+pub mod backup;
 pub mod bench;
 pub mod export;
 pub mod hardening;

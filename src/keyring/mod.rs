@@ -145,6 +145,13 @@ fn read_file(path: &Path) -> Result<KeyringFile, KeyringError> {
     })
 }
 
+/// What the keyring at `path` says of itself without its root key: its id and the KEK epochs it
+/// holds (the wrapped keys stay shut). Backups compare these with what their data needs.
+pub fn describe(path: &Path) -> Result<([u8; 16], Vec<u32>), KeyringError> {
+    let file = read_file(path)?;
+    Ok((file.id, file.epochs.iter().map(|e| e.epoch).collect()))
+}
+
 /// How the root key of the keyring at `path` was made.
 pub fn root_origin(path: &Path) -> Result<RootOrigin, KeyringError> {
     if !path.exists() {
@@ -335,7 +342,12 @@ impl Keyring {
         })
     }
 
-    /// The random id that ties the keyring to its database.
+    /// The keyring file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The keyring's random id, which the database it is paired with records.
     pub fn id(&self) -> [u8; 16] {
         self.id
     }

@@ -53,6 +53,8 @@ pub(super) struct Uids {
     audit_log: EntityUid,
     key_manage: EntityUid,
     keyring: EntityUid,
+    backup: EntityUid,
+    database: EntityUid,
     consent_write: EntityUid,
     consent_read: EntityUid,
     export: EntityUid,
@@ -73,6 +75,8 @@ impl Uids {
             audit_log: uid("AuditLog", "main")?,
             key_manage: uid("Action", "key_manage")?,
             keyring: uid("Keyring", "main")?,
+            backup: uid("Action", "backup")?,
+            database: uid("Database", "main")?,
             consent_write: uid("Action", "consent_write")?,
             consent_read: uid("Action", "consent_read")?,
             export: uid("Action", "export")?,
@@ -100,6 +104,8 @@ pub enum AdminAction {
     AuditRead,
     /// `Action::"key_manage"` on `Keyring::"main"`: roll the KEK epoch, rotate a subject's DEK.
     KeyManage,
+    /// `Action::"backup"` on `Database::"main"`: copy `db/` and the sealed audit segments out.
+    Backup,
 }
 
 impl AdminAction {
@@ -110,6 +116,7 @@ impl AdminAction {
             Self::Write => "policy_write",
             Self::AuditRead => "audit_read",
             Self::KeyManage => "key_manage",
+            Self::Backup => "backup",
         }
     }
 }
@@ -396,6 +403,7 @@ impl Policies {
             AdminAction::Write => (&self.uids.policy_write, &self.uids.policy_store),
             AdminAction::AuditRead => (&self.uids.audit_read, &self.uids.audit_log),
             AdminAction::KeyManage => (&self.uids.key_manage, &self.uids.keyring),
+            AdminAction::Backup => (&self.uids.backup, &self.uids.database),
         };
         match Context::from_pairs(Vec::<(String, RestrictedExpression)>::new()) {
             Ok(context) => self.decide(principal, action, resource.clone(), context),

@@ -96,6 +96,7 @@ impl AccessRequest {
             "policy_write" => Some(AdminAction::Write),
             "audit_read" => Some(AdminAction::AuditRead),
             "key_manage" => Some(AdminAction::KeyManage),
+            "backup" => Some(AdminAction::Backup),
             _ => None,
         };
         if let Some(action) = admin {
@@ -136,7 +137,7 @@ impl AccessRequest {
         let action = FieldAction::parse(action).ok_or_else(|| {
             format!(
                 "unknown action `{action}`: expected read, read_masked, write, delete, shred, \
-                 policy_read, policy_write, audit_read, key_manage, consent_read, consent_write \
+                 policy_read, policy_write, audit_read, key_manage, backup, consent_read, consent_write \
                  or export"
             )
         })?;

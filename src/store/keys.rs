@@ -100,6 +100,10 @@ pub fn audit_seq(key: &[u8]) -> Option<u64> {
     key.try_into().ok().map(u64::from_be_bytes)
 }
 
+/// Meta: the id of the keyring the database is paired with.
+pub const KEYRING_ID_KEY: &[u8] = b"keyring_id";
+/// Meta: the data format version (u32 BE).
+pub const FORMAT_KEY: &[u8] = b"format_version";
 /// The meta-CF prefix of the audit segment table: `prefix ‖ segment` → first seq ‖ prev hash.
 pub const AUDIT_SEGMENT_PREFIX: &[u8] = b"audit_segment/";
 /// The meta-CF prefix of the dictionary hints: `prefix ‖ segment ‖ seq` → nothing, for every

@@ -23,6 +23,9 @@ pub enum OpenError {
     /// The deletion ledger cannot be read or replayed.
     #[error(transparent)]
     Ledger(#[from] crate::ledger::LedgerError),
+    /// A backup could not be taken.
+    #[error("the backup could not be taken: {0}")]
+    Backup(#[from] crate::backup::BackupError),
     /// Replaying the ledger (re-shredding a restored subject) failed.
     #[error("replaying the deletion ledger: {0}")]
     Replay(String),

@@ -2,6 +2,7 @@
 //! catalog, policy, crypto, store and audit; knows nothing of gRPC.
 
 mod audit_admin;
+mod backup;
 mod consent;
 mod consent_cache;
 mod epoch;
@@ -26,6 +27,7 @@ mod write;
 use std::sync::{Arc, Mutex, RwLock};
 
 pub use audit_admin::{HeadMismatch, SignedHead, check_signed_head};
+pub use backup::{STAGING_PREFIX, StagedBackup};
 pub use consent::ConsentState;
 pub use epoch::{ROLL_SLICE, RollProgress};
 pub use error::{OpenError, VaultError};

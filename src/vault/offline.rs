@@ -66,6 +66,44 @@ pub fn change_passphrase(
     Ok(())
 }
 
+/// Takes a backup of the stopped vault in `config.data_dir` into `into` (a directory that must not
+/// exist), audited as the command line (`started` before the copy is cut, `ok` after). Refused
+/// while a vault runs on the directory (it holds the database lock): back a running vault up
+/// through its API.
+pub fn backup_stopped(
+    config: &VaultConfig,
+    into: &Path,
+    clock: &dyn Clock,
+) -> Result<crate::backup::Manifest, OpenError> {
+    let store = Arc::new(Store::open(&config.db_dir())?);
+    let audit = AuditLog::open(Arc::clone(&store), config.audit, None)?;
+    let event = AuditEvent {
+        request_id: "offline".into(),
+        ..AuditEvent::new(OFFLINE_PRINCIPAL, Action::Backup)
+    };
+    let started = AuditEvent {
+        outcome: crate::audit::Outcome::Started,
+        ..event.clone()
+    };
+    audit.commit(Batch::new(), started, clock.now_ms())?;
+    let taken = crate::backup::take(
+        &store,
+        &config.keyring_path(),
+        into,
+        crate::clock::rfc3339(clock.now_ms()),
+    );
+    let outcome = match &taken {
+        Ok(_) => crate::audit::Outcome::Ok,
+        Err(_) => crate::audit::Outcome::Unavailable,
+    };
+    audit.commit(
+        Batch::new(),
+        AuditEvent { outcome, ..event },
+        clock.now_ms(),
+    )?;
+    Ok(taken?)
+}
+
 /// Who the audit log names for key operations run from the command line on a stopped vault.
 pub const OFFLINE_PRINCIPAL: &str = "privault-cli";
 

@@ -13,10 +13,9 @@ use crate::crypto::{KdfParams, Passphrase, RootKey};
 use crate::keyring::{Keyring, KeyringError, RootOrigin, keyfile, root_origin};
 use crate::ledger::Ledger;
 use crate::policy::{Policies, load_sources};
+use crate::store::keys::{FORMAT_KEY, KEYRING_ID_KEY};
 use crate::store::{Batch, Cf, Store};
 
-const KEYRING_ID_KEY: &[u8] = b"keyring_id";
-const FORMAT_KEY: &[u8] = b"format_version";
 /// The on-disk format this version writes: 2 wraps the audit pseudonym under the KEK, gives every
 /// subject an incarnation id, tags policy versions and consent records with a key from the
 /// keyring, and binds a value's write and expiry times into its ciphertext (values written before
@@ -159,6 +158,8 @@ impl Vault {
             &config.db_dir(),
             config.limits.block_cache_bytes,
         )?);
+        // The database lock is held: no backup of another process is being staged here.
+        super::backup::remove_stale_staging(&config.data_dir);
         let format = check_pairing(&store, &keyring, config)?;
         if format < DATA_FORMAT_VERSION {
             let indexed = crate::audit::index_json_records(&store)

@@ -125,6 +125,7 @@ async fn serve_runs_on_the_embedded_default_and_stops_on_sigterm() {
             "grpc.health.v1.Health".to_owned(),
             "grpc.reflection.v1.ServerReflection".to_owned(),
             "privault.v1.Audit".to_owned(),
+            "privault.v1.Backup".to_owned(),
             "privault.v1.KeyAdmin".to_owned(),
             "privault.v1.PolicyAdmin".to_owned(),
             "privault.v1.Vault".to_owned(),

@@ -6,6 +6,7 @@ mod amplification;
 mod audit;
 mod audit_log;
 mod audit_segments;
+mod backup;
 mod binary;
 mod consent;
 mod crash;
