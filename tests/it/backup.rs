@@ -365,7 +365,12 @@ fn a_stopped_vault_is_backed_up_offline_and_a_running_one_is_refused() {
         vault.data_dir().join("keyring").to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    // A staging directory a crash left mid-backup goes at the next start.
+    let stale = vault.data_dir().join(".backup-crashed/backup/db");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("000009.sst"), b"old table").unwrap();
     let running = vault.open().unwrap();
+    assert!(!vault.data_dir().join(".backup-crashed").exists());
     let out = privault(&[
         "backup",
         "create",

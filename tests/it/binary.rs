@@ -566,3 +566,106 @@ async fn a_callers_traceparent_names_the_json_log_lines_of_its_call_and_the_resp
     assert_eq!(ended["fields"]["code"], "OK");
     assert!(terminate(&mut served.child).success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_under_load_turns_health_first_drains_calls_and_loses_no_audit_record() {
+    use privault::api::pb::vault_client::VaultClient;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let cwd = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(shipped_policies(), cwd.path().join("policies")).unwrap();
+    let mut served = start(cwd.path(), &["--shutdown-grace-secs", "10"]);
+    let mut health = HealthClient::new(channel_to(&served.addr).await);
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status(),
+        ServingStatus::Serving
+    );
+    let terminated = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let channel = channel_to(&served.addr).await;
+        let terminated = Arc::clone(&terminated);
+        writers.push(tokio::spawn(async move {
+            let mut client = VaultClient::new(channel);
+            let (mut acked, mut i) = (0u64, 0u64);
+            loop {
+                let mut request = tonic::Request::new(crate::support::put_request(
+                    &format!("cust-{w}-{i}"),
+                    "account",
+                    &[("email", "someone@example.com")],
+                ));
+                request.metadata_mut().insert(
+                    "x-privault-principal",
+                    crate::support::ACCOUNT.parse().unwrap(),
+                );
+                let sent_after_term = terminated.load(Ordering::SeqCst);
+                match client.put_fields(request).await {
+                    Ok(_) => acked += 1,
+                    // Once the server drains, new calls are refused by the transport (GOAWAY,
+                    // then a closed port: CANCELLED, INTERNAL "http2 error" or UNAVAILABLE, as the
+                    // race with the client goes); a call sent before the signal is never cut off.
+                    Err(status) => {
+                        return (
+                            acked,
+                            status.code(),
+                            sent_after_term,
+                            status.message().to_owned(),
+                        );
+                    }
+                }
+                i += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    terminated.store(true, Ordering::SeqCst);
+    signal(&served.child, "-TERM");
+    let signalled = std::time::Instant::now();
+    let next = tokio::time::timeout(Duration::from_secs(10), watch.message()).await;
+    assert_eq!(
+        next.unwrap().unwrap().unwrap().status(),
+        ServingStatus::NotServing,
+        "health turns first"
+    );
+    let status = loop {
+        if let Some(status) = served.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(15),
+            "no exit within the grace period"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "exit {status:?}");
+    let mut acked = 0;
+    for writer in writers {
+        let (n, code, sent_after_term, message) = writer.await.unwrap();
+        assert!(
+            sent_after_term,
+            "a writer's call failed with {code:?} {message} (sent after the signal: {sent_after_term})"
+        );
+        acked += n;
+    }
+    assert!(acked > 50, "the load ran: {acked} writes");
+    // Every acknowledged write has its audit record, and the chain holds.
+    let data_dir = cwd.path().join("privault-data");
+    let store = privault::vault::offline::open_store_read_only(&data_dir).unwrap();
+    let written = crate::support::audit_views(&store)
+        .into_iter()
+        .filter(|r| r.action == "write" && r.outcome == "ok")
+        .count() as u64;
+    assert!(
+        written >= acked && written <= acked + 8,
+        "{written} write records for {acked} acknowledged writes"
+    );
+    privault::audit::verify(&store).unwrap();
+}
