@@ -79,6 +79,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A command whose output goes to a pipe closed early (`privault audit export | head`) ends
+    // quietly, as Unix tools do, instead of panicking on EPIPE. Not `serve`: a log reader going
+    // away must not kill the vault.
+    if !matches!(cli.command, Command::Serve(_)) {
+        sigpipe::reset();
+    }
     init_logging(cli.log_format);
     // Every command may hold keys or values (exports, audit tools with the root key, remote reads,
     // tokens): none may leave a core dump.

@@ -32,6 +32,8 @@ fn progress(p: &RollProgress) -> pb::RollEpochProgress {
         rewrapped: p.rewrapped,
         done: p.done,
         destroyed_epochs: p.destroyed.clone(),
+        examined: p.examined,
+        total: p.total,
     }
 }
 

@@ -8,7 +8,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Subcommand;
-use indicatif::{ProgressBar, ProgressStyle};
 use privault::api::pb::backup_client::BackupClient;
 use privault::api::{manifest_from_message, pb};
 use privault::backup::{self, Apart, Manifest, Receiver};
@@ -66,19 +65,6 @@ pub enum BackupCommand {
     },
 }
 
-fn bar(total: u64, what: &'static str) -> ProgressBar {
-    let bar = ProgressBar::new(total);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} ({binary_bytes_per_sec}, {eta})",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    bar.set_message(what);
-    bar
-}
-
 fn summary(manifest: &Manifest) -> String {
     format!(
         "{} files, {} bytes, audit head {} ({}), keyring {}, KEK epochs {:?}",
@@ -128,7 +114,7 @@ pub fn run(command: BackupCommand) -> anyhow::Result<ExitCode> {
             let total = backup::Manifest::read(&dir)
                 .map(|m| m.total_bytes())
                 .unwrap_or(0);
-            let progress = bar(total, "verifying");
+            let progress = super::progress::bytes(total, "verifying");
             let verified = backup::verify(&dir, |done| progress.set_position(done));
             progress.finish_and_clear();
             match verified {
@@ -159,7 +145,7 @@ pub fn run(command: BackupCommand) -> anyhow::Result<ExitCode> {
             no_ledger: _,
         } => {
             let total = backup::Manifest::read(&from)?.total_bytes();
-            let progress = bar(total, "restoring");
+            let progress = super::progress::bytes(total, "restoring");
             let apart = Apart {
                 keyring: Some(keyring),
                 ledger,
@@ -207,7 +193,7 @@ async fn receive(remote: &Remote, to: &Path) -> anyhow::Result<Manifest> {
         anyhow::bail!("the vault's backup stream did not start with its manifest");
     };
     let mut receiver = Receiver::new(to, manifest_from_message(manifest))?;
-    let progress = bar(receiver.manifest().total_bytes(), "receiving");
+    let progress = super::progress::bytes(receiver.manifest().total_bytes(), "receiving");
     let received = async {
         while let Some(message) = stream.message().await? {
             match message.part {

@@ -28,6 +28,9 @@ pub enum KeysCommand {
     /// Roll the KEK epoch of a running vault (or resume an unfinished roll): every live key is
     /// re-wrapped under a new KEK, then the old KEKs are destroyed. Prints progress.
     RollEpoch {
+        /// Print the result as one JSON object.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         remote: Remote,
     },
@@ -65,22 +68,41 @@ pub enum KeysCommand {
 
 pub fn run(command: KeysCommand) -> anyhow::Result<ExitCode> {
     match command {
-        KeysCommand::RollEpoch { remote } => remotely(async move {
+        KeysCommand::RollEpoch { remote, json } => remotely(async move {
             let mut client = KeyAdminClient::new(remote.channel().await?);
             let mut stream = client
                 .roll_epoch(remote.request(pb::RollEpochRequest {})?)
                 .await?
                 .into_inner();
+            let bar = super::progress::items(0, "re-wrapping");
             while let Some(p) = stream.message().await? {
                 if p.done {
-                    println!(
-                        "epoch {} is the only epoch: {} keys re-wrapped, epochs {:?} destroyed",
-                        p.epoch, p.rewrapped, p.destroyed_epochs
-                    );
+                    bar.finish_and_clear();
+                    if json {
+                        let done = serde_json::json!({
+                            "epoch": p.epoch,
+                            "rewrapped": p.rewrapped,
+                            "destroyed_epochs": p.destroyed_epochs,
+                        });
+                        println!("{done}");
+                    } else {
+                        println!(
+                            "epoch {} is the only epoch: {} keys re-wrapped, epochs {:?} destroyed",
+                            p.epoch, p.rewrapped, p.destroyed_epochs
+                        );
+                    }
                     return Ok(ExitCode::SUCCESS);
                 }
-                eprintln!("epoch {}: {} keys re-wrapped", p.epoch, p.rewrapped);
+                bar.set_length(p.total);
+                bar.set_position(p.examined);
+                if bar.is_hidden() {
+                    eprintln!(
+                        "epoch {}: {} of about {} keys examined, {} re-wrapped",
+                        p.epoch, p.examined, p.total, p.rewrapped
+                    );
+                }
             }
+            bar.finish_and_clear();
             anyhow::bail!("the roll stopped before it finished; run the command again to resume")
         }),
         KeysCommand::RotateDek { subject, remote } => remotely(async move {

@@ -7,6 +7,7 @@ pub mod export;
 pub mod hardening;
 pub mod keys;
 pub mod policy;
+pub mod progress;
 pub mod remote;
 pub mod root;
 pub mod ropa;

@@ -82,12 +82,24 @@ pub struct Metrics {
     /// `privault_quarantined_subjects`: subjects set aside for failing their integrity checks
     /// (read when scraped).
     pub quarantined_subjects: Gauge,
+    /// `privault_epoch_roll_keys_remaining`: keys-CF entries a running epoch roll has still to
+    /// examine (RocksDB's key estimate less those examined); 0 when no roll runs.
+    pub epoch_roll_keys_remaining: Gauge,
     live_sst_bytes: Gauge,
     memtable_bytes: Gauge,
     pending_compaction_bytes: Gauge,
     block_cache_bytes: Gauge,
     resident_bytes: Gauge,
     open_fds: Gauge,
+}
+
+/// Sets a gauge back to 0 when dropped: a gauge of work in progress reads 0 however the work ends.
+pub struct ResetOnDrop<'a>(pub &'a Gauge);
+
+impl Drop for ResetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.set(0);
+    }
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -190,6 +202,11 @@ impl Metrics {
                 &mut registry,
                 "privault_quarantined_subjects",
                 "Subjects set aside because their stored entries fail their integrity checks",
+            ),
+            epoch_roll_keys_remaining: gauge(
+                &mut registry,
+                "privault_epoch_roll_keys_remaining",
+                "Keys a running KEK epoch roll has still to examine (an estimate; 0 when none runs)",
             ),
             live_sst_bytes: gauge(
                 &mut registry,

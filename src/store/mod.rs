@@ -388,6 +388,19 @@ impl Store {
         }
     }
 
+    /// RocksDB's estimate of the number of keys in `cf` (cheap: from table properties and the
+    /// memtables; exact only after compaction).
+    pub fn estimate_keys(&self, cf: Cf) -> u64 {
+        self.cf(cf)
+            .ok()
+            .and_then(|handle| {
+                self.db
+                    .property_int_value_cf(handle, "rocksdb.estimate-num-keys")
+                    .ok()?
+            })
+            .unwrap_or(0)
+    }
+
     /// The value of `key` in `cf`.
     pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.db

@@ -28,6 +28,11 @@ pub struct RollProgress {
     pub epoch: u32,
     /// Entries re-wrapped so far in this run.
     pub rewrapped: u64,
+    /// Keys-CF entries examined so far in this pass.
+    pub examined: u64,
+    /// The entries this pass examines: RocksDB's estimate when the pass began (a progress
+    /// total, not a promise: writes during the roll add to it).
+    pub total: u64,
     /// Whether the old epochs are destroyed and the roll is over.
     pub done: bool,
     /// The epochs destroyed at the end.
@@ -145,16 +150,26 @@ impl Vault {
         let mut state = RollProgress {
             epoch,
             rewrapped: 0,
+            examined: 0,
+            total: 0,
             done: false,
             destroyed: Vec::new(),
         };
+        let remaining = &crate::metrics::metrics().epoch_roll_keys_remaining;
+        // Whatever ends the roll (done, error, injected crash), the gauge says no roll runs.
+        let _reset = crate::metrics::ResetOnDrop(remaining);
         // Passes until one finds nothing left under an old epoch; writers only ever wrap under
         // the current epoch, so the second pass normally finds nothing.
         loop {
             let mut cursor = Vec::new();
             let mut found = 0;
+            state.examined = 0;
+            state.total = self.store.estimate_keys(Cf::Keys);
             loop {
-                let (next, count) = self.rewrap_slice(principal, &cursor, ROLL_SLICE)?;
+                let (next, count, examined) = self.rewrap_slice(principal, &cursor, ROLL_SLICE)?;
+                state.examined += examined;
+                state.total = state.total.max(state.examined);
+                remaining.set(i64::try_from(state.total - state.examined).unwrap_or(i64::MAX));
                 fail::fail_point!("roll-after-slice", |_| Err(VaultError::Unavailable(
                     "epoch roll stopped (injected)".into()
                 )));
@@ -187,16 +202,17 @@ impl Vault {
     }
 
     /// Re-wraps the entries wrapped under an old epoch among up to `limit` keys-CF entries from
-    /// `cursor`, in one batch under the writer lock. Returns where to continue and how many were
-    /// re-wrapped.
+    /// `cursor`, in one batch under the writer lock. Returns where to continue, how many were
+    /// re-wrapped and how many were examined.
     fn rewrap_slice(
         &self,
         principal: &str,
         cursor: &[u8],
         limit: usize,
-    ) -> Result<(Option<Vec<u8>>, u64), VaultError> {
+    ) -> Result<(Option<Vec<u8>>, u64, u64), VaultError> {
         let _writer = self.lock_writer()?;
         let entries = self.store.scan_from(Cf::Keys, cursor, limit)?;
+        let examined = entries.len() as u64;
         let next = match entries.last() {
             Some((key, _)) if entries.len() == limit => {
                 let mut after = key.clone();
@@ -238,7 +254,7 @@ impl Vault {
         for (sid, err) in unreadable {
             self.quarantine(&sid, Maintenance::EpochRoll, &err)?;
         }
-        Ok((next, count))
+        Ok((next, count, examined))
     }
 
     /// A keys-CF entry of `sid` re-wrapped under `current`, or `None` when it already is (or is not

@@ -512,3 +512,31 @@ async fn a_tail_delivers_every_record_once_across_a_reconnect_and_follows_new_on
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(status.message().contains("resume from seq"), "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_export_into_a_pipe_closed_early_ends_quietly() {
+    let vault = TestVault::new();
+    let server = vault.start().await;
+    let mut account = server.client(ACCOUNT).await;
+    // Enough records that the export outgrows the pipe's buffer after `head` has gone.
+    for i in 0..600 {
+        account
+            .put_fields(put_request(
+                &format!("cust-{i}"),
+                "account",
+                &[("email", "x@example.com")],
+            ))
+            .await
+            .unwrap();
+    }
+    server.stop().await;
+    let script = format!(
+        "set -o pipefail; '{BIN}' audit export --data-dir '{}' | head -n 1 >/dev/null",
+        vault.data_dir().display()
+    );
+    let out = Command::new("bash").arg("-c").arg(script).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.is_empty(), "nothing on stderr: {stderr}");
+    // Killed by SIGPIPE, as `yes | head` is (128 + 13), never a panic (101).
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+}

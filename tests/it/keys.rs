@@ -115,7 +115,13 @@ async fn an_epoch_roll_under_concurrent_reads_and_writes_fails_no_call() {
         .unwrap()
         .into_inner();
     let mut last = None;
+    let mut examined = 0;
     while let Some(p) = stream.message().await.unwrap() {
+        if !p.done {
+            // Progress has a total to show against: never behind what was examined.
+            assert!(p.total >= p.examined && p.total > 0, "{p:?}");
+            examined = examined.max(p.examined);
+        }
         last = Some(p);
     }
     let last = last.unwrap();
@@ -123,6 +129,8 @@ async fn an_epoch_roll_under_concurrent_reads_and_writes_fails_no_call() {
     assert_eq!(last.epoch, 2);
     assert_eq!(last.destroyed_epochs, vec![1]);
     assert!(last.rewrapped >= 600, "{last:?}");
+    // A DEK and a pseudonym per subject, at least.
+    assert!(examined >= 1200, "{examined} examined");
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         assert!(w.await.unwrap() > 0);

@@ -133,6 +133,13 @@ async fn metrics_move_with_calls_and_never_name_a_subject_or_a_value() {
     assert!(value(&after, "privault_process_resident_memory_bytes", &[]) > 0.0);
     assert!(value(&after, "privault_process_open_fds", &[]) > 0.0);
     assert_eq!(value(&after, "privault_quarantined_subjects", &[]), 0.0);
+    assert!(
+        after
+            .samples
+            .iter()
+            .any(|s| s.metric == "privault_epoch_roll_keys_remaining"),
+        "the roll gauge is exported while no roll runs"
+    );
     // Every label value is one of a closed set: methods served (or `other`), codes, enums.
     for sample in &after.samples {
         for (label, v) in sample.labels.iter() {
