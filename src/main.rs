@@ -90,7 +90,7 @@ fn main() -> ExitCode {
     // tokens): none may leave a core dump.
     cli::hardening::disable_core_dumps();
     let result = match cli.command {
-        Command::Serve(args) => cli::serve::run(*args).map(|()| ExitCode::SUCCESS),
+        Command::Serve(args) => cli::serve::run(*args),
         Command::Policy(command) => cli::policy::run(command),
         Command::Audit(command) => cli::audit::run(command),
         Command::Export(args) => cli::export::run(args),

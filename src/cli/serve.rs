@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use privault::api::tokens::TokenVerifier;
 use privault::api::{self, Identity, ServeOptions, tls};
 use privault::clock::SystemClock;
 use privault::vault::{Limits, Vault, VaultConfig};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -24,12 +25,22 @@ pub struct ServeArgs {
     /// `data-dir = "/var/lib/privault"`); flags and PRIVAULT_* variables override it.
     #[arg(long, env = "PRIVAULT_CONFIG")]
     config: Option<PathBuf>,
+    /// Check the settings (the config file, the files it names, the policy directory) and exit:
+    /// 0 when the vault would start with them, 2 with `file:line: message` otherwise. Opens no
+    /// data: safe beside a running vault.
+    #[arg(long, conflicts_with = "print_config")]
+    check_config: bool,
+    /// Print the effective settings (flags over environment over the config file over the
+    /// defaults) as a config file, and exit. Secrets are never inline: the passphrase, keys and
+    /// tokens are named by file or variable, and only those names are printed.
+    #[arg(long)]
+    print_config: bool,
     #[command(flatten)]
     settings: Settings,
 }
 
 /// Every setting of `serve`; `None` means "not given here".
-#[derive(Args, Deserialize, Default, Clone)]
+#[derive(Args, Deserialize, Serialize, Default, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Settings {
     /// Holds db/, keyring, the deletion ledger and, in development, dev.key [default: ./privault-data]
@@ -121,6 +132,33 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// Every default, in one place: what `serve` uses for a setting nobody gave, what
+    /// `--print-config` shows, and what the README table and the example config are checked
+    /// against. Settings that are off by default stay `None`.
+    pub fn defaults() -> Settings {
+        let limits = Limits::default();
+        let serve = ServeOptions::development();
+        Settings {
+            data_dir: Some(PathBuf::from("./privault-data")),
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 50051))),
+            policies: Some(PathBuf::from("./policies")),
+            lock_memory: Some(true),
+            max_message_bytes: Some(serve.max_message_bytes),
+            max_response_bytes: Some(limits.max_response_bytes),
+            max_fields_per_call: Some(limits.max_fields_per_call),
+            max_value_bytes: Some(limits.max_value_bytes),
+            max_subject_id_bytes: Some(limits.max_subject_id_bytes),
+            max_purpose_bytes: Some(limits.max_purpose_bytes),
+            max_concurrent_per_peer: Some(serve.max_concurrent_per_peer),
+            request_timeout_secs: Some(serve.request_timeout.as_secs()),
+            shutdown_grace_secs: Some(serve.shutdown_grace.as_secs()),
+            key_cache_subjects: Some(limits.key_cache_subjects),
+            block_cache_mib: Some(limits.block_cache_bytes >> 20),
+            audit_segment_bytes: Some(privault::audit::AuditOptions::default().segment_bytes),
+            ..Settings::default()
+        }
+    }
+
     /// `self`, with what it leaves unset taken from `file`.
     fn or(self, file: Settings) -> Settings {
         macro_rules! merge {
@@ -183,15 +221,20 @@ fn read_config(path: &Path) -> anyhow::Result<Settings> {
     })
 }
 
-fn resolve(args: ServeArgs) -> anyhow::Result<Resolved> {
-    let s = match &args.config {
-        Some(path) => args.settings.or(read_config(path)?),
-        None => args.settings,
+/// The settings in force: flags and environment, then the config file, then the defaults.
+fn effective(args: &ServeArgs) -> anyhow::Result<Settings> {
+    let given = match &args.config {
+        Some(path) => args.settings.clone().or(read_config(path)?),
+        None => args.settings.clone(),
     };
-    let data_dir = s
-        .data_dir
-        .unwrap_or_else(|| PathBuf::from("./privault-data"));
-    let policies = s.policies.unwrap_or_else(|| PathBuf::from("./policies"));
+    Ok(given.or(Settings::defaults()))
+}
+
+fn resolve(args: &ServeArgs) -> anyhow::Result<Resolved> {
+    let s = effective(args)?;
+    let fallback = Settings::defaults();
+    let data_dir = s.data_dir.or(fallback.data_dir).unwrap_or_default();
+    let policies = s.policies.or(fallback.policies).unwrap_or_default();
     let listen = s
         .listen
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 50051)));
@@ -316,7 +359,44 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Resolved> {
     })
 }
 
-pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+/// `serve --check-config`: everything `serve` checks before it opens the data directory, and the
+/// policy directory; the error in `file:line: message` form when the config file is at fault.
+fn check_config(args: &ServeArgs) -> ExitCode {
+    let checked = resolve(args).and_then(|resolved| {
+        let sources = privault::policy::load_sources(&resolved.vault.policies_dir)?;
+        privault::policy::Policies::from_sources(&sources)?;
+        Ok(resolved)
+    });
+    match checked {
+        Ok(resolved) => {
+            println!(
+                "config ok: data directory {}, policies {}, listening on {}",
+                resolved.vault.data_dir.display(),
+                resolved.vault.policies_dir.display(),
+                resolved.listen
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    if args.print_config {
+        print!("{}", toml::to_string(&effective(&args)?)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.check_config {
+        return Ok(check_config(&args));
+    }
+    serve(&args)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let resolved = resolve(args)?;
     if resolved.lock_memory {
         super::hardening::lock_memory();
@@ -581,13 +661,112 @@ mod tests {
             client_ca: Some(file("ca.pem")),
             ..Settings::default()
         };
-        let err = resolve(ServeArgs {
-            config: None,
+        let err = resolve(&ServeArgs {
             settings,
+            ..ServeArgs::default()
         })
         .err()
         .unwrap()
         .to_string();
         assert!(err.contains("--trust-domain"), "{err}");
+    }
+
+    /// `n` bytes as the README writes them: `4 MiB`, `64 KiB`, or the number.
+    fn human(n: u64) -> String {
+        match n {
+            n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
+            n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{} KiB", n >> 10),
+            n => n.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_example_config_shows_the_defaults_the_code_uses() {
+        let example: toml::Table =
+            toml::from_str(include_str!("../../docs/privault.example.toml")).unwrap();
+        let defaults = toml::Table::try_from(Settings::defaults()).unwrap();
+        // The example's "Limits (defaults shown)" block and the segment size.
+        for key in [
+            "max-message-bytes",
+            "max-response-bytes",
+            "max-fields-per-call",
+            "max-value-bytes",
+            "max-subject-id-bytes",
+            "max-purpose-bytes",
+            "max-concurrent-per-peer",
+            "request-timeout-secs",
+            "shutdown-grace-secs",
+            "key-cache-subjects",
+            "block-cache-mib",
+            "audit-segment-bytes",
+        ] {
+            assert_eq!(example.get(key), defaults.get(key), "{key}");
+        }
+    }
+
+    #[test]
+    fn the_readme_table_names_every_flag_and_the_defaults_the_code_uses() {
+        use clap::CommandFactory;
+        let readme = include_str!("../../README.md");
+        #[derive(clap::Parser)]
+        struct Serve {
+            #[command(flatten)]
+            args: ServeArgs,
+        }
+        for arg in Serve::command().get_arguments() {
+            let Some(flag) = arg.get_long() else { continue };
+            assert!(
+                readme.contains(&format!("`--{flag}")) || readme.contains(&format!(", `--{flag}")),
+                "README.md does not document --{flag}"
+            );
+        }
+        let d = Settings::defaults();
+        let limits = [
+            human(d.max_message_bytes.unwrap() as u64),
+            format!("{} of values", human(d.max_response_bytes.unwrap() as u64)),
+            d.max_fields_per_call.unwrap().to_string(),
+            human(d.max_value_bytes.unwrap() as u64),
+            d.max_subject_id_bytes.unwrap().to_string(),
+            d.max_purpose_bytes.unwrap().to_string(),
+            d.max_concurrent_per_peer.unwrap().to_string(),
+            d.request_timeout_secs.unwrap().to_string(),
+            d.shutdown_grace_secs.unwrap().to_string(),
+            d.key_cache_subjects.unwrap().to_string(),
+            format!("{} MiB", d.block_cache_mib.unwrap()),
+        ]
+        .join(", ");
+        assert!(
+            readme.contains(&format!("| {limits} |")),
+            "README limits row: {limits}"
+        );
+        let segment = human(d.audit_segment_bytes.unwrap());
+        assert!(
+            readme.contains(&format!("| {segment}, none, none:")),
+            "{segment}"
+        );
+        for default in [
+            format!("`{}`", d.data_dir.unwrap().display()),
+            format!("`{}`", d.listen.unwrap()),
+            format!("`{}`", d.policies.unwrap().display()),
+        ] {
+            assert!(readme.contains(&default), "README default {default}");
+        }
+    }
+
+    #[test]
+    fn printed_settings_read_back_as_the_same_settings() {
+        let args = ServeArgs {
+            settings: Settings {
+                listen: Some("127.0.0.1:6000".parse().unwrap()),
+                token_file: Some(PathBuf::from("/etc/privault/tokens.toml")),
+                ..Settings::default()
+            },
+            ..ServeArgs::default()
+        };
+        let printed = toml::to_string(&effective(&args).unwrap()).unwrap();
+        let read: Settings = toml::from_str(&printed).unwrap();
+        assert_eq!(read, effective(&args).unwrap());
+        assert!(printed.contains("listen = \"127.0.0.1:6000\""), "{printed}");
+        assert!(printed.contains("max-fields-per-call = 64"), "{printed}");
     }
 }

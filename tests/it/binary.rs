@@ -459,6 +459,83 @@ fn serve_reads_a_config_file_and_flags_override_it() {
     );
 }
 
+#[test]
+fn check_config_and_print_config_judge_and_show_the_settings_without_opening_data() {
+    let cwd = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(shipped_policies(), cwd.path().join("policies")).unwrap();
+    let serve = |args: &[&str]| {
+        Command::new(BIN)
+            .current_dir(cwd.path())
+            .arg("serve")
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    std::fs::write(
+        cwd.path().join("good.toml"),
+        "data-dir = \"vault-data\"\nmax-fields-per-call = 8\n",
+    )
+    .unwrap();
+    let out = serve(&["--config", "good.toml", "--check-config"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!cwd.path().join("vault-data").exists(), "no data is opened");
+    // A bad value, with its line.
+    std::fs::write(
+        cwd.path().join("bad.toml"),
+        "data-dir = \"vault-data\"\n\nmax-fields-per-call = \"many\"\n",
+    )
+    .unwrap();
+    let out = serve(&["--config", "bad.toml", "--check-config"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml:3"), "{err}");
+    // Settings that cannot work together, and a policy directory that does not load.
+    let out = serve(&["--listen", "0.0.0.0:50051", "--check-config"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("without TLS"));
+    let out = serve(&["--policies", "no-such-dir", "--check-config"]);
+    assert_eq!(out.status.code(), Some(2));
+    // The effective settings: the flag over the file over the defaults, fed back as a config.
+    let out = serve(&[
+        "--config",
+        "good.toml",
+        "--listen",
+        "127.0.0.1:6000",
+        "--print-config",
+    ]);
+    assert!(out.status.success());
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    for line in [
+        "data-dir = \"vault-data\"",
+        "listen = \"127.0.0.1:6000\"",
+        "max-fields-per-call = 8",
+        "shutdown-grace-secs = 20",
+    ] {
+        assert!(printed.lines().any(|l| l == line), "{line} in:\n{printed}");
+    }
+    std::fs::write(cwd.path().join("printed.toml"), &printed).unwrap();
+    let out = serve(&["--config", "printed.toml", "--check-config"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A passphrase is named, never printed.
+    std::fs::write(cwd.path().join("pass"), "correct horse battery staple").unwrap();
+    let out = serve(&["--root-passphrase-file", "pass", "--print-config"]);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains("root-passphrase-file = \"pass\""),
+        "{printed}"
+    );
+    assert!(!printed.contains("horse"), "{printed}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_ends_open_health_watches_and_exits_promptly() {
     let cwd = tempfile::tempdir().unwrap();
