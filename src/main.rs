@@ -1,7 +1,6 @@
 //! The `privault` binary: `serve` runs the vault; `policy validate/test/explain` serve the security team.
 //! Thin: parses flags, sets up logging and signals, and calls the library.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 mod cli;
@@ -22,32 +21,10 @@ use clap::{Parser, Subcommand};
 struct Cli {
     /// How log lines are written to stderr: `text` for people, `json` (one object per line, with
     /// the call's span: rpc, trace id, request id) for log pipelines
-    #[arg(long, global = true, env = "PRIVAULT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
+    #[arg(long, global = true, env = "PRIVAULT_LOG_FORMAT", value_enum, default_value_t = cli::telemetry::LogFormat::Text)]
+    log_format: cli::telemetry::LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .init(),
-    }
 }
 
 #[derive(Subcommand)]
@@ -79,13 +56,30 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let otlp = match &cli.command {
+        Command::Serve(args) => match args.otlp_endpoint() {
+            Ok(endpoint) => endpoint,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
+    // Flushes the last spans when main returns.
+    let _telemetry = match cli::telemetry::init(cli.log_format, otlp.as_deref()) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     // A command whose output goes to a pipe closed early (`privault audit export | head`) ends
     // quietly, as Unix tools do, instead of panicking on EPIPE. Not `serve`: a log reader going
     // away must not kill the vault.
     if !matches!(cli.command, Command::Serve(_)) {
         sigpipe::reset();
     }
-    init_logging(cli.log_format);
     // Every command may hold keys or values (exports, audit tools with the root key, remote reads,
     // tokens): none may leave a core dump.
     cli::hardening::disable_core_dumps();

@@ -107,13 +107,43 @@ fn trace_id_of(traceparent: &str) -> Option<&str> {
     valid.then_some(trace_id)
 }
 
-fn trace_id(headers: &http::HeaderMap) -> String {
-    if let Some(id) = headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(trace_id_of)
+/// The caller's `traceparent` as an OpenTelemetry remote parent, when it is valid.
+fn remote_parent(traceparent: &str) -> Option<opentelemetry::Context> {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+    let trace_id = trace_id_of(traceparent)?;
+    let mut parts = traceparent.trim().split('-').skip(2);
+    let span_id = SpanId::from_hex(parts.next()?).ok()?;
+    let flags = u8::from_str_radix(parts.next()?, 16).ok()?;
+    let context = SpanContext::new(
+        TraceId::from_hex(trace_id).ok()?,
+        span_id,
+        TraceFlags::new(flags) & TraceFlags::SAMPLED,
+        true,
+        TraceState::default(),
+    );
+    Some(opentelemetry::Context::new().with_remote_span_context(context))
+}
+
+/// Names `span`'s trace: the caller's trace (also its OpenTelemetry parent, when traces are
+/// exported), else the exported span's own trace, else a fresh random id for the logs.
+fn trace_id(headers: &http::HeaderMap, span: &tracing::Span) -> String {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
+    if let Some(traceparent) = traceparent
+        && let Some(id) = trace_id_of(traceparent)
     {
+        if let Some(parent) = remote_parent(traceparent) {
+            // Without an OpenTelemetry layer (no --otlp-endpoint) this does nothing.
+            let _ = span.set_parent(parent);
+        }
         return id.to_owned();
+    }
+    let exported = span.context().span().span_context().trace_id();
+    if exported != opentelemetry::trace::TraceId::INVALID {
+        return exported.to_string();
     }
     let mut id = [0u8; 16];
     // Without randomness the call still runs; its trace id only has to tell it apart in logs.
@@ -166,13 +196,14 @@ where
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let rpc = rpc_label(request.uri().path());
         let started = Instant::now();
-        let trace_id = trace_id(request.headers());
         let span = tracing::info_span!(
             "call",
             rpc,
-            trace_id = %trace_id,
+            trace_id = tracing::field::Empty,
             request_id = tracing::field::Empty
         );
+        let trace_id = trace_id(request.headers(), &span);
+        span.record("trace_id", trace_id.as_str());
         let response = span.in_scope(|| self.inner.call(request));
         Box::pin(
             async move {

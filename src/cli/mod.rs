@@ -12,6 +12,7 @@ pub mod remote;
 pub mod root;
 pub mod ropa;
 pub mod serve;
+pub mod telemetry;
 pub mod token;
 
 /// The exit code of a check that ran and failed (a broken chain, a failing policy test, invalid

@@ -129,6 +129,10 @@ pub struct Settings {
     /// when --tls-cert is set, otherwise loopback only [default: off]
     #[arg(long, env = "PRIVAULT_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// OTLP/gRPC collector to export each call's span to, e.g. `http://127.0.0.1:4317` (spans carry
+    /// the rpc, trace id and request id: never a subject id or a value) [default: off]
+    #[arg(long, env = "PRIVAULT_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 impl Settings {
@@ -192,7 +196,8 @@ impl Settings {
             audit_segment_bytes,
             audit_retention_days,
             audit_max_bytes,
-            metrics_listen
+            metrics_listen,
+            otlp_endpoint
         )
     }
 }
@@ -219,6 +224,19 @@ fn read_config(path: &Path) -> anyhow::Result<Settings> {
             .unwrap_or(1);
         anyhow::anyhow!("{}:{at}: {}", path.display(), e.message())
     })
+}
+
+impl ServeArgs {
+    /// Where spans are exported, if anywhere: needed before logging starts, so read first.
+    pub fn otlp_endpoint(&self) -> anyhow::Result<Option<String>> {
+        let endpoint = effective(self)?.otlp_endpoint;
+        if let Some(url) = &endpoint
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            bail!("--otlp-endpoint must be an http:// or https:// URL, not `{url}`");
+        }
+        Ok(endpoint)
+    }
 }
 
 /// The settings in force: flags and environment, then the config file, then the defaults.

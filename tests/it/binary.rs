@@ -746,3 +746,104 @@ async fn sigterm_under_load_turns_health_first_drains_calls_and_loses_no_audit_r
     );
     privault::audit::verify(&store).unwrap();
 }
+
+/// An OTLP/gRPC trace collector on a loopback port that keeps every export request.
+struct Collector(Arc<std::sync::Mutex<Vec<ExportTraceServiceRequest>>>);
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use std::sync::Arc;
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.0.lock().unwrap().push(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn otlp_export_sends_each_calls_span_in_the_callers_trace_and_nothing_personal() {
+    use privault::api::pb::vault_client::VaultClient;
+    use prost::Message;
+
+    let exports = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector_addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(Collector(Arc::clone(&exports))))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let cwd = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(shipped_policies(), cwd.path().join("policies")).unwrap();
+    let mut command = Command::new(BIN);
+    command.current_dir(cwd.path()).args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--otlp-endpoint",
+        &format!("http://{collector_addr}"),
+    ]);
+    let mut served = spawn_served(command);
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let subject = "otlp-canary-subject-31";
+    let mut client = VaultClient::new(channel_to(&served.addr).await);
+    let mut request = tonic::Request::new(crate::support::put_request(
+        subject,
+        "account",
+        &[("email", "otlp-canary-value@example.com")],
+    ));
+    request.metadata_mut().insert(
+        "x-privault-principal",
+        "Service::\"account\"".parse().unwrap(),
+    );
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace}-b7ad6b7169203331-01").parse().unwrap(),
+    );
+    let response = client.put_fields(request).await.unwrap();
+    let request_id = response.metadata().get("x-request-id").unwrap().to_owned();
+    // Spans are batched; the drain at SIGTERM flushes them.
+    assert!(terminate(&mut served.child).success());
+    let exports = exports.lock().unwrap();
+    let spans: Vec<_> = exports
+        .iter()
+        .flat_map(|e| &e.resource_spans)
+        .flat_map(|r| &r.scope_spans)
+        .flat_map(|s| &s.spans)
+        .collect();
+    let call = spans
+        .iter()
+        .find(|s| s.name == "call" && hex::encode(&s.trace_id) == trace)
+        .unwrap_or_else(|| panic!("no call span in the caller's trace: {spans:?}"));
+    assert_eq!(hex::encode(&call.parent_span_id), "b7ad6b7169203331");
+    let attribute = |key: &str| {
+        call.attributes
+            .iter()
+            .find(|a| a.key == key)
+            .and_then(|a| a.value.as_ref())
+            .map(|v| format!("{v:?}"))
+            .unwrap_or_default()
+    };
+    assert!(attribute("rpc").contains("/privault.v1.Vault/PutFields"));
+    assert!(attribute("request_id").contains(request_id.to_str().unwrap()));
+    let service = exports[0].resource_spans[0].resource.as_ref().unwrap();
+    assert!(format!("{service:?}").contains("privault"));
+    for export in exports.iter() {
+        let bytes = export.encode_to_vec();
+        for canary in [subject.as_bytes(), b"otlp-canary-value"] {
+            assert!(
+                !bytes.windows(canary.len()).any(|w| w == canary),
+                "a subject id or value left in a span"
+            );
+        }
+    }
+}

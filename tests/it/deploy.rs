@@ -63,7 +63,10 @@ fn the_dockerfile_builds_in_one_stage_and_runs_non_root_without_a_shell() {
     assert!(stages[1].contains("distroless") && stages[1].contains("nonroot"));
     let final_stage = &dockerfile[dockerfile.rfind("\nFROM ").unwrap()..];
     assert!(final_stage.contains("\nUSER 65532:65532\n"));
-    assert!(!final_stage.contains("\nRUN "), "nothing runs in the final image");
+    assert!(
+        !final_stage.contains("\nRUN "),
+        "nothing runs in the final image"
+    );
     assert!(final_stage.contains("ENTRYPOINT [\"/usr/local/bin/privault\"]"));
     assert!(final_stage.contains("STOPSIGNAL SIGTERM"));
     // The data directory is private and owned by the user the vault runs as.
