@@ -1,5 +1,6 @@
-//! Compiles `proto/privault/v1/*.proto` with protox (no protoc binary needed) and keeps the encoded
-//! file descriptor set for gRPC server reflection.
+//! Compiles `proto/privault/v1/*.proto` with protox (no protoc binary needed), keeps the encoded
+//! file descriptor set for gRPC server reflection, and generates the messages' proto3 JSON
+//! mapping (pbjson) for the CLI.
 
 use std::{env, fs, path::PathBuf};
 
@@ -36,8 +37,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(out.join("privault_descriptor.bin"), fds.encode_to_vec())?;
 
+    let descriptors = fds.encode_to_vec();
     tonic_prost_build::configure()
         .skip_debug(REDACTED_DEBUG.iter().copied())
         .compile_fds(fds)?;
+    // serde for every message, in the proto3 JSON mapping: the CLI's `--json` output.
+    pbjson_build::Builder::new()
+        .register_descriptors(&descriptors)?
+        .build(&[".privault.v1"])?;
     Ok(())
 }

@@ -23,6 +23,10 @@ struct Cli {
     /// the call's span: rpc, trace id, request id) for log pipelines
     #[arg(long, global = true, env = "PRIVAULT_LOG_FORMAT", value_enum, default_value_t = cli::telemetry::LogFormat::Text)]
     log_format: cli::telemetry::LogFormat,
+    /// Print data as JSON (one document, or JSON Lines for streams) instead of text, on every
+    /// command that prints data
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -56,6 +60,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    cli::set_json(cli.json);
     let otlp = match &cli.command {
         Command::Serve(args) => match args.otlp_endpoint() {
             Ok(endpoint) => endpoint,
@@ -110,5 +115,34 @@ mod tests {
     #[test]
     fn command_line_is_well_formed() {
         super::Cli::command().debug_assert();
+    }
+
+    /// Every (sub)command with its path, e.g. `privault keys rotate-dek`.
+    fn commands(command: &clap::Command, path: String, out: &mut Vec<(String, clap::Command)>) {
+        out.push((path.clone(), command.clone()));
+        for sub in command.get_subcommands() {
+            commands(sub, format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn one_flag_name_per_concept_across_commands() {
+        let mut all = Vec::new();
+        commands(&super::Cli::command(), "privault".into(), &mut all);
+        for (path, command) in &all {
+            for arg in command.get_arguments() {
+                let Some(long) = arg.get_long() else { continue };
+                // A customer id is --subject-id, an audit pseudonym --pseudonym.
+                assert_ne!(long, "subject", "{path}: say --subject-id or --pseudonym");
+                // The server's token file holds hashes; a client's holds its token.
+                if long == "token-file" {
+                    assert_eq!(
+                        path, "privault serve",
+                        "{path}: a client's is --bearer-token-file"
+                    );
+                }
+            }
+        }
+        assert!(all.iter().any(|(p, _)| p == "privault keys rotate-dek"));
     }
 }

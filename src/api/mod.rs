@@ -40,6 +40,7 @@ use crate::vault::Vault;
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod pb {
     tonic::include_proto!("privault.v1");
+    include!(concat!(env!("OUT_DIR"), "/privault.v1.serde.rs"));
 
     /// The encoded file descriptor set, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =

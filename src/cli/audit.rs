@@ -90,9 +90,10 @@ pub enum AuditCommand {
         /// The vault's data directory.
         #[arg(long, env = "PRIVAULT_DATA_DIR", default_value = "./privault-data")]
         data_dir: PathBuf,
-        /// Only this subject pseudonym.
-        #[arg(long)]
-        subject: Option<String>,
+        /// Only this subject's records, by audit pseudonym (32 hex digits; `privault audit query
+        /// --subject-id` maps a customer id to it on a running vault).
+        #[arg(long, alias = "subject")]
+        pseudonym: Option<String>,
         #[command(flatten)]
         filters: Filters,
         /// An archive: segments dropped from the live log are read from it.
@@ -129,14 +130,14 @@ pub enum AuditCommand {
     },
 }
 
-fn filter(f: &Filters, subject: Option<String>) -> anyhow::Result<AuditFilter> {
-    let subject = subject
+fn filter(f: &Filters, pseudonym: Option<String>) -> anyhow::Result<AuditFilter> {
+    let subject = pseudonym
         .map(|hex| {
             hex::decode(&hex)
                 .ok()
                 .and_then(|b| b.try_into().ok())
                 .map(Pseudonym)
-                .with_context(|| "--subject is an audit pseudonym: 32 hex digits")
+                .with_context(|| "--pseudonym is 32 hex digits")
         })
         .transpose()?;
     let time = |t: &Option<String>| -> anyhow::Result<Option<u64>> {
@@ -196,12 +197,18 @@ pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
                 }
                 Err(e) => {
                     eprintln!("{e}");
-                    println!("bad seq {}", e.seq);
+                    if super::json() {
+                        super::print_json(&serde_json::json!({
+                            "valid": false, "bad_seq": e.seq, "reason": e.reason,
+                        }))?;
+                    } else {
+                        println!("bad seq {}", e.seq);
+                    }
                     return Ok(super::check_failed());
                 }
             };
-            if let Some(path) = head {
-                let text = std::fs::read_to_string(&path)
+            if let Some(path) = &head {
+                let text = std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read {}", path.display()))?;
                 let signed: SignedHead =
                     serde_json::from_str(&text).context("not a signed head")?;
@@ -210,13 +217,25 @@ pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
                     eprintln!("{e}");
                     return Ok(super::check_failed());
                 }
-                println!("signed head {} {} is in the log", signed.seq, signed.hash);
+                if !super::json() {
+                    println!("signed head {} {} is in the log", signed.seq, signed.hash);
+                }
             }
             let dropped: Vec<_> = sealed
                 .checkpoints()
                 .into_iter()
                 .filter(|c| sealed.is_dropped(c.segment))
                 .collect();
+            if super::json() {
+                super::print_json(&serde_json::json!({
+                    "valid": true,
+                    "head_seq": seq,
+                    "head_hash": hash,
+                    "signed_head_checked": head.is_some(),
+                    "dropped_segments": dropped.iter().map(|c| c.segment).collect::<Vec<_>>(),
+                }))?;
+                return Ok(ExitCode::SUCCESS);
+            }
             if let (Some(first), Some(last)) = (dropped.first(), dropped.last()) {
                 let at_hand = dropped.iter().all(|c| sealed.readable(c.segment));
                 println!(
@@ -239,7 +258,7 @@ pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
         }
         AuditCommand::Export {
             data_dir,
-            subject,
+            pseudonym,
             filters,
             archive,
         } => {
@@ -249,7 +268,7 @@ pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
                 store: &store,
                 sealed: &sealed,
             };
-            let mut f = filter(&filters, subject)?;
+            let mut f = filter(&filters, pseudonym)?;
             let mut out = std::io::stdout().lock();
             let dicts = Dictionaries::default();
             loop {
@@ -284,6 +303,21 @@ pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             let sealed = Sealed::load(&store)?;
             let now = privault::clock::rfc3339(privault::clock::Clock::now_ms(&SystemClock));
             let archived = archive_to(&sealed, &to, now)?;
+            if super::json() {
+                let segments: Vec<_> = archived
+                    .iter()
+                    .map(|a| {
+                        serde_json::json!({
+                            "segment": a.checkpoint.segment,
+                            "first_seq": a.checkpoint.first_seq,
+                            "last_seq": a.checkpoint.last_seq,
+                            "copied": a.copied,
+                        })
+                    })
+                    .collect();
+                super::print_json(&serde_json::json!({ "archive": to, "segments": segments }))?;
+                return Ok(ExitCode::SUCCESS);
+            }
             for a in &archived {
                 let c = &a.checkpoint;
                 println!(

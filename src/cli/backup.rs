@@ -38,9 +38,6 @@ pub enum BackupCommand {
     Verify {
         /// The backup directory.
         dir: PathBuf,
-        /// Print the manifest's summary as JSON.
-        #[arg(long)]
-        json: bool,
     },
     /// Restore a backup into a new data directory, with the keyring and the deletion ledger from
     /// where they are kept apart. The restored vault replays the ledger at its first start: every
@@ -90,9 +87,7 @@ pub fn run(command: BackupCommand) -> anyhow::Result<ExitCode> {
             let config = VaultConfig::new(&data_dir, "");
             let manifest = backup_stopped(&config, &to, &SystemClock)
                 .context("cannot back up the data directory (is the vault still running?)")?;
-            println!("backup in {}: {}", to.display(), summary(&manifest));
-            eprintln!("{APART}");
-            Ok(ExitCode::SUCCESS)
+            report_taken(&to, &manifest)
         }
         BackupCommand::Create {
             to, remote: None, ..
@@ -106,11 +101,9 @@ pub fn run(command: BackupCommand) -> anyhow::Result<ExitCode> {
             ..
         } => super::keys::remotely(async move {
             let manifest = receive(&remote, &to).await?;
-            println!("backup in {}: {}", to.display(), summary(&manifest));
-            eprintln!("{APART}");
-            Ok(ExitCode::SUCCESS)
+            report_taken(&to, &manifest)
         }),
-        BackupCommand::Verify { dir, json } => {
+        BackupCommand::Verify { dir } => {
             let total = backup::Manifest::read(&dir)
                 .map(|m| m.total_bytes())
                 .unwrap_or(0);
@@ -118,8 +111,8 @@ pub fn run(command: BackupCommand) -> anyhow::Result<ExitCode> {
             let verified = backup::verify(&dir, |done| progress.set_position(done));
             progress.finish_and_clear();
             match verified {
-                Ok(v) if json => {
-                    println!("{}", serde_json::to_string(&v.manifest)?);
+                Ok(v) if super::json() => {
+                    super::print_json(&v.manifest)?;
                     Ok(ExitCode::SUCCESS)
                 }
                 Ok(v) => {
@@ -155,6 +148,10 @@ pub fn run(command: BackupCommand) -> anyhow::Result<ExitCode> {
             });
             progress.finish_and_clear();
             let restored = restored?;
+            if super::json() {
+                super::print_json(&restored.manifest)?;
+                return Ok(ExitCode::SUCCESS);
+            }
             println!(
                 "restored into {}: {}",
                 data_dir.display(),
@@ -174,6 +171,16 @@ pub fn run(command: BackupCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn report_taken(to: &Path, manifest: &Manifest) -> anyhow::Result<ExitCode> {
+    if super::json() {
+        super::print_json(manifest)?;
+    } else {
+        println!("backup in {}: {}", to.display(), summary(manifest));
+    }
+    eprintln!("{APART}");
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn receive(remote: &Remote, to: &Path) -> anyhow::Result<Manifest> {

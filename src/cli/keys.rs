@@ -28,17 +28,14 @@ pub enum KeysCommand {
     /// Roll the KEK epoch of a running vault (or resume an unfinished roll): every live key is
     /// re-wrapped under a new KEK, then the old KEKs are destroyed. Prints progress.
     RollEpoch {
-        /// Print the result as one JSON object.
-        #[arg(long)]
-        json: bool,
         #[command(flatten)]
         remote: Remote,
     },
     /// Replace every DEK of one subject in a running vault, re-sealing its fields.
     RotateDek {
-        /// The subject.
-        #[arg(long)]
-        subject: String,
+        /// The customer id.
+        #[arg(long, alias = "subject")]
+        subject_id: String,
         #[command(flatten)]
         remote: Remote,
     },
@@ -68,7 +65,7 @@ pub enum KeysCommand {
 
 pub fn run(command: KeysCommand) -> anyhow::Result<ExitCode> {
     match command {
-        KeysCommand::RollEpoch { remote, json } => remotely(async move {
+        KeysCommand::RollEpoch { remote } => remotely(async move {
             let mut client = KeyAdminClient::new(remote.channel().await?);
             let mut stream = client
                 .roll_epoch(remote.request(pb::RollEpochRequest {})?)
@@ -78,13 +75,8 @@ pub fn run(command: KeysCommand) -> anyhow::Result<ExitCode> {
             while let Some(p) = stream.message().await? {
                 if p.done {
                     bar.finish_and_clear();
-                    if json {
-                        let done = serde_json::json!({
-                            "epoch": p.epoch,
-                            "rewrapped": p.rewrapped,
-                            "destroyed_epochs": p.destroyed_epochs,
-                        });
-                        println!("{done}");
+                    if super::json() {
+                        super::print_json(&p)?;
                     } else {
                         println!(
                             "epoch {} is the only epoch: {} keys re-wrapped, epochs {:?} destroyed",
@@ -105,18 +97,20 @@ pub fn run(command: KeysCommand) -> anyhow::Result<ExitCode> {
             bar.finish_and_clear();
             anyhow::bail!("the roll stopped before it finished; run the command again to resume")
         }),
-        KeysCommand::RotateDek { subject, remote } => remotely(async move {
+        KeysCommand::RotateDek { subject_id, remote } => remotely(async move {
             let mut client = KeyAdminClient::new(remote.channel().await?);
             let done = client
-                .rotate_subject_key(remote.request(pb::RotateSubjectKeyRequest {
-                    subject_id: subject,
-                })?)
+                .rotate_subject_key(remote.request(pb::RotateSubjectKeyRequest { subject_id })?)
                 .await?
                 .into_inner();
-            println!(
-                "{} key classes rotated, {} fields re-sealed",
-                done.classes_rotated, done.fields_resealed
-            );
+            if super::json() {
+                super::print_json(&done)?;
+            } else {
+                println!(
+                    "{} key classes rotated, {} fields re-sealed",
+                    done.classes_rotated, done.fields_resealed
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }),
         KeysCommand::Status { remote } => remotely(async move {
@@ -125,10 +119,14 @@ pub fn run(command: KeysCommand) -> anyhow::Result<ExitCode> {
                 .key_status(remote.request(pb::KeyStatusRequest {})?)
                 .await?
                 .into_inner();
-            println!(
-                "current epoch {}; epochs held {:?}",
-                status.current_epoch, status.epochs
-            );
+            if super::json() {
+                super::print_json(&status)?;
+            } else {
+                println!(
+                    "current epoch {}; epochs held {:?}",
+                    status.current_epoch, status.epochs
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }),
         KeysCommand::ChangePassphrase {

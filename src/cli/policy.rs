@@ -97,6 +97,20 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn print_errors(dir: &Path, errors: &privault::diagnostic::SourceErrors) {
+    if super::json() {
+        let errors: Vec<_> = errors
+            .0
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "file": dir.join(&e.file), "line": e.line, "column": e.column,
+                    "message": e.message,
+                })
+            })
+            .collect();
+        let _ = super::print_json(&serde_json::json!({ "valid": false, "errors": errors }));
+        return;
+    }
     for e in &errors.0 {
         println!(
             "{}:{}:{}: {}",
@@ -124,12 +138,18 @@ fn validate(dir: &Path) -> anyhow::Result<ExitCode> {
     let Some(set) = load(dir)? else {
         return Ok(super::check_failed());
     };
-    println!(
-        "{}: valid ({} policies, version {})",
-        dir.display(),
-        set.policy_count(),
-        set.version()
-    );
+    if super::json() {
+        super::print_json(&serde_json::json!({
+            "valid": true, "policies": set.policy_count(), "version": set.version(),
+        }))?;
+    } else {
+        println!(
+            "{}: valid ({} policies, version {})",
+            dir.display(),
+            set.policy_count(),
+            set.version()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -156,7 +176,39 @@ fn test(dir: &Path, allow_uncovered: bool) -> anyhow::Result<ExitCode> {
     })
 }
 
+fn decision_json(set: &Policies, decision: &Decision) -> serde_json::Value {
+    serde_json::json!({
+        "allowed": decision.allowed,
+        "policies": decision.policy_ids.iter().map(|id| serde_json::json!({
+            "id": id, "at": set.location(id).map(|p| p.to_string()),
+        })).collect::<Vec<_>>(),
+        "errors": decision.errors,
+    })
+}
+
 fn print_report(set: &Policies, report: &TestReport) {
+    if super::json() {
+        let failures: Vec<_> = report
+            .failures()
+            .map(|r| {
+                serde_json::json!({
+                    "case": r.case.name,
+                    "at": r.case.pos.to_string(),
+                    "request": r.case.request.to_string(),
+                    "expected": if r.case.expect_allow { "allow" } else { "deny" },
+                    "expected_policies": r.case.expect_policies,
+                    "decided": decision_json(set, &r.decision),
+                })
+            })
+            .collect();
+        let _ = super::print_json(&serde_json::json!({
+            "passed": report.results.len() - failures.len(),
+            "failed": failures.len(),
+            "failures": failures,
+            "uncovered": report.uncovered,
+        }));
+        return;
+    }
     for r in report.failures() {
         println!("FAIL {} `{}`", r.case.pos, r.case.name);
         println!("  request:  {}", r.case.request);
@@ -194,40 +246,61 @@ fn print_decision(set: &Policies, prefix: &str, decision: &Decision) {
     }
 }
 
-fn explain(set: &Policies, request: AccessRequest) {
-    println!("policy version {}", set.version());
-    println!("request: {request}");
-    let decision = set.evaluate(&request);
-    print_decision(set, "decision: ", &decision);
-    if let AccessRequest::Field {
-        principal,
-        action: privault::policy::FieldAction::Read,
-        field,
-        purpose,
-        consents,
-        withdrawn,
-    } = request
-        && !decision.allowed
-    {
-        let masked = AccessRequest::Field {
+/// The read-masked request the vault asks when `request` is a denied read.
+fn masked_of(request: &AccessRequest, decision: &Decision) -> Option<AccessRequest> {
+    match request {
+        AccessRequest::Field {
             principal,
-            action: privault::policy::FieldAction::ReadMasked,
+            action: privault::policy::FieldAction::Read,
             field,
             purpose,
             consents,
             withdrawn,
-        };
-        println!("read denied, so the vault asks: {masked}");
-        let masked_decision = set.evaluate(&masked);
-        print_decision(set, "decision: ", &masked_decision);
-        println!(
-            "outcome of a read: {}",
-            if masked_decision.allowed {
-                "MASKED"
-            } else {
-                "DENIED"
-            }
-        );
+        } if !decision.allowed => Some(AccessRequest::Field {
+            principal: principal.clone(),
+            action: privault::policy::FieldAction::ReadMasked,
+            field: field.clone(),
+            purpose: purpose.clone(),
+            consents: consents.clone(),
+            withdrawn: withdrawn.clone(),
+        }),
+        _ => None,
+    }
+}
+
+fn explain(set: &Policies, request: AccessRequest) {
+    let decision = set.evaluate(&request);
+    let masked = masked_of(&request, &decision).map(|m| {
+        let d = set.evaluate(&m);
+        (m, d)
+    });
+    let outcome = match &masked {
+        Some((_, d)) if d.allowed => "MASKED",
+        Some(_) => "DENIED",
+        None if decision.allowed => "allowed",
+        None => "denied",
+    };
+    if super::json() {
+        let mut out = serde_json::json!({
+            "policy_version": set.version(),
+            "request": request.to_string(),
+            "decision": decision_json(set, &decision),
+            "outcome": outcome,
+        });
+        if let Some((m, d)) = &masked {
+            out["masked_request"] = m.to_string().into();
+            out["masked_decision"] = decision_json(set, d);
+        }
+        let _ = super::print_json(&out);
+        return;
+    }
+    println!("policy version {}", set.version());
+    println!("request: {request}");
+    print_decision(set, "decision: ", &decision);
+    if let Some((m, d)) = &masked {
+        println!("read denied, so the vault asks: {m}");
+        print_decision(set, "decision: ", d);
+        println!("outcome of a read: {outcome}");
     } else if decision.allowed {
         println!("outcome: allowed");
     }

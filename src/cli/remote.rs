@@ -35,9 +35,10 @@ pub struct Remote {
     /// Your client key (PEM), for mTLS.
     #[arg(long, env = "PRIVAULT_CLIENT_KEY")]
     pub client_key: Option<PathBuf>,
-    /// File holding your bearer token, for token mode.
-    #[arg(long, env = "PRIVAULT_TOKEN_FILE_CLIENT")]
-    pub token_file: Option<PathBuf>,
+    /// File holding your bearer token, for token mode (the server's `--token-file` holds only
+    /// hashes; this holds the token itself, mode 0600).
+    #[arg(long, env = "PRIVAULT_BEARER_TOKEN_FILE", alias = "token-file")]
+    pub bearer_token_file: Option<PathBuf>,
 }
 
 impl Remote {
@@ -75,7 +76,7 @@ impl Remote {
             "x-privault-principal",
             self.caller.parse().context("--as must be ASCII")?,
         );
-        if let Some(path) = &self.token_file {
+        if let Some(path) = &self.bearer_token_file {
             let token = zeroize::Zeroizing::new(
                 std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read {}", path.display()))?,
@@ -208,7 +209,9 @@ pub fn run(command: RemoteCommand) -> anyhow::Result<ExitCode> {
                     comment,
                 })?;
                 let applied = admin.client.apply_policies(request).await?.into_inner();
-                if let Some(v) = applied.version {
+                if super::json() {
+                    super::print_json(&applied)?;
+                } else if let Some(v) = applied.version {
                     println!("applied as version {} (based on {base})", v.version);
                 }
                 Ok(ExitCode::SUCCESS)
@@ -221,12 +224,27 @@ pub fn run(command: RemoteCommand) -> anyhow::Result<ExitCode> {
                 let files = local_files(&policies)?;
                 let mut admin = Admin::connect(&remote).await?;
                 let active = admin.active().await?;
-                print_file_diff(active.files.unwrap_or_default(), &files);
+                let changed = file_diff(active.files.unwrap_or_default(), &files);
                 let request = admin.request(pb::DryRunPoliciesRequest {
                     files: Some(files),
                     last,
                 })?;
                 let run = admin.client.dry_run_policies(request).await?.into_inner();
+                if super::json() {
+                    super::print_json(&serde_json::json!({
+                        "files_changed": changed,
+                        "dry_run": run,
+                    }))?;
+                    return Ok(ExitCode::SUCCESS);
+                }
+                if changed.is_empty() {
+                    println!("files: identical to the active set");
+                } else {
+                    println!("files changed against the active set:");
+                    for c in changed {
+                        println!("  {c}");
+                    }
+                }
                 println!(
                     "{} recorded read decisions replayed, {} would change",
                     run.examined,
@@ -257,7 +275,9 @@ pub fn run(command: RemoteCommand) -> anyhow::Result<ExitCode> {
                     comment,
                 })?;
                 let applied = admin.client.rollback_policies(request).await?.into_inner();
-                if let Some(v) = applied.version {
+                if super::json() {
+                    super::print_json(&applied)?;
+                } else if let Some(v) = applied.version {
                     println!("version {to} is active again as version {}", v.version);
                 }
                 Ok(ExitCode::SUCCESS)
@@ -265,14 +285,15 @@ pub fn run(command: RemoteCommand) -> anyhow::Result<ExitCode> {
             RemoteCommand::Versions { remote } => {
                 let mut admin = Admin::connect(&remote).await?;
                 let request = admin.request(pb::ListPolicyVersionsRequest {})?;
-                for v in admin
+                let listed = admin
                     .client
                     .list_policy_versions(request)
                     .await?
-                    .into_inner()
-                    .versions
-                {
-                    print_version(&v);
+                    .into_inner();
+                if super::json() {
+                    super::print_json(&listed)?;
+                } else {
+                    listed.versions.iter().for_each(print_version);
                 }
                 Ok(ExitCode::SUCCESS)
             }
@@ -280,7 +301,8 @@ pub fn run(command: RemoteCommand) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn print_file_diff(active: PolicyFiles, candidate: &PolicyFiles) {
+/// The files that differ: `~ name` changed, `+ name` added, `- name` removed.
+fn file_diff(active: PolicyFiles, candidate: &PolicyFiles) -> Vec<String> {
     let mut changed = Vec::new();
     if active.schema != candidate.schema {
         changed.push("~ schema.cedarschema".to_owned());
@@ -301,12 +323,5 @@ fn print_file_diff(active: PolicyFiles, candidate: &PolicyFiles) {
             _ => {}
         }
     }
-    if changed.is_empty() {
-        println!("files: identical to the active set");
-    } else {
-        println!("files changed against the active set:");
-        for c in changed {
-            println!("  {c}");
-        }
-    }
+    changed
 }

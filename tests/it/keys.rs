@@ -379,3 +379,52 @@ fn the_audit_pseudonym_is_never_stored_in_clear_and_dies_with_the_epoch() {
         .unwrap_err();
     assert!(err.to_string().contains("pseudonym"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn remote_commands_print_the_vaults_answer_as_proto3_json() {
+    let vault = TestVault::new();
+    let server = vault.start().await;
+    let addr = format!("http://{}", server.addr);
+    let run = move |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_privault"))
+                .args(&args)
+                .output()
+                .unwrap()
+        })
+    };
+    let args = |cmd: &[&str], caller: &str| -> Vec<String> {
+        cmd.iter()
+            .map(|s| (*s).to_owned())
+            .chain(["--json", "--server", &addr, "--as", caller].map(str::to_owned))
+            .collect()
+    };
+    let out = run(args(&["keys", "status"], SEC_LEAD)).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The proto3 JSON mapping: lowerCamelCase names.
+    assert_eq!(status["currentEpoch"], 1);
+    assert_eq!(status["epochs"], serde_json::json!([1]));
+    let out = run(args(&["policy", "versions"], ALICE)).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let versions: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(versions["versions"][0]["active"], true);
+    let out = run(args(&["keys", "roll-epoch"], SEC_LEAD)).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(done["done"], true);
+    assert_eq!(done["destroyedEpochs"], serde_json::json!([1]));
+    server.stop().await;
+}

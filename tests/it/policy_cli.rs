@@ -195,3 +195,63 @@ fn ropa_prints_the_record_of_processing_as_markdown_and_json() {
         "{stderr}"
     );
 }
+
+fn json_of(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not one JSON document ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn json_output_of_validate_test_and_explain_is_one_document_each() {
+    let out = privault(&["validate", "--json"], &shipped_policies());
+    assert!(out.status.success());
+    assert_eq!(json_of(&out)["valid"], true);
+    let out = privault(&["test", "--json"], &shipped_policies());
+    let report = json_of(&out);
+    assert_eq!(report["failed"], 0);
+    assert!(report["passed"].as_u64().unwrap() > 10);
+    let out = privault(
+        &[
+            "explain",
+            "--json",
+            "--principal",
+            "Service::\"support\"",
+            "--action",
+            "read",
+            "--field",
+            "email",
+            "--purpose",
+            "support",
+        ],
+        &shipped_policies(),
+    );
+    let explained = json_of(&out);
+    assert_eq!(explained["decision"]["allowed"], false);
+    assert_eq!(explained["outcome"], "MASKED");
+    assert_eq!(
+        explained["masked_decision"]["policies"][0]["id"],
+        "support-masked"
+    );
+    // Invalid policies: exit 3, and the errors as JSON with their positions.
+    let dir = copy_of_shipped();
+    std::fs::write(
+        dir.path().join("broken.cedar"),
+        "permit (principal, action, resource) when {",
+    )
+    .unwrap();
+    let out = privault(&["validate", "--json"], dir.path());
+    assert_eq!(out.status.code(), Some(3));
+    let invalid = json_of(&out);
+    assert_eq!(invalid["valid"], false);
+    let first = &invalid["errors"][0];
+    assert!(
+        first["file"].as_str().unwrap().ends_with("broken.cedar"),
+        "{first}"
+    );
+    assert_eq!(first["line"], 1);
+}
