@@ -56,6 +56,16 @@ enum Command {
     Token(cli::token::TokenCommand),
     /// Print the record of processing (GDPR Art. 30) derived from catalog and policies.
     Ropa(cli::ropa::RopaArgs),
+    /// Print a shell completion script (e.g. `privault completions bash > /etc/bash_completion.d/privault`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (privault.1 and one per subcommand, e.g. privault-backup-create.1) into DIR.
+    Man {
+        /// The directory to write into (created when absent).
+        dir: std::path::PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -98,6 +108,19 @@ fn main() -> ExitCode {
         Command::Bench(args) => cli::bench::run(args),
         Command::Keys(command) => cli::keys::run(command),
         Command::Backup(command) => cli::backup::run(command),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "privault",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir } => std::fs::create_dir_all(&dir)
+            .and_then(|()| clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &dir))
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(|e| anyhow::anyhow!("cannot write the man pages into {}: {e}", dir.display())),
     };
     match result {
         Ok(code) => code,

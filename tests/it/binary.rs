@@ -847,3 +847,52 @@ async fn otlp_export_sends_each_calls_span_in_the_callers_trace_and_nothing_pers
         }
     }
 }
+
+#[test]
+fn completions_and_man_pages_are_generated_from_the_command_line() {
+    let out = Command::new(BIN)
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let script = String::from_utf8(out.stdout).unwrap();
+    assert!(script.contains("backup") && script.contains("--subject-id"));
+    // bash parses it.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("privault.bash"), &script).unwrap();
+    let syntax = Command::new("bash")
+        .arg("-n")
+        .arg(dir.path().join("privault.bash"))
+        .output()
+        .unwrap();
+    assert!(
+        syntax.status.success(),
+        "{}",
+        String::from_utf8_lossy(&syntax.stderr)
+    );
+    for shell in ["zsh", "fish"] {
+        let out = Command::new(BIN)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success() && !out.stdout.is_empty(), "{shell}");
+    }
+    let man = dir.path().join("man");
+    let out = Command::new(BIN).arg("man").arg(&man).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for page in [
+        "privault.1",
+        "privault-serve.1",
+        "privault-backup-restore.1",
+    ] {
+        let text = std::fs::read_to_string(man.join(page)).unwrap();
+        assert!(
+            text.starts_with(".ie") || text.contains(".TH"),
+            "{page} is roff"
+        );
+    }
+}
