@@ -14,6 +14,7 @@ mod peers;
 mod policy_service;
 mod service;
 mod status;
+pub use status::{ERROR_DOMAIN, POLICY_DENIED};
 pub mod tls;
 pub mod tokens;
 

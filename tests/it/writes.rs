@@ -24,6 +24,20 @@ async fn put_with_any_denied_field_writes_nothing() {
     assert_eq!(err.code(), Code::PermissionDenied);
     assert!(err.message().contains("`email`"), "{}", err.message());
     assert!(!err.message().contains("x@example.com"));
+    // The same, structured: google.rpc.ErrorInfo and a BadRequest violation per denied field.
+    {
+        use tonic_types::StatusExt;
+        let details = err.get_error_details();
+        let info = details.error_info().expect("ErrorInfo");
+        assert_eq!(info.reason, privault::api::POLICY_DENIED);
+        assert_eq!(info.domain, privault::api::ERROR_DOMAIN);
+        assert_eq!(info.metadata["action"], "write");
+        assert_eq!(info.metadata["deniedFields"], "email");
+        let violations = &details.bad_request().expect("BadRequest").field_violations;
+        assert_eq!(violations.len(), 1);
+        assert_eq!(violations[0].field, "email");
+        assert!(!format!("{details:?}").contains("x@example.com"));
+    }
     let results = get(
         &mut recommender,
         "cust-1",
