@@ -1,17 +1,22 @@
 //! Bearer-token authentication, the second identity mode: a token file maps each principal to the
 //! Argon2id hash (PHC string) of its token. The caller names itself in `x-privault-principal` and
 //! proves it with `authorization: Bearer <token>`; the token is compared only through its hash and
-//! never logged. Attempts are rate limited per peer address, so guessing is slow and a flood of
-//! wrong tokens cannot burn the CPU on Argon2: an attempt is reserved before Argon2 runs (so
-//! concurrent attempts cannot all slip under the limit), the verifications running at once are
-//! bounded for the whole server, and an unknown principal costs one Argon2 run like a known one
-//! (its timing tells nothing about which principals exist).
+//! never logged. Argon2 runs are rate limited per peer address (`governor`'s keyed GCRA limiter,
+//! a cell taken atomically before Argon2 runs, so concurrent attempts cannot all slip under the
+//! limit), so guessing is slow and a flood of wrong tokens cannot burn the CPU on Argon2; the
+//! verifications running at once are bounded for the whole server; a verified token is remembered
+//! (`moka`, bounded and with a time to live) so Argon2 runs once per token, not per call; and an
+//! unknown principal costs one Argon2 run like a known one (its timing tells nothing about which
+//! principals exist).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::RwLock;
+use std::time::Duration;
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -21,12 +26,17 @@ use crate::crypto::password::{hash_secret, is_argon2id_phc, verify_secret};
 use crate::crypto::random_bytes;
 use crate::domain::Principal;
 
-/// Failed attempts a peer may make per window before it is refused outright.
-const FAILURES_PER_WINDOW: u32 = 5;
-/// The window of the failure limit.
-const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Argon2 runs a peer may make at once before it is refused; one more every
+/// [`ATTEMPT_PERIOD`] (5 a minute, sustained).
+const ATTEMPT_BURST: u32 = 5;
+/// How often a peer regains one Argon2 run.
+const ATTEMPT_PERIOD: Duration = Duration::from_secs(12);
 /// Verified (principal, token) pairs remembered, so Argon2 runs once per token, not per call.
-const VERIFIED_CACHE: usize = 10_000;
+const VERIFIED_CACHE: u64 = 10_000;
+/// How long a verified token is remembered before Argon2 checks it again.
+const VERIFIED_FOR: Duration = Duration::from_secs(3600);
+/// Peers the limiter tracks before it forgets those whose budget is whole again.
+const TRACKED_PEERS: usize = 100_000;
 /// Argon2 verifications the whole server runs at once (19 MiB each); more are refused at once.
 const CONCURRENT_VERIFICATIONS: usize = 4;
 
@@ -63,25 +73,13 @@ struct RawToken {
     hash: String,
 }
 
-struct Inner {
-    hashes: HashMap<String, String>,
-    verified: HashSet<[u8; 32]>,
-}
-
-/// One peer's attempts in the current window: failed, and reserved but not yet decided.
-#[derive(Debug, Clone, Copy)]
-struct Attempts {
-    since: Instant,
-    failed: u32,
-    pending: u32,
-}
-
 /// The loaded token file and what it has verified.
 pub struct TokenVerifier {
     path: PathBuf,
     salt: [u8; 32],
-    inner: RwLock<Inner>,
-    attempts: Mutex<HashMap<IpAddr, Attempts>>,
+    hashes: RwLock<HashMap<String, String>>,
+    verified: moka::sync::Cache<[u8; 32], ()>,
+    attempts: DefaultKeyedRateLimiter<IpAddr>,
     // The hash an unknown principal's token is checked against: same parameters, no token.
     decoy: String,
     running: std::sync::atomic::AtomicUsize,
@@ -129,14 +127,18 @@ impl TokenVerifier {
         let mut salt = [0u8; 32];
         random_bytes(&mut salt).map_err(|e| fail(e.to_string()))?;
         let (_, decoy) = new_token().map_err(fail)?;
+        let quota = Quota::with_period(ATTEMPT_PERIOD)
+            .ok_or_else(|| fail("the attempt period is zero".into()))?
+            .allow_burst(NonZeroU32::new(ATTEMPT_BURST).unwrap_or(NonZeroU32::MIN));
         Ok(Self {
             path: path.to_owned(),
             salt,
-            inner: RwLock::new(Inner {
-                hashes,
-                verified: HashSet::new(),
-            }),
-            attempts: Mutex::new(HashMap::new()),
+            hashes: RwLock::new(hashes),
+            verified: moka::sync::Cache::builder()
+                .max_capacity(VERIFIED_CACHE)
+                .time_to_live(VERIFIED_FOR)
+                .build(),
+            attempts: RateLimiter::keyed(quota),
             decoy,
             running: std::sync::atomic::AtomicUsize::new(0),
             argon2_runs: std::sync::atomic::AtomicU64::new(0),
@@ -148,11 +150,9 @@ impl TokenVerifier {
     pub fn reload(&self) -> Result<usize, TokenFileError> {
         let hashes = parse(&self.path)?;
         let count = hashes.len();
-        if let Ok(mut inner) = self.inner.write() {
-            *inner = Inner {
-                hashes,
-                verified: HashSet::new(),
-            };
+        if let Ok(mut current) = self.hashes.write() {
+            *current = hashes;
+            self.verified.invalidate_all();
         }
         Ok(count)
     }
@@ -174,27 +174,27 @@ impl TokenVerifier {
             .chain_update(token.as_bytes())
             .finalize()
             .into();
-        if peer.is_some_and(|p| self.is_limited(p)) {
-            return Err(TokenRejection::RateLimited);
+        if self.verified.contains_key(&fingerprint) {
+            return Ok(());
         }
-        let hash = match self.inner.read() {
-            Ok(inner) if inner.verified.contains(&fingerprint) => return Ok(()),
-            Ok(inner) => inner.hashes.get(&uid).cloned(),
+        let hash = match self.hashes.read() {
+            Ok(hashes) => hashes.get(&uid).cloned(),
             Err(_) => None,
         };
-        // Reserve the attempt first: concurrent attempts of one peer count before any finishes.
-        if let Some(p) = peer
-            && !self.reserve(p)
-        {
-            return Err(TokenRejection::RateLimited);
-        }
         let running = RunningGuard::enter(&self.running);
         if !running.admitted {
             // The server is busy verifying: refused, and not held against this peer.
-            if let Some(p) = peer {
-                self.settle(p, true);
-            }
             return Err(TokenRejection::RateLimited);
+        }
+        // The peer's cell is taken before Argon2 runs: concurrent attempts of one peer count
+        // before any finishes.
+        if let Some(p) = peer {
+            if self.attempts.len() > TRACKED_PEERS {
+                self.attempts.retain_recent();
+            }
+            if self.attempts.check_key(&p).is_err() {
+                return Err(TokenRejection::RateLimited);
+            }
         }
         self.argon2_runs.fetch_add(1, Ordering::Relaxed);
         let ok = match &hash {
@@ -206,71 +206,18 @@ impl TokenVerifier {
             }
         };
         drop(running);
-        if let Some(p) = peer {
-            self.settle(p, ok);
-        }
         if !ok {
             return Err(TokenRejection::Invalid(format!(
                 "invalid token for {principal}"
             )));
         }
-        if let Ok(mut inner) = self.inner.write() {
-            if inner.verified.len() >= VERIFIED_CACHE {
-                inner.verified.clear();
-            }
-            inner.verified.insert(fingerprint);
-        }
+        self.verified.insert(fingerprint, ());
         Ok(())
     }
 
     /// How many Argon2 verifications this verifier has run.
     pub fn argon2_runs(&self) -> u64 {
         self.argon2_runs.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    fn is_limited(&self, peer: IpAddr) -> bool {
-        let Ok(attempts) = self.attempts.lock() else {
-            return true;
-        };
-        attempts.get(&peer).is_some_and(|a| {
-            a.since.elapsed() < FAILURE_WINDOW && a.failed + a.pending >= FAILURES_PER_WINDOW
-        })
-    }
-
-    /// Counts an attempt of `peer` as pending; false when its window is already used up.
-    fn reserve(&self, peer: IpAddr) -> bool {
-        let Ok(mut attempts) = self.attempts.lock() else {
-            return false;
-        };
-        if attempts.len() > 100_000 {
-            attempts.retain(|_, a| a.since.elapsed() < FAILURE_WINDOW || a.pending > 0);
-        }
-        let entry = attempts.entry(peer).or_insert(Attempts {
-            since: Instant::now(),
-            failed: 0,
-            pending: 0,
-        });
-        if entry.since.elapsed() >= FAILURE_WINDOW {
-            entry.since = Instant::now();
-            entry.failed = 0;
-        }
-        if entry.failed + entry.pending >= FAILURES_PER_WINDOW {
-            return false;
-        }
-        entry.pending += 1;
-        true
-    }
-
-    /// Turns a reserved attempt into a failure, or releases it after a success.
-    fn settle(&self, peer: IpAddr, ok: bool) {
-        if let Ok(mut attempts) = self.attempts.lock()
-            && let Some(entry) = attempts.get_mut(&peer)
-        {
-            entry.pending = entry.pending.saturating_sub(1);
-            if !ok {
-                entry.failed += 1;
-            }
-        }
     }
 }
 
@@ -336,14 +283,22 @@ mod tests {
             verifier.verify(&other, &token, Some(peer)),
             Err(TokenRejection::Invalid(_))
         ));
-        for _ in 0..FAILURES_PER_WINDOW {
+        for _ in 0..ATTEMPT_BURST {
             let _ = verifier.verify(&checkout, "wrong", Some(peer));
         }
         assert_eq!(
-            verifier.verify(&checkout, &token, Some(peer)),
+            verifier.verify(&checkout, "another guess", Some(peer)),
             Err(TokenRejection::RateLimited),
-            "even the right token waits out the window"
+            "guessing waits for the limiter"
         );
+        let (second, _) = new_token().unwrap();
+        assert_eq!(
+            verifier.verify(&other, &second, Some(peer)),
+            Err(TokenRejection::RateLimited),
+            "a new token of a limited peer waits too"
+        );
+        // A token verified before stays good: it costs no Argon2 run.
+        assert_eq!(verifier.verify(&checkout, &token, Some(peer)), Ok(()));
         let elsewhere: IpAddr = "127.0.0.2".parse().unwrap();
         assert_eq!(verifier.verify(&checkout, &token, Some(elsewhere)), Ok(()));
     }
@@ -383,11 +338,11 @@ mod tests {
             }
         });
         assert!(
-            checked.into_inner() <= FAILURES_PER_WINDOW,
+            checked.into_inner() <= ATTEMPT_BURST,
             "concurrent attempts slipped under the failure limit"
         );
         // Then one at a time until refused: the window's whole budget, concurrent or not.
-        for _ in 0..FAILURES_PER_WINDOW {
+        for _ in 0..ATTEMPT_BURST {
             if verifier.verify(&checkout, "wrong-again", Some(peer))
                 == Err(TokenRejection::RateLimited)
             {
@@ -399,7 +354,7 @@ mod tests {
             Err(TokenRejection::RateLimited)
         );
         assert!(
-            verifier.argon2_runs() <= u64::from(FAILURES_PER_WINDOW),
+            verifier.argon2_runs() <= u64::from(ATTEMPT_BURST),
             "{} Argon2 runs for one peer in one window",
             verifier.argon2_runs()
         );
