@@ -23,16 +23,38 @@ pub struct TlsError {
     pub reason: String,
 }
 
-fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
-    let bytes = std::fs::read(path).map_err(|e| TlsError {
+/// What a PEM file must hold.
+#[derive(Clone, Copy)]
+enum Pem {
+    /// One or more certificates.
+    Certificates,
+    /// A private key.
+    Key,
+}
+
+/// Reads `path`, checked by `rustls-pki-types`' PEM parser to hold what `kind` says, so a wrong
+/// or empty file is refused at start with its name instead of failing every handshake later.
+fn read_pem(path: &Path, kind: Pem) -> Result<Vec<u8>, TlsError> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |reason: String| TlsError {
         path: path.display().to_string(),
-        reason: e.to_string(),
-    })?;
-    if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
-        return Err(TlsError {
-            path: path.display().to_string(),
-            reason: "not a PEM file".into(),
-        });
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    match kind {
+        Pem::Certificates => {
+            let certs = CertificateDer::pem_slice_iter(&bytes)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(format!("not a PEM certificate file ({e})")))?;
+            if certs.is_empty() {
+                return Err(bad("holds no PEM certificate".into()));
+            }
+        }
+        Pem::Key => {
+            PrivateKeyDer::from_pem_slice(&bytes)
+                .map_err(|e| bad(format!("holds no PEM private key ({e})")))?;
+        }
     }
     Ok(bytes)
 }
@@ -41,10 +63,14 @@ fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
 /// chain to. A client without a certificate, or with one that is expired or from another CA, fails
 /// the handshake.
 pub fn server_tls(cert: &Path, key: &Path, client_ca: &Path) -> Result<ServerTlsConfig, TlsError> {
-    let identity = TlsIdentity::from_pem(read_pem(cert)?, read_pem(key)?);
+    let identity =
+        TlsIdentity::from_pem(read_pem(cert, Pem::Certificates)?, read_pem(key, Pem::Key)?);
     Ok(ServerTlsConfig::new()
         .identity(identity)
-        .client_ca_root(Certificate::from_pem(read_pem(client_ca)?)))
+        .client_ca_root(Certificate::from_pem(read_pem(
+            client_ca,
+            Pem::Certificates,
+        )?)))
 }
 
 /// Server-side TLS only (for token mode): clients verify us, tokens identify them.
@@ -52,7 +78,10 @@ pub fn server_tls_without_client_auth(
     cert: &Path,
     key: &Path,
 ) -> Result<ServerTlsConfig, TlsError> {
-    Ok(ServerTlsConfig::new().identity(TlsIdentity::from_pem(read_pem(cert)?, read_pem(key)?)))
+    Ok(ServerTlsConfig::new().identity(TlsIdentity::from_pem(
+        read_pem(cert, Pem::Certificates)?,
+        read_pem(key, Pem::Key)?,
+    )))
 }
 
 /// The principal named by the leaf certificate `der`, when its trust domain is `trust_domain`
@@ -94,12 +123,14 @@ pub fn principal_of_certificate(
 }
 
 /// `Some` for a SPIFFE id of ours (in the trust domain), with the principal or why it is invalid.
+/// The id is parsed by the `spiffe` crate (the SPIFFE-ID spec's rules for the trust domain and
+/// path); a URI that is not a valid SPIFFE id names no principal.
 fn principal_of_uri(uri: &str, trust_domain: Option<&str>) -> Option<Result<Principal, String>> {
-    let rest = uri.strip_prefix("spiffe://")?;
-    let (domain, path) = rest.split_once('/')?;
-    if trust_domain.is_some_and(|d| d != domain) {
+    let id = spiffe::SpiffeId::new(uri).ok()?;
+    if trust_domain.is_some_and(|d| d != id.trust_domain_name()) {
         return None;
     }
+    let path = id.path().strip_prefix('/')?;
     let (kind, name) = path.split_once('/')?;
     let kind = match kind {
         "service" => PrincipalKind::Service,
@@ -128,10 +159,50 @@ mod tests {
         );
         assert!(principal_of_uri("https://shop.example/service/x", None).is_none());
         assert!(principal_of_uri("spiffe://shop.example/workload/x", None).is_none());
-        assert!(
-            principal_of_uri("spiffe://shop.example/service/a b", None)
-                .unwrap()
-                .is_err()
-        );
+        // Not a SPIFFE id at all (a space, a dot segment, no trust domain): no
+        // principal is named.
+        for bad in [
+            "spiffe://shop.example/service/a b",
+            "spiffe://shop.example/service/../operator/root",
+            "spiffe:///service/a",
+        ] {
+            assert!(principal_of_uri(bad, None).is_none(), "{bad}");
+        }
+        // A SPIFFE id of ours whose name is not a principal name: refused with a reason.
+        for bad in [
+            "spiffe://shop.example/service/a/b".to_owned(),
+            format!("spiffe://shop.example/service/{}", "x".repeat(129)),
+        ] {
+            assert!(principal_of_uri(&bad, None).unwrap().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_file_without_what_it_should_hold_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let key_only = dir.path().join("key.pem");
+        let key = rcgen::KeyPair::generate().unwrap();
+        std::fs::write(&key_only, key.serialize_pem()).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let cert_only = dir.path().join("cert.pem");
+        std::fs::write(&cert_only, cert.pem()).unwrap();
+        for (path, kind) in [
+            (&empty, Pem::Certificates),
+            (&key_only, Pem::Certificates),
+            (&empty, Pem::Key),
+            (&cert_only, Pem::Key),
+        ] {
+            let err = read_pem(path, kind).unwrap_err();
+            assert_eq!(err.path, path.display().to_string());
+        }
+        assert!(read_pem(&cert_only, Pem::Certificates).is_ok());
+        assert!(read_pem(&key_only, Pem::Key).is_ok());
+        assert!(server_tls_without_client_auth(&cert_only, &key_only).is_ok());
+        assert!(server_tls_without_client_auth(&key_only, &cert_only).is_err());
     }
 }
