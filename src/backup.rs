@@ -151,14 +151,7 @@ impl Manifest {
             reason: e.to_string(),
         })?;
         text.push('\n');
-        let mut file = tempfile::Builder::new()
-            .prefix(".backup-")
-            .tempfile_in(dir)
-            .map_err(io(dir))?;
-        file.write_all(text.as_bytes()).map_err(io(&path))?;
-        file.as_file().sync_all().map_err(io(&path))?;
-        file.persist(&path).map_err(|e| io(&path)(e.error))?;
-        sync_dir(dir)
+        crate::durable_file::write(&path, text.as_bytes(), 0o600).map_err(io(&path))
     }
 }
 

@@ -13,6 +13,7 @@ pub mod clock;
 pub mod crypto;
 pub mod diagnostic;
 pub mod domain;
+pub mod durable_file;
 pub mod keyring;
 pub mod ledger;
 pub mod metrics;

@@ -104,15 +104,7 @@ pub fn archive_to(sealed: &Sealed, to: &Path, now: String) -> Result<Vec<Archive
         let target = to.join(&name);
         let present = file_sha256(&target).is_ok_and(|s| s == sha);
         if !present {
-            let tmp = to.join(format!("{name}.tmp"));
-            std::fs::copy(&live, &tmp).map_err(|e| io("copy", &live, e))?;
-            std::fs::File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| io("sync", &tmp, e))?;
-            std::fs::rename(&tmp, &target).map_err(|e| io("rename", &tmp, e))?;
-            std::fs::File::open(&to)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io("sync", &to, e))?;
+            crate::durable_file::copy(&live, &target, 0o600).map_err(|e| io("copy", &live, e))?;
         }
         // The copy, read back from the archive, must verify alone and be the live file's bytes.
         let copied_sha = file_sha256(&target).map_err(|e| io("read", &target, e))?;
@@ -137,14 +129,9 @@ pub fn archive_to(sealed: &Sealed, to: &Path, now: String) -> Result<Vec<Archive
         let marked = read_marker(sealed.dir(), cp.segment)
             .is_some_and(|m| m.archive_dir == marker.archive_dir && m.sha256 == marker.sha256);
         if !marked {
-            let tmp = path.with_extension("archived.tmp");
             let json =
                 serde_json::to_vec(&marker).map_err(|e| AuditError::GroupFailed(e.to_string()))?;
-            std::fs::write(&tmp, json).map_err(|e| io("write", &tmp, e))?;
-            std::fs::File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| io("sync", &tmp, e))?;
-            std::fs::rename(&tmp, &path).map_err(|e| io("rename", &tmp, e))?;
+            crate::durable_file::write(&path, &json, 0o600).map_err(|e| io("write", &path, e))?;
         }
         out.push(Archived {
             checkpoint: cp,

@@ -14,7 +14,6 @@
 //! and its bytes are part of what an archive keeps and verifies for years.
 
 use std::fs::File;
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -139,7 +138,6 @@ pub fn write(
     records: &[Vec<u8>],
 ) -> Result<PathBuf, SegmentError> {
     let path = dir.join(file_name(checkpoint.segment));
-    let tmp = dir.join(format!("{}.tmp", file_name(checkpoint.segment)));
     let mut out = Vec::with_capacity(
         records.iter().map(|r| r.len() + 8).sum::<usize>() + CHECKPOINT_LEN + 24,
     );
@@ -161,15 +159,7 @@ pub fn write(
     out.extend_from_slice(&checkpoint.encode());
     out.extend_from_slice(&(records.len() as u32).to_be_bytes());
     out.extend_from_slice(MAGIC);
-    {
-        let mut file = File::create(&tmp).map_err(io(&tmp))?;
-        file.write_all(&out).map_err(io(&tmp))?;
-        file.sync_all().map_err(io(&tmp))?;
-    }
-    std::fs::rename(&tmp, &path).map_err(io(&path))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir))?;
+    crate::durable_file::write(&path, &out, 0o600).map_err(io(&path))?;
     Ok(path)
 }
 

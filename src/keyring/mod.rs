@@ -7,7 +7,6 @@ pub mod keyfile;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -479,19 +478,7 @@ fn unreachable_no_kek() -> Arc<Kek> {
 /// crash leaves either the old file or the new one. The temporary file is `tempfile`'s: a fresh
 /// random name opened with `O_CREAT | O_EXCL` (never an existing file or a planted symlink).
 pub(crate) fn write_private_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut file = tempfile::Builder::new()
-        .prefix(".keyring-")
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .tempfile_in(dir)?;
-    file.write_all(bytes)?;
-    file.as_file().sync_all()?;
-    file.persist(path).map_err(|e| e.error)?;
-    fs::File::open(dir)?.sync_all()?;
-    Ok(())
+    crate::durable_file::write(path, bytes, 0o600)
 }
 
 #[cfg(test)]
