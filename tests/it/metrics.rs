@@ -163,3 +163,73 @@ async fn metrics_move_with_calls_and_never_name_a_subject_or_a_value() {
     metrics.await.unwrap();
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_metrics_listener_speaks_tls_with_the_servers_certificate() {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+
+    let vault = TestVault::new();
+    let server = vault.start().await;
+    let ca = crate::pki::Ca::new("metrics test CA");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, _) = crate::pki::write_server_files(dir.path(), &ca);
+    let tls = privault::api::metrics_tls(&cert, &key).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics = tokio::spawn(privault::api::serve_metrics(
+        server.vault(),
+        listener,
+        Some(tls),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut stream = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw).await;
+    let raw = String::from_utf8(raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let scraped = parse(body);
+    assert!(
+        scraped
+            .samples
+            .iter()
+            .any(|s| s.metric == "privault_requests_total"
+                || s.metric == "privault_process_open_fds")
+    );
+    // Plain HTTP to the TLS listener gets no metrics.
+    let mut plain = TcpStream::connect(addr).await.unwrap();
+    plain
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer).await;
+    assert!(!String::from_utf8_lossy(&answer).contains("privault_"));
+    let _ = stop.send(());
+    metrics.await.unwrap();
+    server.stop().await;
+}
