@@ -133,7 +133,7 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
+    use clap::{CommandFactory, Parser};
 
     #[test]
     fn command_line_is_well_formed() {
@@ -146,6 +146,115 @@ mod tests {
         for sub in command.get_subcommands() {
             commands(sub, format!("{path} {}", sub.get_name()), out);
         }
+    }
+
+    /// The `privault ...` code spans of a paragraph of prose.
+    fn inline_commands(paragraph: &str, found: &mut Vec<String>) {
+        for (i, span) in paragraph.split('`').enumerate() {
+            // Odd pieces are inside backticks; alternatives (`a|b`) and elisions are prose.
+            if i % 2 == 1
+                && span.starts_with("privault ")
+                && !span.contains('|')
+                && !span.contains("...")
+                && !span.contains('…')
+            {
+                found.push(span.to_owned());
+            }
+        }
+    }
+
+    /// Every `privault ...` command a document shows: lines of its code blocks (joined over `\`
+    /// continuations, after a `$ ` prompt, up to a comment, a redirection, a pipe or an elision)
+    /// and the code spans of its prose.
+    fn documented_commands(doc: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        let mut in_block = false;
+        let mut pending = String::new();
+        let mut paragraph = String::new();
+        for line in doc.lines() {
+            if line.trim_start().starts_with("```") {
+                in_block = !in_block;
+                inline_commands(&std::mem::take(&mut paragraph), &mut found);
+                continue;
+            }
+            let code = if in_block {
+                Some(line.trim())
+            } else {
+                line.strip_prefix("    ")
+                    .filter(|_| paragraph.is_empty())
+                    .map(str::trim)
+            };
+            let Some(code) = code else {
+                if line.trim().is_empty() {
+                    inline_commands(&std::mem::take(&mut paragraph), &mut found);
+                } else {
+                    paragraph.push(' ');
+                    paragraph.push_str(line.trim());
+                }
+                continue;
+            };
+            let code = code.strip_prefix("$ ").unwrap_or(code);
+            if let Some(head) = code.strip_suffix('\\') {
+                pending.push_str(head);
+                continue;
+            }
+            pending.push_str(code);
+            let command = std::mem::take(&mut pending);
+            let command = [" # ", " > ", " | ", " && ", " ...", "; "]
+                .iter()
+                .fold(command.as_str(), |c, cut| c.split(cut).next().unwrap_or(c))
+                .trim()
+                .to_owned();
+            if command.starts_with("privault ") {
+                found.push(command);
+            }
+        }
+        inline_commands(&paragraph, &mut found);
+        found
+    }
+
+    #[test]
+    fn every_documented_command_parses() {
+        let mut checked = 0;
+        let mut failures = Vec::new();
+        for (name, doc) in [
+            ("README.md", include_str!("../README.md")),
+            ("docs/operations.md", include_str!("../docs/operations.md")),
+            ("docs/policies.md", include_str!("../docs/policies.md")),
+            ("SECURITY.md", include_str!("../SECURITY.md")),
+        ] {
+            for command in documented_commands(doc) {
+                // Usage brackets mark optional parts: check them as given.
+                let command = command
+                    .replace("$(date +%F)", "2026-12-01")
+                    .replace(['[', ']'], "");
+                let words = shell_words::split(&command)
+                    .unwrap_or_else(|e| panic!("{name}: `{command}`: {e}"));
+                match super::Cli::try_parse_from(&words) {
+                    Ok(_) => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            clap::error::ErrorKind::DisplayHelp
+                                | clap::error::ErrorKind::DisplayVersion
+                                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+                                // Prose names a command whose caller flags (`--as`, or
+                                // PRIVAULT_PRINCIPAL) are given elsewhere; every flag it does
+                                // show must still exist and take what it is given.
+                                | clap::error::ErrorKind::MissingRequiredArgument
+                        ) => {}
+                    Err(e) => failures.push(format!("{name}: `{command}`:\n{e}")),
+                }
+                checked += 1;
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "documented commands that do not parse:\n{}",
+            failures.join("\n")
+        );
+        eprintln!("{checked} documented commands parse");
+        assert!(checked > 40, "only {checked} documented commands found");
     }
 
     #[test]
