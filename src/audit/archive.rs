@@ -86,8 +86,13 @@ pub struct Archived {
 
 /// Copies every sealed, live segment not yet in `to` there, verifies each copy, and writes its
 /// marker. Safe beside a running vault: sealed files are never rewritten, and the vault only reads
-/// markers.
-pub fn archive_to(sealed: &Sealed, to: &Path, now: String) -> Result<Vec<Archived>, AuditError> {
+/// markers. `progress` is called after each segment.
+pub fn archive_to(
+    sealed: &Sealed,
+    to: &Path,
+    now: String,
+    mut progress: impl FnMut(&Archived),
+) -> Result<Vec<Archived>, AuditError> {
     let io = |what: &str, p: &Path, e: std::io::Error| {
         AuditError::GroupFailed(format!("cannot {what} {}: {e}", p.display()))
     };
@@ -133,10 +138,12 @@ pub fn archive_to(sealed: &Sealed, to: &Path, now: String) -> Result<Vec<Archive
                 serde_json::to_vec(&marker).map_err(|e| AuditError::GroupFailed(e.to_string()))?;
             crate::durable_file::write(&path, &json, 0o600).map_err(|e| io("write", &path, e))?;
         }
-        out.push(Archived {
+        let archived = Archived {
             checkpoint: cp,
             copied: !present,
-        });
+        };
+        progress(&archived);
+        out.push(archived);
     }
     Ok(out)
 }

@@ -302,7 +302,11 @@ pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             let store = open_store_read_only(&data_dir)?;
             let sealed = Sealed::load(&store)?;
             let now = privault::clock::rfc3339(privault::clock::Clock::now_ms(&SystemClock));
-            let archived = archive_to(&sealed, &to, now)?;
+            let bar =
+                super::progress::items(sealed.checkpoints().len() as u64, "archiving segments");
+            let archived = archive_to(&sealed, &to, now, |_| bar.inc(1));
+            bar.finish_and_clear();
+            let archived = archived?;
             if super::json() {
                 let segments: Vec<_> = archived
                     .iter()

@@ -372,10 +372,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         if args.target.is_none() || args.subjects > 0 {
             let load = Instant::now();
             let per = args.subjects.div_ceil(c as u64);
+            let progress = super::progress::items(args.subjects, "loading subjects");
             let mut loaders = Vec::new();
             for w in 0..c as u64 {
                 let channel = channels[w as usize % channels.len()].clone();
                 let range = (w * per)..((w + 1) * per).min(args.subjects);
+                let progress = progress.clone();
                 loaders.push(tokio::spawn(async move {
                     for s in range {
                         if let Err(status) = one_call(&channel, Op::Put, s, 0).await {
@@ -385,6 +387,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                                 status.message()
                             ));
                         }
+                        progress.inc(1);
                     }
                     Ok(())
                 }));
@@ -392,6 +395,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             for l in loaders {
                 l.await??;
             }
+            progress.finish_and_clear();
             println!(
                 "loaded {} subjects in {:.1} s ({:.0} puts/s)",
                 args.subjects,

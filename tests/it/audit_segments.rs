@@ -82,12 +82,15 @@ async fn archived_segments_leave_the_live_log_and_the_chain_reads_and_verifies_a
 
     // Archived and verified: the sweep drops them; the live directory shrinks.
     let archive = vault.dir.path().join("archive");
+    let mut reported = 0;
     let archived = archive_to(
         &Sealed::load(v.store()).unwrap(),
         &archive,
         "2026-12-01T00:00:00Z".into(),
+        |_| reported += 1,
     )
     .unwrap();
+    assert_eq!(reported, archived.len(), "progress once per segment");
     assert!(archived.len() >= sealed.len());
     assert!(archived.iter().all(|a| a.copied));
     let report = v.sweep_audit_log().unwrap();
