@@ -108,16 +108,26 @@ async fn metrics_move_with_calls_and_never_name_a_subject_or_a_value() {
     let moved = |name: &str, labels: &[(&str, &str)]| {
         value(&after, name, labels) - value(&before, name, labels)
     };
-    assert_eq!(
-        moved("privault_requests_total", &[("rpc", rpc), ("code", "OK")]),
-        3.0
-    );
+    // The registry is the process's: other tests of this binary call concurrently, so counters
+    // move by at least this test's calls.
+    assert!(moved("privault_requests_total", &[("rpc", rpc), ("code", "OK")]) >= 3.0);
     let code = format!("{:?}", refused.code());
     assert!(
         code == "InvalidArgument" || code == "PermissionDenied",
         "{code}"
     );
-    assert_eq!(moved("privault_requests_total", &[("rpc", rpc)]), 4.0);
+    assert!(moved("privault_requests_total", &[("rpc", rpc)]) >= 4.0);
+    let refused_code = if code == "InvalidArgument" {
+        "INVALID_ARGUMENT"
+    } else {
+        "PERMISSION_DENIED"
+    };
+    assert!(
+        moved(
+            "privault_requests_total",
+            &[("rpc", rpc), ("code", refused_code)]
+        ) >= 1.0
+    );
     assert!(moved("privault_request_duration_seconds_count", &[("rpc", rpc)]) >= 4.0);
     assert!(
         moved(
@@ -128,7 +138,7 @@ async fn metrics_move_with_calls_and_never_name_a_subject_or_a_value() {
     assert!(moved("privault_decision_cache_hits_total", &[]) >= 2.0);
     assert!(moved("privault_audit_records_total", &[]) >= 6.0);
     assert!(moved("privault_audit_group_size_count", &[]) >= 1.0);
-    assert_eq!(moved("privault_shreds_total", &[]), 1.0);
+    assert!(moved("privault_shreds_total", &[]) >= 1.0);
     assert!(value(&after, "privault_rocksdb_block_cache_bytes", &[]) >= 0.0);
     assert!(value(&after, "privault_process_resident_memory_bytes", &[]) > 0.0);
     assert!(value(&after, "privault_process_open_fds", &[]) > 0.0);
