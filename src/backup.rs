@@ -302,16 +302,26 @@ fn data_format(store: &Store) -> Result<u32, BackupError> {
 
 /// Size and SHA-256 (hex) of the file at `path`.
 pub fn hash_file(path: &Path) -> Result<(u64, String), BackupError> {
-    let mut file = fs::File::open(path).map_err(io(path))?;
+    hash_through(path, std::io::sink(), path)
+}
+
+/// Reads `from` through SHA-256 into `out` (written as `out_path`); returns the size and hash.
+fn hash_through(
+    from: &Path,
+    mut out: impl Write,
+    out_path: &Path,
+) -> Result<(u64, String), BackupError> {
+    let mut input = fs::File::open(from).map_err(io(from))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; COPY_CHUNK];
     let mut bytes = 0u64;
     loop {
-        let n = file.read(&mut buf).map_err(io(path))?;
+        let n = input.read(&mut buf).map_err(io(from))?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
+        out.write_all(&buf[..n]).map_err(io(out_path))?;
         bytes += n as u64;
     }
     Ok((bytes, hex::encode(hasher.finalize())))
@@ -492,27 +502,17 @@ pub fn check_keyring(manifest: &Manifest, keyring: &Path) -> Result<(), BackupEr
 
 /// Copies `from` to a new private file `to`, synced; returns its size and SHA-256.
 pub fn copy_file(from: &Path, to: &Path) -> Result<(u64, String), BackupError> {
-    let mut input = fs::File::open(from).map_err(io(from))?;
-    let mut output = fs::OpenOptions::new()
+    let output = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(to)
         .map_err(io(to))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; COPY_CHUNK];
-    let mut bytes = 0u64;
-    loop {
-        let n = input.read(&mut buf).map_err(io(from))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        output.write_all(&buf[..n]).map_err(io(to))?;
-        bytes += n as u64;
-    }
+    let mut writer = std::io::BufWriter::new(output);
+    let hashed = hash_through(from, &mut writer, to)?;
+    let output = writer.into_inner().map_err(|e| io(to)(e.into_error()))?;
     output.sync_all().map_err(io(to))?;
-    Ok((bytes, hex::encode(hasher.finalize())))
+    Ok(hashed)
 }
 
 /// Writes a backup streamed from a running vault into a new directory: files arrive in manifest

@@ -248,8 +248,8 @@ async fn only_a_permitted_operator_takes_a_backup_and_every_attempt_is_audited()
     server.stop().await;
 }
 
-#[tokio::test]
-async fn verify_fails_with_exit_3_on_a_changed_or_missing_file() {
+/// A running vault with one customer, and a backup of it in `work/b`.
+async fn backed_up() -> (TestVault, TestServer, tempfile::TempDir, std::path::PathBuf) {
     let vault = TestVault::new();
     let server = vault.start().await;
     put_account(&server, "cust-1", &[("email", "a@example.com")]).await;
@@ -257,6 +257,12 @@ async fn verify_fails_with_exit_3_on_a_changed_or_missing_file() {
     let backup = work.path().join("b");
     let out = create_from(&server, &backup, SRE).await;
     assert!(out.status.success(), "{}", text(&out));
+    (vault, server, work, backup)
+}
+
+#[tokio::test]
+async fn verify_fails_with_exit_3_on_a_changed_or_missing_file() {
+    let (vault, server, work, backup) = backed_up().await;
     server.stop().await;
     let out = privault(&["backup", "verify", backup.to_str().unwrap(), "--json"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -295,13 +301,7 @@ async fn verify_fails_with_exit_3_on_a_changed_or_missing_file() {
 
 #[tokio::test]
 async fn a_restore_refuses_a_keyring_whose_epoch_roll_destroyed_the_backups_keys() {
-    let vault = TestVault::new();
-    let server = vault.start().await;
-    put_account(&server, "cust-1", &[("email", "a@example.com")]).await;
-    let work = tempfile::tempdir().unwrap();
-    let backup = work.path().join("b");
-    let out = create_from(&server, &backup, SRE).await;
-    assert!(out.status.success(), "{}", text(&out));
+    let (vault, server, work, backup) = backed_up().await;
     let mut keys =
         KeyAdminClient::with_interceptor(server.channel().await, As::header(Some(SEC_LEAD)));
     let mut roll = keys
