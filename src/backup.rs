@@ -500,14 +500,19 @@ pub fn check_keyring(manifest: &Manifest, keyring: &Path) -> Result<(), BackupEr
     Ok(())
 }
 
-/// Copies `from` to a new private file `to`, synced; returns its size and SHA-256.
-pub fn copy_file(from: &Path, to: &Path) -> Result<(u64, String), BackupError> {
-    let output = fs::OpenOptions::new()
+/// Creates `path`, which must not exist, readable by its owner only.
+fn new_private_file(path: &Path) -> Result<fs::File, BackupError> {
+    fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(to)
-        .map_err(io(to))?;
+        .open(path)
+        .map_err(io(path))
+}
+
+/// Copies `from` to a new private file `to`, synced; returns its size and SHA-256.
+pub fn copy_file(from: &Path, to: &Path) -> Result<(u64, String), BackupError> {
+    let output = new_private_file(to)?;
     let mut writer = std::io::BufWriter::new(output);
     let hashed = hash_through(from, &mut writer, to)?;
     let output = writer.into_inner().map_err(|e| io(to)(e.into_error()))?;
@@ -583,14 +588,11 @@ impl Receiver {
             if expected.path != path || offset != 0 {
                 return Err(out_of_order("arrived out of order"));
             }
-            let target = self.dir.join(&expected.path);
-            let file = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&target)
-                .map_err(io(&target))?;
-            self.current = Some((file, Sha256::new(), 0));
+            self.current = Some((
+                new_private_file(&self.dir.join(&expected.path))?,
+                Sha256::new(),
+                0,
+            ));
         }
         let expected = &self.manifest.files[self.next];
         let Some((file, hasher, written)) = self.current.as_mut() else {
@@ -617,16 +619,11 @@ impl Receiver {
         let expected = &self.manifest.files[self.next];
         let (file, hasher, written) = match self.current.take() {
             Some(current) => current,
-            None => {
-                let target = self.dir.join(&expected.path);
-                let file = fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&target)
-                    .map_err(io(&target))?;
-                (file, Sha256::new(), 0)
-            }
+            None => (
+                new_private_file(&self.dir.join(&expected.path))?,
+                Sha256::new(),
+                0,
+            ),
         };
         file.sync_all()
             .map_err(io(&self.dir.join(&expected.path)))?;

@@ -53,6 +53,16 @@ async fn create_from(server: &TestServer, to: &Path, caller: &str) -> Output {
     .unwrap()
 }
 
+/// `restore` of `backup` into `target` with `vault`'s own keyring and ledger.
+fn restore_with_own_keys(backup: &Path, target: &Path, vault: &TestVault) -> Output {
+    restore(
+        backup,
+        target,
+        &vault.data_dir().join("keyring"),
+        &vault.data_dir().join("ledger"),
+    )
+}
+
 fn restore(from: &Path, data_dir: &Path, keyring: &Path, ledger: &Path) -> Output {
     privault(&[
         "backup",
@@ -157,12 +167,7 @@ async fn a_backup_taken_under_load_restores_every_acknowledged_write_and_no_late
     let out = privault(&["backup", "verify", backup.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     let restored_dir = work.path().join("restored");
-    let out = restore(
-        &backup,
-        &restored_dir,
-        &vault.data_dir().join("keyring"),
-        &vault.data_dir().join("ledger"),
-    );
+    let out = restore_with_own_keys(&backup, &restored_dir, &vault);
     assert!(out.status.success(), "{}", text(&out));
 
     let restored = restored_vault(&vault, &restored_dir);
@@ -284,12 +289,7 @@ async fn verify_fails_with_exit_3_on_a_changed_or_missing_file() {
     assert!(text(&out).contains(&sst), "{}", text(&out));
     // A restore of a damaged backup refuses and leaves nothing behind.
     let target = work.path().join("restored");
-    let out = restore(
-        &backup,
-        &target,
-        &vault.data_dir().join("keyring"),
-        &vault.data_dir().join("ledger"),
-    );
+    let out = restore_with_own_keys(&backup, &target, &vault);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(!target.join("db").exists() && !target.join("keyring").exists());
     std::fs::remove_file(&path).unwrap();
@@ -312,12 +312,7 @@ async fn a_restore_refuses_a_keyring_whose_epoch_roll_destroyed_the_backups_keys
     while roll.message().await.unwrap().is_some() {}
     server.stop().await;
     let target = work.path().join("restored");
-    let out = restore(
-        &backup,
-        &target,
-        &vault.data_dir().join("keyring"),
-        &vault.data_dir().join("ledger"),
-    );
+    let out = restore_with_own_keys(&backup, &target, &vault);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("epoch"), "{}", text(&out));
     assert!(!target.join("db").exists());
