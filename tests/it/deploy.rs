@@ -22,6 +22,7 @@ fn the_systemd_unit_is_hardened_and_verifies() {
         "UMask=0077",
         "CapabilityBoundingSet=\n",
         "KillSignal=SIGTERM",
+        "--check-config\n",
     ] {
         assert!(
             unit.contains(directive),
