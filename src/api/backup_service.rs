@@ -80,49 +80,53 @@ fn chunk(part: pb::backup_chunk::Part) -> Result<pb::BackupChunk, Status> {
     Ok(pb::BackupChunk { part: Some(part) })
 }
 
+/// The caller went away: nothing more to send.
+struct Gone;
+
 /// Sends the staged backup; returns when it is sent, the caller is gone or a file fails.
 fn send(staged: &StagedBackup, tx: &Sender<Result<pb::BackupChunk, Status>>) {
-    let manifest = pb::backup_chunk::Part::Manifest(manifest_message(&staged.manifest));
-    if tx.blocking_send(chunk(manifest)).is_err() {
-        return;
+    match send_files(staged, tx) {
+        Ok(Ok(())) | Err(Gone) => {}
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "a staged backup file cannot be read");
+            let _ = tx.blocking_send(Err(Status::unavailable(
+                "a staged backup file cannot be read",
+            )));
+        }
     }
+}
+
+fn send_files(
+    staged: &StagedBackup,
+    tx: &Sender<Result<pb::BackupChunk, Status>>,
+) -> Result<std::io::Result<()>, Gone> {
+    let put = |part| tx.blocking_send(chunk(part)).map_err(|_| Gone);
+    put(pb::backup_chunk::Part::Manifest(manifest_message(
+        &staged.manifest,
+    )))?;
     let dir = staged.dir();
     let mut buf = vec![0u8; CHUNK_BYTES];
     for file in &staged.manifest.files {
         let mut input = match std::fs::File::open(dir.join(&file.path)) {
             Ok(input) => input,
-            Err(e) => {
-                tracing::error!(error = %e, "a staged backup file cannot be read");
-                let _ = tx.blocking_send(Err(Status::unavailable(
-                    "a staged backup file cannot be read",
-                )));
-                return;
-            }
+            Err(e) => return Ok(Err(e)),
         };
         let mut offset = 0u64;
         loop {
             let n = match input.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,
-                Err(e) => {
-                    tracing::error!(error = %e, "a staged backup file cannot be read");
-                    let _ = tx.blocking_send(Err(Status::unavailable(
-                        "a staged backup file cannot be read",
-                    )));
-                    return;
-                }
+                Err(e) => return Ok(Err(e)),
             };
-            let part = pb::backup_chunk::Part::Chunk(pb::FileChunk {
+            put(pb::backup_chunk::Part::Chunk(pb::FileChunk {
                 path: file.path.clone(),
                 offset,
                 data: buf[..n].to_vec(),
-            });
-            if tx.blocking_send(chunk(part)).is_err() {
-                return;
-            }
+            }))?;
             offset += n as u64;
         }
     }
+    Ok(Ok(()))
 }
 
 #[tonic::async_trait]

@@ -107,12 +107,12 @@ fn trace_id_of(traceparent: &str) -> Option<&str> {
     valid.then_some(trace_id)
 }
 
-/// The caller's `traceparent` as an OpenTelemetry remote parent, when it is valid.
-fn remote_parent(traceparent: &str) -> Option<opentelemetry::Context> {
+/// The caller's valid `traceparent` (whose trace id is `trace_id`) as an OpenTelemetry remote
+/// parent.
+fn remote_parent(traceparent: &str, trace_id: &str) -> Option<opentelemetry::Context> {
     use opentelemetry::trace::{
         SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
     };
-    let trace_id = trace_id_of(traceparent)?;
     let mut parts = traceparent.trim().split('-').skip(2);
     let span_id = SpanId::from_hex(parts.next()?).ok()?;
     let flags = u8::from_str_radix(parts.next()?, 16).ok()?;
@@ -135,7 +135,7 @@ fn trace_id(headers: &http::HeaderMap, span: &tracing::Span) -> String {
     if let Some(traceparent) = traceparent
         && let Some(id) = trace_id_of(traceparent)
     {
-        if let Some(parent) = remote_parent(traceparent) {
+        if let Some(parent) = remote_parent(traceparent, id) {
             // Without an OpenTelemetry layer (no --otlp-endpoint) this does nothing.
             let _ = span.set_parent(parent);
         }

@@ -250,12 +250,10 @@ fn effective(args: &ServeArgs) -> anyhow::Result<Settings> {
 
 fn resolve(args: &ServeArgs) -> anyhow::Result<Resolved> {
     let s = effective(args)?;
-    let fallback = Settings::defaults();
-    let data_dir = s.data_dir.or(fallback.data_dir).unwrap_or_default();
-    let policies = s.policies.or(fallback.policies).unwrap_or_default();
-    let listen = s
-        .listen
-        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 50051)));
+    // `effective` filled every setting that has a default.
+    let data_dir = s.data_dir.context("no data directory")?;
+    let policies = s.policies.context("no policy directory")?;
+    let listen = s.listen.context("no listen address")?;
     let defaults = Limits::default();
     let limits = Limits {
         max_fields_per_call: s

@@ -378,3 +378,15 @@ fn a_stopped_vault_is_backed_up_offline_and_a_running_one_is_refused() {
     assert!(text(&out).contains("still running"), "{}", text(&out));
     drop(running);
 }
+
+#[tokio::test]
+async fn a_backup_into_an_existing_directory_is_refused_and_leaves_it_alone() {
+    let (_vault, server, work, _) = backed_up().await;
+    let existing = work.path().join("existing");
+    std::fs::create_dir(&existing).unwrap();
+    std::fs::write(existing.join("keep.txt"), b"mine").unwrap();
+    let out = create_from(&server, &existing, SRE).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(std::fs::read(existing.join("keep.txt")).unwrap(), b"mine");
+    server.stop().await;
+}
