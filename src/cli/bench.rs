@@ -57,6 +57,10 @@ pub struct BenchArgs {
     /// Subjects to load before measuring (5 fields each).
     #[arg(long, default_value_t = 10_000)]
     subjects: u64,
+    /// The subjects are already stored (loaded by an earlier run on the same `--data-dir` or
+    /// `--target`): measure reads spread over them without loading them again.
+    #[arg(long)]
+    loaded: bool,
     /// Concurrent clients.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
@@ -369,7 +373,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             args.duration,
             server.url
         );
-        if args.target.is_none() || args.subjects > 0 {
+        if !args.loaded && (args.target.is_none() || args.subjects > 0) {
             let load = Instant::now();
             let per = args.subjects.div_ceil(c as u64);
             let progress = super::progress::items(args.subjects, "loading subjects");
