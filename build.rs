@@ -18,6 +18,7 @@ const REDACTED_DEBUG: &[&str] = &[
     "privault.v1.AuditQueryRequest",
     "privault.v1.ExportSubjectRequest",
     "privault.v1.ExportedField",
+    "privault.v1.DerivedView",
     "privault.v1.BatchGetFieldsRequest",
     "privault.v1.SubjectResult",
     "privault.v1.FindSubjectRequest",

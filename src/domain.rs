@@ -69,17 +69,40 @@ fn check_name(kind: &str, raw: &str) -> Result<(), InvalidInput> {
     Ok(())
 }
 
+/// Whether `raw` has the common name syntax `[a-z][a-z0-9_]*`, at most 64 bytes (categories,
+/// services).
+pub fn is_plain_name(raw: &str) -> bool {
+    check_name("name", raw).is_ok()
+}
+
+/// Checks a field reference: a field name, or `<field>.<view>` naming one of its derived views.
+fn check_field_ref(kind: &str, raw: &str) -> Result<(), InvalidInput> {
+    match raw.split_once('.') {
+        Some((field, view)) if raw.len() <= 2 * MAX_NAME_BYTES + 1 => {
+            check_name(kind, field).and_then(|()| check_name("view", view))
+        }
+        Some(_) => Err(InvalidInput(format!(
+            "{kind} is longer than {} bytes",
+            2 * MAX_NAME_BYTES + 1
+        ))),
+        None => check_name(kind, raw),
+    }
+}
+
 macro_rules! name_type {
     ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        name_type!($(#[$doc])* $name, $kind, check_name, "Accepts `[a-z][a-z0-9_]*`, at most 64 bytes.");
+    };
+    ($(#[$doc:meta])* $name:ident, $kind:literal, $check:ident, $accepts:literal) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub struct $name(String);
 
         impl $name {
-            /// Accepts `[a-z][a-z0-9_]*`, at most 64 bytes.
+            #[doc = $accepts]
             pub fn new(raw: impl Into<String>) -> Result<Self, InvalidInput> {
                 let raw = raw.into();
-                check_name($kind, &raw)?;
+                $check($kind, &raw)?;
                 Ok(Self(raw))
             }
 
@@ -105,10 +128,25 @@ macro_rules! name_type {
 }
 
 name_type!(
-    /// A field name such as `email`; whether it is declared is the catalog's call.
+    /// A field name such as `email`, or a derived view of one such as `birth_date.age_band`;
+    /// whether it is declared is the catalog's call.
     FieldName,
-    "field"
+    "field",
+    check_field_ref,
+    "Accepts `[a-z][a-z0-9_]*`, or two such names joined by one `.` (a view), 64 bytes each."
 );
+
+impl FieldName {
+    /// For a view (`birth_date.age_band`), the field it derives from and the view's name.
+    pub fn as_view(&self) -> Option<(&str, &str)> {
+        self.0.split_once('.')
+    }
+
+    /// Whether this names a derived view rather than a stored field.
+    pub fn is_view(&self) -> bool {
+        self.0.contains('.')
+    }
+}
 name_type!(
     /// A purpose such as `personalization`; whether it is declared is the catalog's call.
     Purpose,
@@ -262,6 +300,12 @@ mod tests {
         assert!(FieldName::new("Email").is_err());
         assert!(FieldName::new("").is_err());
         assert!(FieldName::new("1st").is_err());
+        let view = FieldName::new("birth_date.age_band").unwrap();
+        assert_eq!(view.as_view(), Some(("birth_date", "age_band")));
+        assert!(FieldName::new("birth_date.").is_err());
+        assert!(FieldName::new(".age_band").is_err());
+        assert!(FieldName::new("a.b.c").is_err());
+        assert!(FieldName::new("birth_date.Age").is_err());
         assert!(Purpose::new("a".repeat(65)).is_err());
     }
 

@@ -110,6 +110,16 @@ impl fmt::Debug for pb::ExportedField {
             .field("value", &REDACTED)
             .field("written", &self.written)
             .field("expires", &self.expires)
+            .field("views", &self.views)
+            .finish()
+    }
+}
+
+impl fmt::Debug for pb::DerivedView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DerivedView")
+            .field("view", &self.view)
+            .field("value", &REDACTED)
             .finish()
     }
 }

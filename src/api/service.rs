@@ -250,6 +250,14 @@ fn export_message(export: SubjectExport) -> pb::ExportSubjectResponse {
                 value: f.value.as_str().to_owned(),
                 written: f.written,
                 expires: f.expires.unwrap_or_default(),
+                views: f
+                    .views
+                    .into_iter()
+                    .map(|(view, value)| pb::DerivedView {
+                        view: view.to_string(),
+                        value,
+                    })
+                    .collect(),
             })
             .collect(),
         consents: export.consents.into_iter().map(consent_message).collect(),

@@ -34,6 +34,7 @@ mod tests {
             retention_ms: None,
             key_class: KeyClass::default_class(),
             lookup: true,
+            views: Default::default(),
         }
     }
 

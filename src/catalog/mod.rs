@@ -7,6 +7,7 @@ mod consent;
 mod lookup;
 pub mod mask;
 mod retention;
+mod view;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -19,6 +20,7 @@ use crate::domain::{FieldName, KeyClass, Purpose};
 pub use consent::EffectiveConsents;
 pub use mask::MaskRule;
 pub use retention::{format_retention, parse_retention};
+pub use view::{Derivation, age, parse_date, utc_date};
 
 /// The catalog's file name inside the policy directory.
 pub const CATALOG_FILE: &str = "catalog.toml";
@@ -36,6 +38,27 @@ pub struct FieldSpec {
     pub key_class: KeyClass,
     /// Whether subjects can be found by this field's value (blind index).
     pub lookup: bool,
+    /// The field's derived views, by view name.
+    pub views: BTreeMap<String, Derivation>,
+}
+
+impl FieldSpec {
+    /// Whether the field's values must be `YYYY-MM-DD` dates, because a view derives from them.
+    pub fn holds_dates(&self) -> bool {
+        self.views.values().any(|d| d.needs_date())
+    }
+}
+
+/// A field reference resolved against the catalog: the stored field, and the view when the
+/// reference names one.
+#[derive(Debug, Clone, Copy)]
+pub struct Resolved<'a> {
+    /// The stored field (for a view, the field it derives from).
+    pub field: &'a FieldName,
+    /// The stored field's spec.
+    pub spec: &'a FieldSpec,
+    /// The view, when the reference is `<field>.<view>`.
+    pub view: Option<Derivation>,
 }
 
 /// The parsed, checked catalog.
@@ -94,6 +117,8 @@ struct RawField {
     key_class: Option<Spanned<String>>,
     #[serde(default)]
     lookup: bool,
+    #[serde(default)]
+    views: BTreeMap<Spanned<String>, Spanned<String>>,
 }
 
 impl Catalog {
@@ -149,6 +174,13 @@ impl Catalog {
         for (name, spec) in &raw.fields {
             match parse_field(spec) {
                 Ok(parsed) => match FieldName::new(name.get_ref().clone()) {
+                    Ok(field) if field.is_view() => errors.push(at(
+                        name.span(),
+                        format!(
+                            "field `{field}`: a field name has no `.` (`<field>.<view>` names a \
+                             view, declared under the field's `views`)"
+                        ),
+                    )),
                     Ok(field) => {
                         fields.insert(field, parsed);
                     }
@@ -159,7 +191,7 @@ impl Catalog {
         }
         let mut services = BTreeMap::new();
         for (name, spec) in &raw.services {
-            if FieldName::new(name.get_ref().clone()).is_err() {
+            if !crate::domain::is_plain_name(name.get_ref()) {
                 errors.push(at(
                     name.span(),
                     format!(
@@ -199,9 +231,42 @@ impl Catalog {
         }
     }
 
-    /// The spec of `field`, if declared.
+    /// The spec of `field`, if declared (a stored field, never a view).
     pub fn field(&self, field: &FieldName) -> Option<&FieldSpec> {
         self.fields.get(field)
+    }
+
+    /// Resolves a field or view reference, if the catalog declares it.
+    pub fn resolve<'a>(&'a self, name: &FieldName) -> Option<Resolved<'a>> {
+        match name.as_view() {
+            None => {
+                let (field, spec) = self.fields.get_key_value(name)?;
+                Some(Resolved {
+                    field,
+                    spec,
+                    view: None,
+                })
+            }
+            Some((field, view)) => {
+                let (field, spec) = self.fields.get_key_value(field)?;
+                Some(Resolved {
+                    field,
+                    spec,
+                    view: Some(*spec.views.get(view)?),
+                })
+            }
+        }
+    }
+
+    /// Every declared view, as the `<field>.<view>` reference callers name, with the field it
+    /// derives from and how.
+    pub fn views(&self) -> impl Iterator<Item = (FieldName, &FieldName, &FieldSpec, Derivation)> {
+        self.fields.iter().flat_map(|(field, spec)| {
+            spec.views.iter().filter_map(move |(view, derivation)| {
+                let name = FieldName::new(format!("{field}.{view}")).ok()?;
+                Some((name, field, spec, *derivation))
+            })
+        })
     }
 
     /// Whether `purpose` is declared.
@@ -283,12 +348,14 @@ type FieldError = (std::ops::Range<usize>, String);
 
 fn parse_field(spec: &RawField) -> Result<FieldSpec, FieldError> {
     let category = spec.category.get_ref();
-    FieldName::new(category.clone()).map_err(|_| {
-        (
-            spec.category.span(),
-            format!("category `{category}` is not a valid name ([a-z][a-z0-9_]*)"),
-        )
-    })?;
+    crate::domain::is_plain_name(category)
+        .then_some(())
+        .ok_or_else(|| {
+            (
+                spec.category.span(),
+                format!("category `{category}` is not a valid name ([a-z][a-z0-9_]*)"),
+            )
+        })?;
     let mask = match &spec.mask {
         None => MaskRule::Redact,
         Some(m) => MaskRule::parse(m.get_ref()).ok_or_else(|| {
@@ -309,12 +376,28 @@ fn parse_field(spec: &RawField) -> Result<FieldSpec, FieldError> {
         None => KeyClass::default_class(),
         Some(k) => KeyClass::new(k.get_ref().clone()).map_err(|e| (k.span(), e.0))?,
     };
+    let mut views = BTreeMap::new();
+    for (name, derivation) in &spec.views {
+        if !crate::domain::is_plain_name(name.get_ref()) {
+            return Err((
+                name.span(),
+                format!(
+                    "view `{}` is not a valid name ([a-z][a-z0-9_]*)",
+                    name.get_ref().escape_debug()
+                ),
+            ));
+        }
+        let derivation =
+            Derivation::parse(derivation.get_ref()).map_err(|e| (derivation.span(), e))?;
+        views.insert(name.get_ref().clone(), derivation);
+    }
     Ok(FieldSpec {
         category: category.clone(),
         mask,
         retention_ms,
         key_class,
         lookup: spec.lookup,
+        views,
     })
 }
 

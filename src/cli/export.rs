@@ -29,6 +29,8 @@ fn to_json(e: pb::ExportSubjectResponse) -> serde_json::Value {
         "fields": e.fields.into_iter().map(|f| serde_json::json!({
             "field": f.field, "value": f.value, "written": f.written,
             "expires": if f.expires.is_empty() { serde_json::Value::Null } else { f.expires.into() },
+            "views": f.views.into_iter().map(|v| (v.view, serde_json::Value::from(v.value)))
+                .collect::<serde_json::Map<_, _>>(),
         })).collect::<Vec<_>>(),
         "consents": e.consents.into_iter().map(|c| serde_json::json!({
             "purpose": c.purpose, "granted": c.granted, "time": c.time, "recorded_by": c.recorded_by,

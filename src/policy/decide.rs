@@ -343,7 +343,8 @@ impl Policies {
         field: &FieldName,
         context: &FieldContext,
     ) -> Decision {
-        let resource = match uid("Field", field.as_str()) {
+        let kind = if field.is_view() { "View" } else { "Field" };
+        let resource = match uid(kind, field.as_str()) {
             Ok(r) => r,
             Err(e) => return Decision::error(e),
         };
@@ -353,7 +354,8 @@ impl Policies {
         }
     }
 
-    /// Decides a read of `field`: `read`, then `read_masked` when `read` is denied.
+    /// Decides a read of `field`: `read`, then `read_masked` when `read` is denied (a view, already
+    /// minimal, has no masked form: a denied view is denied).
     pub fn decide_read(
         &self,
         principal: &Principal,
@@ -367,6 +369,9 @@ impl Policies {
                 masked: false,
                 policy_ids: read.policy_ids,
             });
+        }
+        if field.is_view() {
+            return ReadDecision::Denied(read);
         }
         let masked = self.decide_field(principal, FieldAction::ReadMasked, field, context);
         if masked.allowed {

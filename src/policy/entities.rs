@@ -1,6 +1,6 @@
 //! The entities the policies see, built once per load from the catalog: purposes with their
-//! parents, categories, fields inside their category, and the declared services with the purposes
-//! they are registered for.
+//! parents, categories, fields and their derived views inside their category, and the declared
+//! services with the purposes they are registered for.
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
@@ -48,6 +48,25 @@ pub(super) fn build(catalog: &Catalog, schema: &Schema) -> Result<Entities, Stri
                 .map_err(|e| e.to_string())?,
         );
     }
+    // A view sits in its field's category, so a permit of the category covers it; policies tell
+    // it from the field by type (`resource is View`) and see the field it derives from.
+    for (view, field, spec, _) in catalog.views() {
+        let parents = HashSet::from([uid("Category", &spec.category)?]);
+        let name = view.as_view().map_or("", |(_, v)| v);
+        let attrs = HashMap::from([
+            (
+                "field".to_owned(),
+                RestrictedExpression::new_entity_uid(uid("Field", field.as_str())?),
+            ),
+            (
+                "view".to_owned(),
+                RestrictedExpression::new_string(name.to_owned()),
+            ),
+        ]);
+        entities.push(
+            Entity::new(uid("View", view.as_str())?, attrs, parents).map_err(|e| e.to_string())?,
+        );
+    }
     for (service, purposes) in catalog.services() {
         let registered = purposes
             .iter()
@@ -84,6 +103,8 @@ pub(super) fn undeclared_literals(
                 "Field" => {
                     crate::domain::FieldName::new(id).is_ok_and(|f| catalog.field(&f).is_some())
                 }
+                "View" => crate::domain::FieldName::new(id)
+                    .is_ok_and(|f| f.is_view() && catalog.resolve(&f).is_some()),
                 "Category" => categories.contains(id),
                 "Purpose" => crate::domain::Purpose::new(id).is_ok_and(|p| catalog.has_purpose(&p)),
                 _ => true,

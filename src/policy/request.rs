@@ -143,8 +143,15 @@ impl AccessRequest {
         })?;
         let field =
             FieldName::new(field.ok_or("a per-field action needs a field")?).map_err(|e| e.0)?;
-        if catalog.field(&field).is_none() {
-            return Err(format!("unknown field `{field}`"));
+        match catalog.resolve(&field) {
+            None => return Err(format!("unknown field `{field}`")),
+            Some(r) if r.view.is_some() && action != FieldAction::Read => {
+                return Err(format!(
+                    "`{field}` is a view: only `read` applies to it (views are read-only and have \
+                     no masked form)"
+                ));
+            }
+            Some(_) => {}
         }
         Ok(Self::Field {
             principal,

@@ -36,9 +36,9 @@ pub struct FieldProcessing {
     pub purpose: String,
     /// The field's category.
     pub category: String,
-    /// The field.
+    /// The field, or the view (`birth_date.age_band`).
     pub field: String,
-    /// `full` or `masked`.
+    /// `full`, `masked`, or `view` (only the derived value of a view).
     pub access: &'static str,
     /// Whether the read needs the subject's consent to the purpose.
     pub consent_required: bool,
@@ -71,6 +71,18 @@ impl Policies {
                             category: spec.category.clone(),
                             field: field.to_string(),
                             access,
+                            consent_required,
+                            retention: spec.retention_ms.map(format_retention),
+                        });
+                    }
+                }
+                for (view, _, spec, _) in catalog.views() {
+                    if let Some((_, consent_required)) = self.access(&principal, &view, purpose) {
+                        reads.push(FieldProcessing {
+                            purpose: purpose.to_string(),
+                            category: spec.category.clone(),
+                            field: view.to_string(),
+                            access: "view",
                             consent_required,
                             retention: spec.retention_ms.map(format_retention),
                         });
@@ -115,6 +127,7 @@ impl Policies {
             (FieldAction::ReadMasked, "masked", &with, true),
         ]
         .into_iter()
+        .filter(|(action, ..)| !field.is_view() || *action == FieldAction::Read)
         .find(|(action, _, context, _)| allowed(*action, *context))
         .map(|(_, access, _, consent)| (access, consent))
     }
@@ -177,8 +190,17 @@ mod tests {
                 .reads
                 .iter()
                 .all(|r| r.purpose == "personalization"
-                    && (r.category == "preferences" || r.category == "behavior"))
+                    && (r.category == "preferences"
+                        || r.category == "behavior"
+                        || r.field == "birth_date.age_band"))
         );
+        assert!(
+            recommender
+                .reads
+                .iter()
+                .any(|r| r.field == "birth_date.age_band" && r.access == "view")
+        );
+        assert!(!recommender.reads.iter().any(|r| r.field == "birth_date"));
         assert!(
             recommender
                 .reads

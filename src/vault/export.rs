@@ -29,6 +29,9 @@ pub struct ExportedField {
     pub written: String,
     /// When it expires, if the catalog bounds it.
     pub expires: Option<String>,
+    /// Its derived views (`birth_date.age_band`) as of the export, for the views the catalog
+    /// declares and the value has.
+    pub views: Vec<(FieldName, String)>,
 }
 
 /// One entry of the subject's access history.
@@ -122,11 +125,26 @@ impl Vault {
                 let Some(value) = keys.open_record(sid, &field, &class, &record)? else {
                     return Ok(Err(StaleKeys));
                 };
+                let today = crate::catalog::utc_date(now);
+                let views = policies
+                    .catalog()
+                    .field(&field)
+                    .map(|spec| {
+                        spec.views
+                            .iter()
+                            .filter_map(|(view, derivation)| {
+                                let name = FieldName::new(format!("{field}.{view}")).ok()?;
+                                Some((name, derivation.derive(&value, today)?))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 out.push(ExportedField {
                     field,
                     value,
                     written: rfc3339(record.written_ms),
                     expires: record.expires_ms.map(rfc3339),
+                    views,
                 });
             }
             Ok(Ok(out))

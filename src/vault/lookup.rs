@@ -152,7 +152,7 @@ impl Vault {
         purpose: &Purpose,
         event: &mut AuditEvent,
     ) -> Result<Vec<Match>, VaultError> {
-        let spec = self.check_call(policies, purpose, &[field])?[0];
+        let spec = self.check_stored_call(policies, purpose, &[field])?[0];
         if !spec.lookup {
             return Err(VaultError::InvalidArgument(format!(
                 "field `{field}` is not a lookup field (`lookup = true` in the catalog)"

@@ -41,7 +41,7 @@ pub use retention::{SweepCursor, SweepReport};
 pub use shred::ShredOutcome;
 
 use crate::audit::{Action, AuditEvent, AuditLog, FieldAudit, FieldOutcome, Outcome};
-use crate::catalog::FieldSpec;
+use crate::catalog::{FieldSpec, Resolved};
 use crate::clock::Clock;
 use crate::domain::{FieldName, Principal, Purpose, Sid};
 use crate::keyring::Keyring;
@@ -264,13 +264,32 @@ impl Vault {
         self.commit(Batch::new(), event)
     }
 
-    /// Checks the purpose and field names of a call against the catalog and the limits.
-    fn check_call<'a>(
+    /// Checks the purpose and the stored fields a write, delete or lookup names against the
+    /// catalog and the limits: a view is derived on read, never stored.
+    fn check_stored_call<'a>(
         &self,
         policies: &'a Policies,
         purpose: &Purpose,
         fields: &[&FieldName],
     ) -> Result<Vec<&'a FieldSpec>, VaultError> {
+        let resolved = self.check_call(policies, purpose, fields)?;
+        if let Some((name, r)) = fields.iter().zip(&resolved).find(|(_, r)| r.view.is_some()) {
+            return Err(VaultError::InvalidArgument(format!(
+                "`{name}` is a view of `{}`: views are derived on read and cannot be written, \
+                 deleted or looked up",
+                r.field
+            )));
+        }
+        Ok(resolved.into_iter().map(|r| r.spec).collect())
+    }
+
+    /// Checks the purpose and field (or view) names of a call against the catalog and the limits.
+    fn check_call<'a>(
+        &self,
+        policies: &'a Policies,
+        purpose: &Purpose,
+        fields: &[&FieldName],
+    ) -> Result<Vec<Resolved<'a>>, VaultError> {
         let catalog = policies.catalog();
         if purpose.as_str().len() > self.limits.max_purpose_bytes {
             return Err(VaultError::InvalidArgument(format!(
@@ -301,10 +320,13 @@ impl Vault {
         fields
             .iter()
             .map(|f| {
-                catalog.field(f).ok_or_else(|| {
-                    VaultError::InvalidArgument(format!(
+                catalog.resolve(f).ok_or_else(|| match f.as_view() {
+                    Some((field, view)) => VaultError::InvalidArgument(format!(
+                        "unknown view `{view}` of field `{field}`: not declared in the catalog"
+                    )),
+                    None => VaultError::InvalidArgument(format!(
                         "unknown field `{f}`: not declared in the catalog"
-                    ))
+                    )),
                 })
             })
             .collect()

@@ -9,7 +9,7 @@ use zeroize::Zeroizing;
 use super::keys::{StaleKeys, SubjectKeys, decode_field};
 use super::{CallContext, Vault, VaultError, field_audit};
 use crate::audit::{Action, AuditEvent, CommitTicket, FieldOutcome, Outcome};
-use crate::catalog::FieldSpec;
+use crate::catalog::{Resolved, utc_date};
 use crate::domain::{FieldName, Purpose, Sid, SubjectId};
 use crate::policy::{Permit, Policies, PolicyIds, ReadDecision};
 use crate::store::keys::subject_key;
@@ -298,11 +298,11 @@ impl Vault {
             .map(|f| policies.decide_read(&ctx.principal, f, &context))
             .collect();
 
-        let permits: Vec<(&Permit, &FieldSpec)> = decisions
+        let permits: Vec<(&Permit, Resolved<'_>)> = decisions
             .iter()
             .zip(&specs)
-            .filter_map(|(d, spec)| match d {
-                ReadDecision::Allowed(p) => Some((p, *spec)),
+            .filter_map(|(d, resolved)| match d {
+                ReadDecision::Allowed(p) => Some((p, *resolved)),
                 ReadDecision::Denied(_) => None,
             })
             .collect();
@@ -337,17 +337,18 @@ impl Vault {
         Ok(reads)
     }
 
-    /// Reads, opens and masks the permitted fields with one multi-get. Expired values are absent.
+    /// Reads, opens and masks the permitted fields with one multi-get, and derives the permitted
+    /// views from their fields. Expired values are absent.
     fn read_permitted(
         &self,
         sid: &Sid,
         keys: Arc<SubjectKeys>,
-        permits: &[(&Permit, &FieldSpec)],
+        permits: &[(&Permit, Resolved<'_>)],
         budget: &ReadBudget,
     ) -> Result<BTreeMap<FieldName, ReadOutcome>, VaultError> {
         let storage_keys: Vec<Vec<u8>> = permits
             .iter()
-            .map(|(p, _)| subject_key(sid, p.field().as_str()))
+            .map(|(_, r)| subject_key(sid, r.field.as_str()))
             .collect();
         let request: Vec<&[u8]> = storage_keys.iter().map(Vec::as_slice).collect();
         let now = self.clock.now_ms();
@@ -374,19 +375,25 @@ impl Vault {
                 })
                 .sum();
             budget.take(bytes)?;
-            for ((permit, spec), record) in permits.iter().zip(records) {
+            for ((permit, resolved), record) in permits.iter().zip(records) {
                 let Some(record) = record else { continue };
                 if record.is_expired(now) {
                     continue;
                 }
-                let Some(text) = keys.open_record(sid, permit.field(), &spec.key_class, &record)?
+                let spec = resolved.spec;
+                let Some(text) = keys.open_record(sid, resolved.field, &spec.key_class, &record)?
                 else {
                     return Ok(Err(StaleKeys));
                 };
-                let outcome = if permit.masked() {
-                    ReadOutcome::Masked(spec.mask.apply(&text))
-                } else {
-                    ReadOutcome::Value(text)
+                let outcome = match resolved.view {
+                    // A value a view cannot be derived from (not a date, written before the view
+                    // was declared) is absent from the view: the field itself never leaves.
+                    Some(view) => match view.derive(&text, utc_date(now)) {
+                        Some(derived) => ReadOutcome::Value(Zeroizing::new(derived)),
+                        None => continue,
+                    },
+                    None if permit.masked() => ReadOutcome::Masked(spec.mask.apply(&text)),
+                    None => ReadOutcome::Value(text),
                 };
                 out.insert(permit.field().clone(), outcome);
             }

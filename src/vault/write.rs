@@ -80,12 +80,19 @@ impl Vault {
     ) -> Result<Staged<Vec<FieldName>>, VaultError> {
         let (sid, _) = self.locate(subject, event)?;
         let names: Vec<&FieldName> = fields.iter().map(|(f, _)| f).collect();
-        let specs = self.check_call(policies, purpose, &names)?;
-        for (field, value) in fields {
+        let specs = self.check_stored_call(policies, purpose, &names)?;
+        for ((field, value), spec) in fields.iter().zip(&specs) {
             if value.expose_secret().len() > self.limits.max_value_bytes {
                 return Err(VaultError::InvalidArgument(format!(
                     "value of `{field}` is larger than {} bytes",
                     self.limits.max_value_bytes
+                )));
+            }
+            // A view derives from the field (an age band from a birth date): what it cannot be
+            // derived from is refused now rather than read back as absent from the view.
+            if spec.holds_dates() && crate::catalog::parse_date(value.expose_secret()).is_none() {
+                return Err(VaultError::InvalidArgument(format!(
+                    "value of `{field}` is not a date (YYYY-MM-DD), which its views derive from"
                 )));
             }
         }
@@ -219,7 +226,7 @@ impl Vault {
     ) -> Result<Staged<Vec<FieldName>>, VaultError> {
         let (sid, _) = self.locate(subject, event)?;
         let names: Vec<&FieldName> = fields.iter().collect();
-        self.check_call(policies, purpose, &names)?;
+        self.check_stored_call(policies, purpose, &names)?;
         let context = policies.field_context(purpose, self.effective_consents(&sid, policies)?);
         self.authorize_all(ctx, policies, FieldAction::Delete, &context, &names, event)?;
         let unique: Vec<&FieldName> = names

@@ -30,4 +30,5 @@ mod subject_rights;
 mod support;
 mod tamper;
 mod upgrade;
+mod views;
 mod writes;
