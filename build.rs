@@ -14,6 +14,7 @@ const REDACTED_DEBUG: &[&str] = &[
     "privault.v1.ShredSubjectRequest",
     "privault.v1.FieldResult",
     "privault.v1.SetConsentRequest",
+    "privault.v1.RecordSignalRequest",
     "privault.v1.GetConsentsRequest",
     "privault.v1.AuditQueryRequest",
     "privault.v1.ExportSubjectRequest",

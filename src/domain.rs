@@ -276,6 +276,101 @@ impl fmt::Debug for Pseudonym {
     }
 }
 
+/// Where a consent record came from: kept with the record, shown in `GetConsents`, exports and
+/// audit records. Only the customer's own choice (`user`) undoes a withdrawal an opt-out signal
+/// made.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::FromRepr,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[strum(serialize_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum ConsentSource {
+    /// The customer's own choice (a privacy settings page, a form).
+    User = 1,
+    /// A Global Privacy Control signal sent by the customer's browser.
+    Gpc = 2,
+    /// Recorded by support on the customer's behalf.
+    Support = 3,
+    /// Imported from another system.
+    Import = 4,
+}
+
+/// An opt-out signal (CCPA do-not-sell/share, GPC, GDPR Art. 21 objection): withdraws every
+/// purpose the catalog marks as covered by it, and is visible to policies as `context.signals`.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::FromRepr,
+    strum::VariantArray,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[strum(serialize_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum OptOutSignal {
+    /// Global Privacy Control: opts out of sale and sharing (purposes `sale_or_share = true`).
+    Gpc = 1,
+    /// Do not sell or share my personal information (purposes `sale_or_share = true`).
+    DoNotSell = 2,
+    /// An objection to profiling (purposes `profiling = true`).
+    ObjectToProfiling = 3,
+}
+
+impl OptOutSignal {
+    /// The name policies see in `context.signals` and records show.
+    pub fn name(self) -> &'static str {
+        self.into()
+    }
+
+    /// Whether it covers a purpose with the catalog's marks `sale_or_share` and `profiling`.
+    pub fn covers(self, sale_or_share: bool, profiling: bool) -> bool {
+        match self {
+            Self::Gpc | Self::DoNotSell => sale_or_share,
+            Self::ObjectToProfiling => profiling,
+        }
+    }
+
+    /// The source of the withdrawals it records when the caller names none: a browser's GPC
+    /// header is `gpc`; the others are the customer's own request.
+    pub fn default_source(self) -> ConsentSource {
+        match self {
+            Self::Gpc => ConsentSource::Gpc,
+            Self::DoNotSell | Self::ObjectToProfiling => ConsentSource::User,
+        }
+    }
+}
+
+impl ConsentSource {
+    /// The name records show.
+    pub fn name(self) -> &'static str {
+        self.into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

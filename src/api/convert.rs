@@ -5,8 +5,8 @@ use secrecy::SecretString;
 use tonic::Status;
 
 use super::pb;
-use crate::domain::{FieldName, InvalidInput, Purpose, SubjectId};
-use crate::vault::{ConsentState, FieldRead, ReadOutcome};
+use crate::domain::{ConsentSource, FieldName, InvalidInput, OptOutSignal, Purpose, SubjectId};
+use crate::vault::{ConsentState, FieldRead, ReadOutcome, SignalState};
 
 fn invalid(e: InvalidInput) -> Status {
     Status::invalid_argument(e.0)
@@ -136,6 +136,44 @@ pub fn consent_message(c: ConsentState) -> pb::Consent {
         granted: c.granted,
         time: c.time,
         recorded_by: c.recorded_by,
+        source: c.source.name().to_owned(),
+        signal: c.signal.map(|s| s.name().to_owned()).unwrap_or_default(),
+    }
+}
+
+/// The wire form of a recorded opt-out signal.
+pub fn signal_message(s: SignalState) -> pb::RecordedSignal {
+    pb::RecordedSignal {
+        signal: s.signal.name().to_owned(),
+        time: s.time,
+        recorded_by: s.recorded_by,
+        source: s.source.name().to_owned(),
+    }
+}
+
+/// A consent source from the wire; unset is the customer's own choice, as before sources.
+pub fn consent_source(raw: i32) -> Result<Option<ConsentSource>, Status> {
+    match pb::ConsentSource::try_from(raw) {
+        Ok(pb::ConsentSource::Unspecified) => Ok(None),
+        Ok(pb::ConsentSource::User) => Ok(Some(ConsentSource::User)),
+        Ok(pb::ConsentSource::Gpc) => Ok(Some(ConsentSource::Gpc)),
+        Ok(pb::ConsentSource::Support) => Ok(Some(ConsentSource::Support)),
+        Ok(pb::ConsentSource::Import) => Ok(Some(ConsentSource::Import)),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "unknown consent source {raw}: expected USER, GPC, SUPPORT or IMPORT"
+        ))),
+    }
+}
+
+/// An opt-out signal from the wire; one must be named.
+pub fn opt_out_signal(raw: i32) -> Result<OptOutSignal, Status> {
+    match pb::Signal::try_from(raw) {
+        Ok(pb::Signal::Gpc) => Ok(OptOutSignal::Gpc),
+        Ok(pb::Signal::DoNotSell) => Ok(OptOutSignal::DoNotSell),
+        Ok(pb::Signal::ObjectToProfiling) => Ok(OptOutSignal::ObjectToProfiling),
+        Ok(pb::Signal::Unspecified) | Err(_) => Err(Status::invalid_argument(
+            "signal must be SIGNAL_GPC, DO_NOT_SELL or OBJECT_TO_PROFILING",
+        )),
     }
 }
 

@@ -66,6 +66,17 @@ impl fmt::Debug for pb::SetConsentRequest {
             .field("subject_id", &REDACTED)
             .field("purpose", &self.purpose)
             .field("granted", &self.granted)
+            .field("source", &self.source())
+            .finish()
+    }
+}
+
+impl fmt::Debug for pb::RecordSignalRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecordSignalRequest")
+            .field("subject_id", &REDACTED)
+            .field("signal", &self.signal())
+            .field("source", &self.source())
             .finish()
     }
 }

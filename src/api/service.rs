@@ -2,14 +2,17 @@
 
 use tonic::{Request, Response, Status};
 
-use super::convert::{BatchCall, FieldsCall, PutFields, Shred, consent_message, subject_id};
+use super::convert::{
+    BatchCall, FieldsCall, PutFields, Shred, consent_message, consent_source, opt_out_signal,
+    signal_message, subject_id,
+};
 use super::edge::Edge;
 use super::pb;
 use super::status::to_status;
 use secrecy::SecretString;
 
 use crate::audit::Action;
-use crate::domain::{FieldName, Purpose, SubjectId};
+use crate::domain::{ConsentSource, FieldName, Purpose, SubjectId};
 use crate::vault::SubjectExport;
 
 /// The `privault.v1.Vault` service.
@@ -120,16 +123,44 @@ impl pb::vault_server::Vault for VaultService {
             subject_id,
             purpose,
             granted,
+            source,
         } = request.into_inner();
         let parsed = SubjectId::new(subject_id)
             .and_then(|s| Ok((s, Purpose::new(purpose)?)))
-            .map_err(|e| Status::invalid_argument(e.0));
-        let (subject, purpose) = self.edge.admit(&ctx, parsed).await?;
+            .map_err(|e| Status::invalid_argument(e.0))
+            .and_then(|(s, p)| Ok((s, p, consent_source(source)?)));
+        let (subject, purpose, source) = self.edge.admit(&ctx, parsed).await?;
+        let source = source.unwrap_or(ConsentSource::User);
         self.edge
             .run(
                 ctx,
-                move |vault, ctx| vault.set_consent(ctx, &subject, &purpose, granted),
+                move |vault, ctx| vault.set_consent(ctx, &subject, &purpose, granted, source),
                 |recorded_at| pb::SetConsentResponse { recorded_at },
+            )
+            .await
+    }
+
+    async fn record_signal(
+        &self,
+        request: Request<pb::RecordSignalRequest>,
+    ) -> Result<Response<pb::RecordSignalResponse>, Status> {
+        let ctx = self.edge.context(&request, Action::RecordSignal).await?;
+        let pb::RecordSignalRequest {
+            subject_id: raw,
+            signal,
+            source,
+        } = request.into_inner();
+        let parsed =
+            subject_id(raw).and_then(|s| Ok((s, opt_out_signal(signal)?, consent_source(source)?)));
+        let (subject, signal, source) = self.edge.admit(&ctx, parsed).await?;
+        self.edge
+            .run(
+                ctx,
+                move |vault, ctx| vault.record_signal(ctx, &subject, signal, source),
+                |(recorded_at, withdrawn)| pb::RecordSignalResponse {
+                    recorded_at,
+                    withdrawn: withdrawn.iter().map(ToString::to_string).collect(),
+                },
             )
             .await
     }
@@ -145,8 +176,9 @@ impl pb::vault_server::Vault for VaultService {
             .run(
                 ctx,
                 move |vault, ctx| vault.get_consents(ctx, &subject),
-                |consents| pb::GetConsentsResponse {
+                |(consents, signals)| pb::GetConsentsResponse {
                     consents: consents.into_iter().map(consent_message).collect(),
+                    signals: signals.into_iter().map(signal_message).collect(),
                 },
             )
             .await
@@ -261,6 +293,7 @@ fn export_message(export: SubjectExport) -> pb::ExportSubjectResponse {
             })
             .collect(),
         consents: export.consents.into_iter().map(consent_message).collect(),
+        signals: export.signals.into_iter().map(signal_message).collect(),
         history: export
             .history
             .into_iter()

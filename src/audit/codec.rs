@@ -26,7 +26,7 @@ use prost::encoding::{decode_varint, encode_varint};
 use super::record::{AuditEvent, FieldAudit};
 use super::vocab::{Action, Detail, FieldOutcome, Outcome};
 use crate::clock::Millis;
-use crate::domain::Pseudonym;
+use crate::domain::{ConsentSource, OptOutSignal, Pseudonym};
 
 /// The first byte of a format-2 record (a format-1 record is JSON and starts with `{`).
 pub const FORMAT_V2: u8 = 2;
@@ -235,6 +235,8 @@ fn put_detail(detail: &Detail, out: &mut Vec<u8>) {
             encode_varint(*n, out);
         }
         Detail::FoundBy(action) => out.push(action.code()),
+        Detail::ConsentSource(source) => out.push(*source as u8),
+        Detail::Signal(signal) => out.push(*signal as u8),
         Detail::Segments {
             first_seq,
             last_seq,
@@ -452,6 +454,12 @@ fn detail(r: &mut Reader<'_>) -> Result<Detail, CodecError> {
             first_seq: r.varint()?,
             last_seq: r.varint()?,
         },
+        8 => Detail::ConsentSource(
+            ConsentSource::from_repr(r.byte()?).ok_or(CodecError("unknown consent source"))?,
+        ),
+        9 => {
+            Detail::Signal(OptOutSignal::from_repr(r.byte()?).ok_or(CodecError("unknown signal"))?)
+        }
         _ => return Err(CodecError("unknown detail")),
     })
 }

@@ -118,6 +118,8 @@ impl DetailView {
             numbers: detail.numbers(),
             name: match detail {
                 Detail::FoundBy(a) => Some(a.name().to_owned()),
+                Detail::ConsentSource(s) => Some(s.name().to_owned()),
+                Detail::Signal(s) => Some(s.name().to_owned()),
                 _ => None,
             },
         }

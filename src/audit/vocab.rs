@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::{ConsentSource, OptOutSignal};
+
 /// What a call did.
 #[derive(
     Debug,
@@ -98,6 +100,8 @@ pub enum Action {
     RetentionShred = 35,
     /// `Backup/CreateBackup`, and `privault backup create` on a stopped vault.
     Backup = 36,
+    /// `Vault/RecordSignal`: an opt-out signal and the withdrawals it made.
+    RecordSignal = 37,
 }
 
 /// How a call ended.
@@ -246,6 +250,10 @@ pub enum Detail {
     PolicyVersion(u64),
     /// The maintenance task that found a quarantined subject.
     FoundBy(Action),
+    /// Where a consent record came from.
+    ConsentSource(ConsentSource),
+    /// The opt-out signal a call recorded.
+    Signal(OptOutSignal),
     /// Sealed segments archived or dropped: their first and last seq.
     Segments {
         /// The first seq of the first segment.
@@ -266,6 +274,8 @@ impl Detail {
             Self::PolicyVersion(_) => "policy_version",
             Self::FoundBy(_) => "found_by",
             Self::Segments { .. } => "segments",
+            Self::ConsentSource(_) => "consent_source",
+            Self::Signal(_) => "signal",
         }
     }
 
@@ -277,7 +287,7 @@ impl Detail {
             Self::KeysRewrapped(n) | Self::PseudonymsWrapped(n) | Self::PolicyVersion(n) => {
                 vec![*n]
             }
-            Self::FoundBy(_) => Vec::new(),
+            Self::FoundBy(_) | Self::ConsentSource(_) | Self::Signal(_) => Vec::new(),
             Self::Segments {
                 first_seq,
                 last_seq,
@@ -295,6 +305,8 @@ impl Detail {
             Self::PolicyVersion(_) => 5,
             Self::FoundBy(_) => 6,
             Self::Segments { .. } => 7,
+            Self::ConsentSource(_) => 8,
+            Self::Signal(_) => 9,
         }
     }
 

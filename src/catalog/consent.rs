@@ -5,7 +5,7 @@
 //! its parent, and a parent's withdrawal covers every child that has no record of its own.
 
 use super::Catalog;
-use crate::domain::Purpose;
+use crate::domain::{OptOutSignal, Purpose};
 
 /// The effective consents of one subject, as Cedar sees them: every purpose listed by name (the
 /// hierarchy already applied), both lists sorted, disjoint.
@@ -15,12 +15,14 @@ pub struct EffectiveConsents {
     pub granted: Vec<Purpose>,
     /// Purposes the subject effectively withdrew (`context.withdrawn`).
     pub withdrawn: Vec<Purpose>,
+    /// The opt-out signals the subject sent (`context.signals`), sorted.
+    pub signals: Vec<OptOutSignal>,
 }
 
 impl EffectiveConsents {
     /// Whether the subject recorded nothing that applies.
     pub fn is_empty(&self) -> bool {
-        self.granted.is_empty() && self.withdrawn.is_empty()
+        self.granted.is_empty() && self.withdrawn.is_empty() && self.signals.is_empty()
     }
 }
 

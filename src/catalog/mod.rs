@@ -16,7 +16,7 @@ use toml::Spanned;
 
 use crate::clock::Millis;
 use crate::diagnostic::{SourceError, SourceErrors};
-use crate::domain::{FieldName, KeyClass, Purpose};
+use crate::domain::{FieldName, KeyClass, OptOutSignal, Purpose};
 pub use consent::EffectiveConsents;
 pub use mask::MaskRule;
 pub use retention::{format_retention, parse_retention};
@@ -65,6 +65,8 @@ pub struct Resolved<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Catalog {
     purposes: BTreeMap<Purpose, Option<Purpose>>,
+    // The purposes opt-out signals cover: `(sale_or_share, profiling)`, for purposes marked.
+    marks: BTreeMap<Purpose, (bool, bool)>,
     fields: BTreeMap<FieldName, FieldSpec>,
     services: BTreeMap<String, BTreeSet<Purpose>>,
     shred_when_empty: bool,
@@ -103,6 +105,10 @@ struct RawSubjects {
 #[serde(deny_unknown_fields)]
 struct RawPurpose {
     parent: Option<Spanned<String>>,
+    #[serde(default)]
+    sale_or_share: bool,
+    #[serde(default)]
+    profiling: bool,
     #[serde(default)]
     #[expect(dead_code, reason = "documentation for humans, accepted and ignored")]
     description: Option<String>,
@@ -163,6 +169,15 @@ impl Catalog {
                 Err(e) => errors.push(at(parent.span(), e.0)),
             }
         }
+        let marks = raw
+            .purposes
+            .iter()
+            .filter(|(_, spec)| spec.sale_or_share || spec.profiling)
+            .filter_map(|(name, spec)| {
+                let purpose = Purpose::new(name.get_ref().clone()).ok()?;
+                Some((purpose, (spec.sale_or_share, spec.profiling)))
+            })
+            .collect();
         if let Some(purpose) = first_cycle(&purposes) {
             errors.push(SourceError::in_file(
                 file,
@@ -222,6 +237,7 @@ impl Catalog {
         if errors.is_empty() {
             Ok(Self {
                 purposes,
+                marks,
                 fields,
                 services,
                 shred_when_empty: raw.subjects.shred_when_empty,
@@ -299,6 +315,21 @@ impl Catalog {
     /// Whether a subject left with no stored field is shredded automatically.
     pub fn shred_when_empty(&self) -> bool {
         self.shred_when_empty
+    }
+
+    /// The purposes `signal` withdraws: every purpose the catalog marks as covered by it
+    /// (`sale_or_share`, `profiling`) and every purpose below one.
+    pub fn covered_by(&self, signal: OptOutSignal) -> BTreeSet<Purpose> {
+        self.marks
+            .iter()
+            .filter(|(_, (sale, profiling))| signal.covers(*sale, *profiling))
+            .flat_map(|(purpose, _)| self.purpose_and_descendants(purpose))
+            .collect()
+    }
+
+    /// Whether the catalog marks `purpose` as a sale or sharing of data, and as profiling.
+    pub fn marks_of(&self, purpose: &Purpose) -> (bool, bool) {
+        self.marks.get(purpose).copied().unwrap_or_default()
     }
 
     /// The purpose and every purpose below it in the hierarchy.
@@ -480,6 +511,23 @@ mod tests {
         let below = catalog.purpose_and_descendants(&Purpose::new("marketing").unwrap());
         assert!(below.contains(&Purpose::new("email_marketing").unwrap()));
         assert!(!below.contains(&Purpose::new("fraud").unwrap()));
+    }
+
+    #[test]
+    fn signals_cover_the_marked_purposes_and_their_children() {
+        let text = "[purposes.ads]\nsale_or_share = true\n[purposes.retargeting]\nparent = \"ads\"\n\
+                    [purposes.personalization]\nprofiling = true\n[purposes.fraud]\n";
+        let catalog = Catalog::parse("c", text).unwrap();
+        let names = |signal| {
+            catalog
+                .covered_by(signal)
+                .into_iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(OptOutSignal::Gpc), ["ads", "retargeting"]);
+        assert_eq!(names(OptOutSignal::DoNotSell), ["ads", "retargeting"]);
+        assert_eq!(names(OptOutSignal::ObjectToProfiling), ["personalization"]);
     }
 
     #[test]

@@ -34,6 +34,11 @@ fn to_json(e: pb::ExportSubjectResponse) -> serde_json::Value {
         })).collect::<Vec<_>>(),
         "consents": e.consents.into_iter().map(|c| serde_json::json!({
             "purpose": c.purpose, "granted": c.granted, "time": c.time, "recorded_by": c.recorded_by,
+            "source": c.source,
+            "signal": if c.signal.is_empty() { serde_json::Value::Null } else { c.signal.into() },
+        })).collect::<Vec<_>>(),
+        "signals": e.signals.into_iter().map(|s| serde_json::json!({
+            "signal": s.signal, "time": s.time, "recorded_by": s.recorded_by, "source": s.source,
         })).collect::<Vec<_>>(),
         "access_history": e.history.into_iter().map(|h| serde_json::json!({
             "seq": h.seq, "time": h.time, "principal": h.principal, "action": h.action,

@@ -128,7 +128,7 @@ impl AdminAction {
 pub struct FieldContext {
     purpose: Purpose,
     consents: EffectiveConsents,
-    with_withdrawn: bool,
+    attrs: ContextAttrs,
     cedar: OnceLock<Result<Context, String>>,
     // The call's decisions, found once: the cache they came from and the principal they are for.
     decisions: OnceLock<(u64, Principal, Arc<ContextDecisions>)>,
@@ -176,8 +176,16 @@ impl FieldContext {
                     ("purpose".to_owned(), purpose_uid(&self.purpose)?),
                     ("consents".to_owned(), set(&self.consents.granted)?),
                 ];
-                if self.with_withdrawn {
+                if self.attrs.withdrawn {
                     pairs.push(("withdrawn".to_owned(), set(&self.consents.withdrawn)?));
+                }
+                if self.attrs.signals {
+                    let names = self
+                        .consents
+                        .signals
+                        .iter()
+                        .map(|s| RestrictedExpression::new_string(s.name().to_owned()));
+                    pairs.push(("signals".to_owned(), RestrictedExpression::new_set(names)));
                 }
                 Context::from_pairs(pairs).map_err(|e| e.to_string())
             })
@@ -185,11 +193,36 @@ impl FieldContext {
     }
 }
 
-/// Whether `schema` accepts a read context carrying `withdrawn`, tried on a request like the vault
+/// The attributes of the read context that schemas written before them may lack: the vault leaves
+/// out what the schema does not declare (Cedar refuses an undeclared attribute).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct ContextAttrs {
+    /// `withdrawn: Set<Purpose>`.
+    pub withdrawn: bool,
+    /// `signals: Set<String>`.
+    pub signals: bool,
+}
+
+impl ContextAttrs {
+    /// What `schema` declares: the widest context it accepts.
+    pub fn declared_by(schema: &cedar_policy::Schema, catalog: &crate::catalog::Catalog) -> Self {
+        [(true, true), (true, false), (false, true), (false, false)]
+            .into_iter()
+            .map(|(withdrawn, signals)| ContextAttrs { withdrawn, signals })
+            .find(|attrs| schema_accepts(schema, catalog, *attrs))
+            .unwrap_or(ContextAttrs {
+                withdrawn: false,
+                signals: false,
+            })
+    }
+}
+
+/// Whether `schema` accepts a read context carrying `attrs`, tried on a request like the vault
 /// makes (a service reading a declared field for a declared purpose).
-pub(super) fn schema_declares_withdrawn(
+fn schema_accepts(
     schema: &cedar_policy::Schema,
     catalog: &crate::catalog::Catalog,
+    attrs: ContextAttrs,
 ) -> bool {
     let (Some((field, _)), Some((purpose, _))) =
         (catalog.fields().next(), catalog.purposes().next())
@@ -199,7 +232,7 @@ pub(super) fn schema_declares_withdrawn(
     let context = FieldContext {
         purpose: purpose.clone(),
         consents: EffectiveConsents::default(),
-        with_withdrawn: true,
+        attrs,
         cedar: OnceLock::new(),
         decisions: OnceLock::new(),
     };
@@ -253,7 +286,7 @@ impl Policies {
         FieldContext {
             purpose: purpose.clone(),
             consents,
-            with_withdrawn: self.context_has_withdrawn,
+            attrs: self.context_attrs,
             cedar: OnceLock::new(),
             decisions: OnceLock::new(),
         }

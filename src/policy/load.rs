@@ -170,8 +170,14 @@ impl Policies {
                 )]))
             })
         };
-        let context_has_withdrawn = decide::schema_declares_withdrawn(&schema, &catalog);
-        if !context_has_withdrawn {
+        let context_attrs = decide::ContextAttrs::declared_by(&schema, &catalog);
+        if !context_attrs.signals {
+            tracing::warn!(
+                "the schema's read context has no `signals`: policies cannot see opt-out signals \
+                 (declare `signals: Set<String>` in the field context, as the shipped schema does)"
+            );
+        }
+        if !context_attrs.withdrawn {
             tracing::warn!(
                 "the schema's read context has no `withdrawn`: policies cannot see withdrawals \
                  (declare `withdrawn: Set<Purpose>` in the field context, as the shipped schema does)"
@@ -179,7 +185,7 @@ impl Policies {
         }
         Ok(Self {
             hash: hash_of(sources),
-            context_has_withdrawn,
+            context_attrs,
             number: 0,
             policy_count: set.policies().count(),
             uids: decide::Uids::new().map_err(|e| {

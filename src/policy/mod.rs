@@ -86,9 +86,9 @@ pub struct Policies {
     subject_uid: EntityUid,
     policy_count: usize,
     cache: cache::DecisionCache,
-    // Whether the schema's field context declares `withdrawn` (schemas written before consent
-    // precedence do not, and Cedar refuses a context attribute the schema does not declare).
-    context_has_withdrawn: bool,
+    // Which of `withdrawn` and `signals` the schema's field context declares (schemas written
+    // before them do not, and Cedar refuses a context attribute the schema does not declare).
+    context_attrs: decide::ContextAttrs,
     locations: BTreeMap<String, SourcePos>,
 }
 

@@ -2,6 +2,7 @@
 //! opaque bytes. Decoding never panics on arbitrary input; an unknown version is an error.
 
 use crate::clock::Millis;
+use crate::domain::{ConsentSource, OptOutSignal};
 
 /// A record that failed to decode: corrupted or from an unknown format version.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -123,6 +124,10 @@ pub struct ConsentRecord {
     pub time_ms: Millis,
     /// Who recorded it (a principal uid).
     pub principal: String,
+    /// Where it came from (records written before sources existed read as `user`).
+    pub source: ConsentSource,
+    /// The opt-out signal that made this withdrawal, if one did.
+    pub signal: Option<OptOutSignal>,
 }
 
 struct Writer(Vec<u8>);
@@ -344,7 +349,8 @@ impl ConsentRecord {
         let mut w = Writer::new();
         w.raw(&[u8::from(self.granted)])
             .u64(self.time_ms)
-            .bytes(self.principal.as_bytes());
+            .bytes(self.principal.as_bytes())
+            .raw(&[self.source as u8, self.signal.map_or(0, |s| s as u8)]);
         w.0
     }
 
@@ -356,10 +362,28 @@ impl ConsentRecord {
             [1] => true,
             _ => return Err(r.fail("invalid flag")),
         };
+        let time_ms = r.u64()?;
+        let principal = r.string()?;
+        // Source and signal came later: a record without them was the customer's choice as
+        // recorded through SetConsent, which had no source then.
+        let (source, signal) = if r.rest.is_empty() {
+            (ConsentSource::User, None)
+        } else {
+            let [source, signal] = r.array::<2>()?;
+            let source =
+                ConsentSource::from_repr(source).ok_or_else(|| r.fail("unknown source"))?;
+            let signal = match signal {
+                0 => None,
+                s => Some(OptOutSignal::from_repr(s).ok_or_else(|| r.fail("unknown signal"))?),
+            };
+            (source, signal)
+        };
         let record = Self {
             granted,
-            time_ms: r.u64()?,
-            principal: r.string()?,
+            time_ms,
+            principal,
+            source,
+            signal,
         };
         r.finish()?;
         Ok(record)
@@ -427,11 +451,18 @@ mod tests {
         };
         assert_eq!(ShredReceipt::decode(&receipt.encode()).unwrap(), receipt);
         let consent = ConsentRecord {
-            granted: true,
+            granted: false,
             time_ms: 5,
             principal: "Service::\"account\"".into(),
+            source: ConsentSource::Gpc,
+            signal: Some(OptOutSignal::Gpc),
         };
         assert_eq!(ConsentRecord::decode(&consent.encode()).unwrap(), consent);
+        // A record written before sources existed: the customer's choice, no signal.
+        let mut old = consent.encode();
+        old.truncate(old.len() - 2);
+        let old = ConsentRecord::decode(&old).unwrap();
+        assert_eq!((old.source, old.signal), (ConsentSource::User, None));
         let id = SubjectIdRecord {
             epoch: 2,
             nonce: [3; 12],

@@ -4,22 +4,31 @@
 
 use std::sync::Arc;
 
+use super::consent_cache::Recorded;
 use super::{CallContext, Vault, VaultError, require};
-use crate::audit::{Action, FieldAudit, FieldOutcome};
+use crate::audit::{Action, Detail, FieldAudit, FieldOutcome};
 use crate::catalog::EffectiveConsents;
 use crate::clock::rfc3339;
 use crate::crypto::RecordKind;
-use crate::domain::{Purpose, Sid, SubjectId};
+use crate::domain::{ConsentSource, OptOutSignal, Purpose, Sid, SubjectId};
 use crate::policy::Policies;
 use crate::store::keys::{name_of, subject_key};
 use crate::store::records::ConsentRecord;
+use strum::VariantArray;
 
 /// First byte of a tagged consent record.
 const SEALED_CONSENT: u8 = 2;
 
-/// What a consent record's tag covers: the subject, the purpose and the record.
-fn consent_tagged(sid: &Sid, purpose: &Purpose, body: &[u8]) -> Vec<u8> {
-    let name = purpose.as_str().as_bytes();
+/// The consent CF key name of a recorded opt-out signal, beside the purposes' names (which never
+/// start with `#`).
+fn signal_name(signal: OptOutSignal) -> String {
+    format!("#signal:{}", signal.name())
+}
+
+/// What a consent record's tag covers: the subject, the entry's name (a purpose, or a signal's
+/// [`signal_name`]) and the record.
+fn consent_tagged(sid: &Sid, name: &str, body: &[u8]) -> Vec<u8> {
+    let name = name.as_bytes();
     [&sid.0[..], &(name.len() as u32).to_be_bytes(), name, body].concat()
 }
 use crate::store::{Batch, Cf};
@@ -35,37 +44,78 @@ pub struct ConsentState {
     pub time: String,
     /// Who recorded it.
     pub recorded_by: String,
+    /// Where it came from.
+    pub source: ConsentSource,
+    /// The opt-out signal that withdrew it, if one did.
+    pub signal: Option<OptOutSignal>,
+}
+
+/// One opt-out signal a subject sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignalState {
+    /// The signal.
+    pub signal: OptOutSignal,
+    /// When it was last recorded (RFC 3339).
+    pub time: String,
+    /// Who recorded it.
+    pub recorded_by: String,
+    /// Where it came from.
+    pub source: ConsentSource,
+}
+
+/// Everything in the consent column family for one subject.
+#[derive(Debug, Default)]
+pub(super) struct ConsentEntries {
+    pub consents: Vec<ConsentState>,
+    pub signals: Vec<SignalState>,
 }
 
 impl Vault {
+    /// Every consent and signal recorded for `sid`, each checked against its tag.
+    pub(super) fn consent_entries(&self, sid: &Sid) -> Result<ConsentEntries, VaultError> {
+        let mut out = ConsentEntries::default();
+        for (key, value) in self.store.scan_prefix(Cf::Consent, &sid.0)? {
+            let Some(name) = name_of(&key) else { continue };
+            if let Ok(purpose) = Purpose::new(name) {
+                let r = self.open_consent(sid, name, &value)?;
+                out.consents.push(ConsentState {
+                    purpose,
+                    granted: r.granted,
+                    time: rfc3339(r.time_ms),
+                    recorded_by: r.principal,
+                    source: r.source,
+                    signal: r.signal,
+                });
+            } else if let Some(signal) = OptOutSignal::VARIANTS
+                .iter()
+                .copied()
+                .find(|s| signal_name(*s) == name)
+            {
+                let r = self.open_consent(sid, name, &value)?;
+                out.signals.push(SignalState {
+                    signal,
+                    time: rfc3339(r.time_ms),
+                    recorded_by: r.principal,
+                    source: r.source,
+                });
+            }
+        }
+        Ok(out)
+    }
+
     /// Every consent recorded for `sid`, each checked against its tag.
     pub(super) fn consents_of(&self, sid: &Sid) -> Result<Vec<ConsentState>, VaultError> {
-        self.store
-            .scan_prefix(Cf::Consent, &sid.0)?
-            .into_iter()
-            .filter_map(|(key, value)| {
-                let purpose = name_of(&key).and_then(|n| Purpose::new(n).ok())?;
-                Some(
-                    self.open_consent(sid, &purpose, &value)
-                        .map(|r| ConsentState {
-                            purpose,
-                            granted: r.granted,
-                            time: rfc3339(r.time_ms),
-                            recorded_by: r.principal,
-                        }),
-                )
-            })
-            .collect()
+        Ok(self.consent_entries(sid)?.consents)
     }
 
     /// `record`'s stored bytes: `2 ‖ tag ‖ record`, the tag (a key from the keyring) binding it to
     /// the subject and purpose, so that a consent edited, flipped or copied in `db/` is refused.
-    fn seal_consent(&self, sid: &Sid, purpose: &Purpose, record: &ConsentRecord) -> Vec<u8> {
+    fn seal_consent(&self, sid: &Sid, name: &str, record: &ConsentRecord) -> Vec<u8> {
         let body = record.encode();
         let tag = self.keyring.index().record_tag(
             RecordKind::Consent,
             0,
-            &consent_tagged(sid, purpose, &body),
+            &consent_tagged(sid, name, &body),
         );
         [&[SEALED_CONSENT][..], &tag, &body].concat()
     }
@@ -73,17 +123,17 @@ impl Vault {
     fn open_consent(
         &self,
         sid: &Sid,
-        purpose: &Purpose,
+        name: &str,
         bytes: &[u8],
     ) -> Result<ConsentRecord, VaultError> {
         let forged = || {
             VaultError::DataLoss(format!(
-                "a consent record for `{purpose}` fails its authentication"
+                "a consent record for `{name}` fails its authentication"
             ))
         };
         let (&kind, rest) = bytes.split_first().ok_or_else(forged)?;
         let (tag, body) = rest.split_at_checked(32).ok_or_else(forged)?;
-        let tagged = consent_tagged(sid, purpose, body);
+        let tagged = consent_tagged(sid, name, body);
         if kind != SEALED_CONSENT
             || !self
                 .keyring
@@ -117,7 +167,7 @@ impl Vault {
                 batch.put(
                     Cf::Consent,
                     key.clone(),
-                    self.seal_consent(&Sid(sid), &purpose, &record),
+                    self.seal_consent(&Sid(sid), purpose.as_str(), &record),
                 );
             }
             self.store.write(&batch)?;
@@ -139,24 +189,35 @@ impl Vault {
         policies: &Policies,
     ) -> Result<EffectiveConsents, VaultError> {
         let recorded = self.consents.recorded(sid, || {
-            Ok(self
-                .consents_of(sid)?
-                .into_iter()
-                .map(|c| (c.purpose, c.granted))
-                .collect())
+            let entries = self.consent_entries(sid)?;
+            let mut signals: Vec<OptOutSignal> = entries.signals.iter().map(|s| s.signal).collect();
+            signals.sort();
+            Ok(Recorded {
+                purposes: entries
+                    .consents
+                    .into_iter()
+                    .map(|c| (c.purpose, c.granted))
+                    .collect(),
+                signals,
+            })
         })?;
-        Ok(policies
+        let mut effective = policies
             .catalog()
-            .resolve_consents(recorded.iter().map(|(p, g)| (p, *g))))
+            .resolve_consents(recorded.purposes.iter().map(|(p, g)| (p, *g)));
+        effective.signals = recorded.signals.clone();
+        Ok(effective)
     }
 
-    /// Records `subject`'s consent to `purpose` (or its withdrawal). Returns when it was recorded.
+    /// Records `subject`'s consent to `purpose` (or its withdrawal), from `source`. Returns when
+    /// it was recorded. A grant of a purpose an opt-out signal withdrew (itself or its nearest
+    /// recorded ancestor) is refused unless it is the customer's own (`user`).
     pub fn set_consent(
         &self,
         ctx: &CallContext,
         subject: &SubjectId,
         purpose: &Purpose,
         granted: bool,
+        source: ConsentSource,
     ) -> Result<String, VaultError> {
         let policies = self.policies();
         let mut event = self.event(ctx, Action::ConsentWrite, Some(purpose), &policies);
@@ -171,6 +232,16 @@ impl Vault {
             let decision = policies.decide_consent_write(&ctx.principal, purpose);
             let policy_ids = decision.policy_ids.clone();
             require(decision, "consent_write")?;
+            event.detail = Some(Detail::ConsentSource(source));
+            if granted && source != ConsentSource::User {
+                let recorded = self.consents_of(&sid)?;
+                if let Some(signal) = signal_withdrawal(policies.catalog(), &recorded, purpose) {
+                    return Err(VaultError::FailedPrecondition(format!(
+                        "`{purpose}` was withdrawn by the customer's `{signal}` opt-out signal: \
+                         only the customer's own grant (source `user`) undoes it"
+                    )));
+                }
+            }
             let mut batch = Batch::new();
             let now = self.clock.now_ms();
             let keys = self.keys_for_write(&sid, &Default::default(), &mut batch, now)?;
@@ -179,11 +250,13 @@ impl Vault {
                 granted,
                 time_ms: now,
                 principal: ctx.principal.to_string(),
+                source,
+                signal: None,
             };
             batch.put(
                 Cf::Consent,
                 subject_key(&sid, purpose.as_str()),
-                self.seal_consent(&sid, purpose, &record),
+                self.seal_consent(&sid, purpose.as_str(), &record),
             );
             let outcome = if granted {
                 FieldOutcome::Granted
@@ -203,19 +276,107 @@ impl Vault {
         Ok(time)
     }
 
-    /// The consents recorded for `subject`.
+    /// Records an opt-out signal of `subject`: a withdrawal, from `source` (by default the
+    /// signal's own), of every purpose the catalog marks as covered by it and of their children,
+    /// and the signal itself, which policies see as `context.signals`. Authorized as a
+    /// `consent_write` of each purpose it withdraws. Returns when it was recorded and what it
+    /// withdrew.
+    pub fn record_signal(
+        &self,
+        ctx: &CallContext,
+        subject: &SubjectId,
+        signal: OptOutSignal,
+        source: Option<ConsentSource>,
+    ) -> Result<(String, Vec<Purpose>), VaultError> {
+        let policies = self.policies();
+        let mut event = self.event(ctx, Action::RecordSignal, None, &policies);
+        event.detail = Some(Detail::Signal(signal));
+        let _writer = self.lock_subject(&self.keyring.index().sid(subject))?;
+        let source = source.unwrap_or(signal.default_source());
+        let staged = (|| {
+            let (sid, _) = self.locate(subject, &mut event)?;
+            let covered = policies.catalog().covered_by(signal);
+            let mut decisions = Vec::with_capacity(covered.len());
+            for purpose in &covered {
+                let decision = policies.decide_consent_write(&ctx.principal, purpose);
+                decisions.push(decision.policy_ids.clone());
+                require(decision, "consent_write")?;
+            }
+            let mut batch = Batch::new();
+            let now = self.clock.now_ms();
+            let keys = self.keys_for_write(&sid, &Default::default(), &mut batch, now)?;
+            event.subject = Some(keys.pseudonym);
+            let record = |granted, signal| ConsentRecord {
+                granted,
+                time_ms: now,
+                principal: ctx.principal.to_string(),
+                source,
+                signal,
+            };
+            let name = signal_name(signal);
+            batch.put(
+                Cf::Consent,
+                subject_key(&sid, &name),
+                self.seal_consent(&sid, &name, &record(false, None)),
+            );
+            for (purpose, policy_ids) in covered.iter().zip(decisions) {
+                batch.put(
+                    Cf::Consent,
+                    subject_key(&sid, purpose.as_str()),
+                    self.seal_consent(&sid, purpose.as_str(), &record(false, Some(signal))),
+                );
+                event.fields.push(FieldAudit {
+                    field: purpose.to_string(),
+                    outcome: FieldOutcome::Withdrawn,
+                    policy_ids,
+                });
+            }
+            Ok((batch, (sid, keys, rfc3339(now))))
+        })();
+        let ((sid, keys, time), _) = self.finish(event, staged)?;
+        self.consents.changed();
+        self.keys.publish(sid, Arc::new(keys));
+        Ok((
+            time,
+            policies.catalog().covered_by(signal).into_iter().collect(),
+        ))
+    }
+
+    /// The consents and signals recorded for `subject`.
     pub fn get_consents(
         &self,
         ctx: &CallContext,
         subject: &SubjectId,
-    ) -> Result<Vec<ConsentState>, VaultError> {
+    ) -> Result<(Vec<ConsentState>, Vec<SignalState>), VaultError> {
         let policies = self.policies();
         let mut event = self.event(ctx, Action::ConsentRead, None, &policies);
         let result = (|| {
             let (sid, _) = self.locate(subject, &mut event)?;
             require(policies.decide_consent_read(&ctx.principal), "consent_read")?;
-            Ok((Batch::new(), self.consents_of(&sid)?))
+            let entries = self.consent_entries(&sid)?;
+            Ok((Batch::new(), (entries.consents, entries.signals)))
         })();
         self.finish(event, result).map(|(c, _)| c)
     }
+}
+
+/// The signal whose withdrawal decides `purpose` among `recorded` consents, if one does: the
+/// record of the purpose itself, or else of its nearest ancestor with a record, as the precedence
+/// rule reads them.
+fn signal_withdrawal(
+    catalog: &crate::catalog::Catalog,
+    recorded: &[ConsentState],
+    purpose: &Purpose,
+) -> Option<OptOutSignal> {
+    let parents: std::collections::BTreeMap<&Purpose, Option<&Purpose>> =
+        catalog.purposes().collect();
+    let mut current = Some(purpose);
+    for _ in 0..=parents.len() {
+        let p = current?;
+        if let Some(record) = recorded.iter().find(|c| &c.purpose == p) {
+            return (!record.granted).then_some(record.signal).flatten();
+        }
+        current = parents.get(p).copied().flatten();
+    }
+    None
 }

@@ -1,4 +1,5 @@
-//! The consents each recently read subject has recorded (purpose, granted), so that a read does
+//! The consents (purpose, granted) and opt-out signals each recently read subject has recorded, so
+//! that a read does
 //! not scan the consent column family. Invalidated by generation: any consent change or subject erasure bumps one
 //! counter once it is committed, and an entry is used only if it was loaded under the current
 //! generation. A read that starts after a withdrawal returned can therefore never see the old
@@ -11,13 +12,19 @@ use std::sync::{Arc, Mutex, PoisonError};
 use lru::LruCache;
 
 use super::VaultError;
-use crate::domain::{Purpose, Sid};
+use crate::domain::{OptOutSignal, Purpose, Sid};
 
-/// A subject's recorded consents: each purpose with whether it is granted.
-pub(super) type Recorded = Arc<[(Purpose, bool)]>;
+/// A subject's recorded consents and signals.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Recorded {
+    /// Each purpose with a record, with whether it is granted.
+    pub purposes: Vec<(Purpose, bool)>,
+    /// The opt-out signals it sent, sorted.
+    pub signals: Vec<OptOutSignal>,
+}
 
 /// The generation an entry was loaded under, and the consents recorded then.
-type Entry = (u64, Recorded);
+type Entry = (u64, Arc<Recorded>);
 
 /// Recorded consents per subject, least recently used evicted first.
 pub(super) struct ConsentCache {
@@ -38,8 +45,8 @@ impl ConsentCache {
     pub fn recorded(
         &self,
         sid: &Sid,
-        load: impl FnOnce() -> Result<Vec<(Purpose, bool)>, VaultError>,
-    ) -> Result<Recorded, VaultError> {
+        load: impl FnOnce() -> Result<Recorded, VaultError>,
+    ) -> Result<Arc<Recorded>, VaultError> {
         // Read before loading: a change committed while loading makes this entry stale at once.
         let generation = self.generation.load(Ordering::Acquire);
         let lock = || self.entries.lock().unwrap_or_else(PoisonError::into_inner);
@@ -48,7 +55,7 @@ impl ConsentCache {
         {
             return Ok(Arc::clone(purposes));
         }
-        let purposes: Recorded = load()?.into();
+        let purposes = Arc::new(load()?);
         lock().put(*sid, (generation, Arc::clone(&purposes)));
         Ok(purposes)
     }
@@ -63,11 +70,14 @@ impl ConsentCache {
 mod tests {
     use super::*;
 
-    fn purposes(names: &[&str]) -> Vec<(Purpose, bool)> {
-        names
-            .iter()
-            .map(|n| (Purpose::new(*n).unwrap(), true))
-            .collect()
+    fn purposes(names: &[&str]) -> Recorded {
+        Recorded {
+            purposes: names
+                .iter()
+                .map(|n| (Purpose::new(*n).unwrap(), true))
+                .collect(),
+            signals: Vec::new(),
+        }
     }
 
     #[test]
@@ -77,13 +87,13 @@ mod tests {
         let first = cache
             .recorded(&sid, || Ok(purposes(&["marketing"])))
             .unwrap();
-        assert_eq!(first.len(), 1);
+        assert_eq!(first.purposes.len(), 1);
         // Cached: the loader is not called.
         let again = cache.recorded(&sid, || panic!("cached")).unwrap();
         assert_eq!(again, first);
         cache.changed();
-        let after = cache.recorded(&sid, || Ok(Vec::new())).unwrap();
-        assert!(after.is_empty());
+        let after = cache.recorded(&sid, || Ok(Recorded::default())).unwrap();
+        assert!(after.purposes.is_empty());
         // A load that raced a change is not served after it.
         cache.changed();
         let racing = cache
@@ -92,7 +102,13 @@ mod tests {
                 Ok(purposes(&["marketing"]))
             })
             .unwrap();
-        assert_eq!(racing.len(), 1);
-        assert!(cache.recorded(&sid, || Ok(Vec::new())).unwrap().is_empty());
+        assert_eq!(racing.purposes.len(), 1);
+        assert!(
+            cache
+                .recorded(&sid, || Ok(Recorded::default()))
+                .unwrap()
+                .purposes
+                .is_empty()
+        );
     }
 }

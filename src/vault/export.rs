@@ -60,6 +60,8 @@ pub struct SubjectExport {
     pub fields: Vec<ExportedField>,
     /// Every recorded consent.
     pub consents: Vec<ConsentState>,
+    /// Every opt-out signal sent.
+    pub signals: Vec<super::SignalState>,
     /// Every audited call about the subject, oldest first.
     pub history: Vec<AccessEvent>,
     /// When the export was made.
@@ -91,7 +93,9 @@ impl Vault {
                 if values > limit {
                     return Err(VaultError::ResponseTooLarge { limit });
                 }
-                export.consents = self.consents_of(&sid)?;
+                let entries = self.consent_entries(&sid)?;
+                export.consents = entries.consents;
+                export.signals = entries.signals;
                 let (history, next) = self.history_of(keys.pseudonym, limit - values)?;
                 export.history = history;
                 export.history_next_seq = next;

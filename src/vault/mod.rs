@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 pub use audit_admin::{HeadMismatch, SignedHead, check_signed_head};
 pub use backup::{STAGING_PREFIX, StagedBackup};
-pub use consent::ConsentState;
+pub use consent::{ConsentState, SignalState};
 pub use epoch::{ROLL_SLICE, RollProgress};
 pub use error::{OpenError, VaultError};
 pub use export::{AccessEvent, ExportedField, SubjectExport};

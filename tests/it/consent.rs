@@ -19,6 +19,7 @@ async fn set(
             subject_id: subject.into(),
             purpose: purpose.into(),
             granted,
+            source: 0,
         })
         .await
         .map(|_| ())

@@ -168,6 +168,7 @@ async fn load(addr: String, round: usize, oracle: Arc<Mutex<Oracle>>, until: Ins
                             subject_id: subject.clone(),
                             purpose: "marketing".into(),
                             granted: n.is_multiple_of(2),
+                            source: 0,
                         })
                         .await;
                     continue;

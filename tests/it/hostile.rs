@@ -115,6 +115,7 @@ async fn send(server: &TestServer, call: &Call) -> Result<(), tonic::Status> {
                 subject_id: s,
                 purpose: p,
                 granted: g,
+                source: 0,
             })
             .await
             .map(drop),

@@ -82,6 +82,7 @@ async fn a_subject_is_found_by_email_under_any_spelling_and_only_by_who_may_read
             subject_id: "cust-2".into(),
             purpose: "marketing".into(),
             granted: true,
+            source: 0,
         })
         .await
         .unwrap();

@@ -26,6 +26,7 @@ mod rectification;
 mod retention;
 mod root_key;
 mod shred;
+mod signals;
 mod subject_rights;
 mod support;
 mod tamper;

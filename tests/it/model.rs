@@ -204,6 +204,7 @@ fn apply(run: &mut Run, model: &mut Model, op: &Op) {
                     &sid(subject),
                     &Purpose::new(MARKETING[purpose]).unwrap(),
                     granted,
+                    privault::domain::ConsentSource::User,
                 )
                 .unwrap();
             model.subjects[subject].consents.insert(purpose, granted);

@@ -163,7 +163,16 @@ fn ropa_prints_the_record_of_processing_as_markdown_and_json() {
     assert!(out.status.success());
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let services = json["services"].as_array().unwrap();
-    assert_eq!(services.len(), 6);
+    assert_eq!(services.len(), 7);
+    let ads = services.iter().find(|s| s["service"] == "ads").unwrap();
+    assert!(
+        ads["reads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["access"] == "view" && r["consent_required"] == true),
+        "{ads}"
+    );
     let checkout = services
         .iter()
         .find(|s| s["service"] == "checkout")

@@ -137,6 +137,7 @@ fn a_subject_whose_last_field_expires_is_shredded_when_the_catalog_says_so() {
         &only_ip,
         &Purpose::new("marketing").unwrap(),
         true,
+        privault::domain::ConsentSource::User,
     )
     .unwrap();
     clock.advance(31 * DAY_MS);
@@ -169,7 +170,7 @@ fn a_subject_whose_last_field_expires_is_shredded_when_the_catalog_says_so() {
             .unwrap()
             .is_empty()
     );
-    assert!(v.get_consents(&account, &only_ip).unwrap().is_empty());
+    assert!(v.get_consents(&account, &only_ip).unwrap().0.is_empty());
     let read = v
         .get(
             &account,

@@ -18,6 +18,7 @@ async fn export_holds_every_field_consent_and_access() {
             subject_id: "cust-1".into(),
             purpose: "marketing".into(),
             granted: true,
+            source: 0,
         })
         .await
         .unwrap();

@@ -185,6 +185,7 @@ async fn a_consent_flipped_or_copied_in_db_is_refused() {
                 subject_id: subject.into(),
                 purpose: "marketing".into(),
                 granted,
+                source: 0,
             })
             .await
             .unwrap();
