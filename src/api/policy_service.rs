@@ -257,6 +257,7 @@ impl pb::policy_admin_server::PolicyAdmin for PolicyAdminService {
                             crate::policy::RecordedConsents {
                                 granted: &consents,
                                 withdrawn: &withdrawn,
+                                ..Default::default()
                             },
                             reason.as_deref(),
                         )

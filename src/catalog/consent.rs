@@ -17,12 +17,18 @@ pub struct EffectiveConsents {
     pub withdrawn: Vec<Purpose>,
     /// The opt-out signals the subject sent (`context.signals`), sorted.
     pub signals: Vec<OptOutSignal>,
+    /// The subject's policy attributes (`context.subject`). Carried with the consents because
+    /// the decisions of a call depend on all of them, and the decision cache keys on this value.
+    pub subject: super::SubjectAttributes,
 }
 
 impl EffectiveConsents {
     /// Whether the subject recorded nothing that applies.
     pub fn is_empty(&self) -> bool {
-        self.granted.is_empty() && self.withdrawn.is_empty() && self.signals.is_empty()
+        self.granted.is_empty()
+            && self.withdrawn.is_empty()
+            && self.signals.is_empty()
+            && self.subject == super::SubjectAttributes::default()
     }
 }
 

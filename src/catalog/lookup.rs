@@ -35,6 +35,7 @@ mod tests {
             key_class: KeyClass::default_class(),
             lookup: true,
             views: Default::default(),
+            policy_attribute: None,
         }
     }
 

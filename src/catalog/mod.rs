@@ -3,6 +3,7 @@
 //! the services with the purposes they are registered for, and the subject lifecycle. Whatever is
 //! not declared here is refused at the edge.
 
+mod attributes;
 mod consent;
 mod lookup;
 pub mod mask;
@@ -17,10 +18,11 @@ use toml::Spanned;
 use crate::clock::Millis;
 use crate::diagnostic::{SourceError, SourceErrors};
 use crate::domain::{FieldName, KeyClass, OptOutSignal, Purpose};
+pub use attributes::{AttributeRules, DEFAULT_MINOR_UNDER, PolicyAttribute, SubjectAttributes};
 pub use consent::EffectiveConsents;
 pub use mask::MaskRule;
 pub use retention::{format_retention, parse_retention};
-pub use view::{Derivation, age, parse_date, utc_date};
+pub use view::{Derivation, age, parse_date, utc_date, utc_midnight_ms};
 
 /// The catalog's file name inside the policy directory.
 pub const CATALOG_FILE: &str = "catalog.toml";
@@ -40,12 +42,15 @@ pub struct FieldSpec {
     pub lookup: bool,
     /// The field's derived views, by view name.
     pub views: BTreeMap<String, Derivation>,
+    /// What the field tells the policies about its subject (`context.subject.<attribute>`).
+    pub policy_attribute: Option<PolicyAttribute>,
 }
 
 impl FieldSpec {
     /// Whether the field's values must be `YYYY-MM-DD` dates, because a view derives from them.
     pub fn holds_dates(&self) -> bool {
         self.views.values().any(|d| d.needs_date())
+            || self.policy_attribute == Some(PolicyAttribute::Minor)
     }
 }
 
@@ -70,6 +75,7 @@ pub struct Catalog {
     fields: BTreeMap<FieldName, FieldSpec>,
     services: BTreeMap<String, BTreeSet<Purpose>>,
     shred_when_empty: bool,
+    attribute_rules: AttributeRules,
 }
 
 #[derive(Deserialize)]
@@ -83,6 +89,9 @@ struct RawCatalog {
     services: BTreeMap<Spanned<String>, RawService>,
     #[serde(default)]
     subjects: RawSubjects,
+    /// Region name → the country codes in it, for `policy_attribute = "region"`.
+    #[serde(default)]
+    regions: BTreeMap<Spanned<String>, Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -99,6 +108,7 @@ struct RawService {
 struct RawSubjects {
     #[serde(default)]
     shred_when_empty: bool,
+    minor_under: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -125,6 +135,7 @@ struct RawField {
     lookup: bool,
     #[serde(default)]
     views: BTreeMap<Spanned<String>, Spanned<String>>,
+    policy_attribute: Option<Spanned<String>>,
 }
 
 impl Catalog {
@@ -234,8 +245,63 @@ impl Catalog {
             }
             services.insert(name.get_ref().clone(), registered);
         }
+        let mut attribute_rules = AttributeRules::default();
+        if let Some(n) = &raw.subjects.minor_under {
+            match i16::try_from(*n.get_ref()) {
+                Ok(age) if (1..=25).contains(&age) => attribute_rules.minor_under = age,
+                _ => errors.push(at(
+                    n.span(),
+                    "minor_under is an age from 1 to 25".to_owned(),
+                )),
+            }
+        }
+        for (region, countries) in &raw.regions {
+            if !crate::domain::is_plain_name(region.get_ref()) {
+                errors.push(at(
+                    region.span(),
+                    format!(
+                        "region `{}` is not a valid name ([a-z][a-z0-9_]*)",
+                        region.get_ref()
+                    ),
+                ));
+            }
+            for country in countries {
+                let code = country.get_ref().trim().to_uppercase();
+                if let Some(other) = attribute_rules
+                    .regions
+                    .insert(code.clone(), region.get_ref().clone())
+                {
+                    errors.push(at(
+                        country.span(),
+                        format!("country `{code}` is in region `{other}` already"),
+                    ));
+                }
+            }
+        }
+        let mut seen = BTreeMap::new();
+        for (name, spec) in &fields {
+            if let Some(attribute) = spec.policy_attribute
+                && let Some(first) = seen.insert(attribute, name.clone())
+            {
+                errors.push(SourceError::in_file(
+                    file,
+                    format!(
+                        "fields `{first}` and `{name}` both give policy attribute `{}`",
+                        attribute.name()
+                    ),
+                ));
+            }
+        }
+        if seen.contains_key(&PolicyAttribute::Region) && attribute_rules.regions.is_empty() {
+            errors.push(SourceError::in_file(
+                file,
+                "policy attribute `region` needs a [regions] table (region = [country codes])"
+                    .to_owned(),
+            ));
+        }
         if errors.is_empty() {
             Ok(Self {
+                attribute_rules,
                 purposes,
                 marks,
                 fields,
@@ -310,6 +376,20 @@ impl Catalog {
     /// Every declared service with the purposes it is registered for (GDPR Art. 30).
     pub fn services(&self) -> impl Iterator<Item = (&str, &BTreeSet<Purpose>)> {
         self.services.iter().map(|(s, p)| (s.as_str(), p))
+    }
+
+    /// The fields that give policy attributes, with the attribute each gives.
+    pub fn attribute_fields(
+        &self,
+    ) -> impl Iterator<Item = (&FieldName, &FieldSpec, PolicyAttribute)> {
+        self.fields
+            .iter()
+            .filter_map(|(f, s)| Some((f, s, s.policy_attribute?)))
+    }
+
+    /// How attributes are derived from their fields' values.
+    pub fn attribute_rules(&self) -> &AttributeRules {
+        &self.attribute_rules
     }
 
     /// Whether a subject left with no stored field is shredded automatically.
@@ -422,6 +502,10 @@ fn parse_field(spec: &RawField) -> Result<FieldSpec, FieldError> {
             Derivation::parse(derivation.get_ref()).map_err(|e| (derivation.span(), e))?;
         views.insert(name.get_ref().clone(), derivation);
     }
+    let policy_attribute = match &spec.policy_attribute {
+        None => None,
+        Some(a) => Some(PolicyAttribute::parse(a.get_ref()).map_err(|e| (a.span(), e))?),
+    };
     Ok(FieldSpec {
         category: category.clone(),
         mask,
@@ -429,6 +513,7 @@ fn parse_field(spec: &RawField) -> Result<FieldSpec, FieldError> {
         key_class,
         lookup: spec.lookup,
         views,
+        policy_attribute,
     })
 }
 

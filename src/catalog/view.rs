@@ -90,6 +90,13 @@ pub fn utc_date(now_ms: crate::clock::Millis) -> Date {
         .unwrap_or(Date::ZERO)
 }
 
+/// The milliseconds since the epoch at the start of `date`, UTC (saturating).
+pub fn utc_midnight_ms(date: Date) -> crate::clock::Millis {
+    date.to_zoned_datetime(jiff::tz::TimeZone::UTC)
+        .map(|z| z.timestamp().as_millisecond().max(0) as crate::clock::Millis)
+        .unwrap_or(crate::clock::Millis::MAX)
+}
+
 /// A stored date, strictly `YYYY-MM-DD`.
 pub fn parse_date(value: &str) -> Option<Date> {
     let bytes = value.as_bytes();

@@ -86,6 +86,7 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
                 privault::policy::RecordedConsents {
                     granted: &consents,
                     withdrawn: &withdrawn,
+                    ..Default::default()
                 },
                 reason.as_deref(),
             )
@@ -256,6 +257,7 @@ fn masked_of(request: &AccessRequest, decision: &Decision) -> Option<AccessReque
             purpose,
             consents,
             withdrawn,
+            subject,
         } if !decision.allowed => Some(AccessRequest::Field {
             principal: principal.clone(),
             action: privault::policy::FieldAction::ReadMasked,
@@ -263,6 +265,7 @@ fn masked_of(request: &AccessRequest, decision: &Decision) -> Option<AccessReque
             purpose: purpose.clone(),
             consents: consents.clone(),
             withdrawn: withdrawn.clone(),
+            subject: subject.clone(),
         }),
         _ => None,
     }

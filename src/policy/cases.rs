@@ -33,9 +33,19 @@ struct RawCase {
     consents: Vec<String>,
     #[serde(default)]
     withdrawn: Vec<String>,
+    /// The subject's policy attributes: `{ region = "eu", minor = true }`, each optional.
+    #[serde(default)]
+    subject: RawSubject,
     reason: Option<String>,
     expect: Expect,
     policies: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSubject {
+    region: Option<String>,
+    minor: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -135,6 +145,10 @@ pub fn load_cases(dir: &Path, policies: &Policies) -> Result<Vec<TestCase>, Poli
                 crate::policy::RecordedConsents {
                     granted: &raw.consents,
                     withdrawn: &raw.withdrawn,
+                    subject: crate::catalog::SubjectAttributes {
+                        region: raw.subject.region.clone(),
+                        minor: raw.subject.minor,
+                    },
                 },
                 raw.reason.as_deref(),
             ) {

@@ -179,6 +179,23 @@ impl FieldContext {
                 if self.attrs.withdrawn {
                     pairs.push(("withdrawn".to_owned(), set(&self.consents.withdrawn)?));
                 }
+                if self.attrs.subject {
+                    let attrs = &self.consents.subject;
+                    let mut record = Vec::new();
+                    if let Some(region) = &attrs.region {
+                        record.push((
+                            "region".to_owned(),
+                            RestrictedExpression::new_string(region.clone()),
+                        ));
+                    }
+                    if let Some(minor) = attrs.minor {
+                        record.push(("minor".to_owned(), RestrictedExpression::new_bool(minor)));
+                    }
+                    pairs.push((
+                        "subject".to_owned(),
+                        RestrictedExpression::new_record(record).map_err(|e| e.to_string())?,
+                    ));
+                }
                 if self.attrs.signals {
                     let names = self
                         .consents
@@ -201,18 +218,25 @@ pub(super) struct ContextAttrs {
     pub withdrawn: bool,
     /// `signals: Set<String>`.
     pub signals: bool,
+    /// `subject: { region?: String, minor?: Bool }`.
+    pub subject: bool,
 }
 
 impl ContextAttrs {
     /// What `schema` declares: the widest context it accepts.
     pub fn declared_by(schema: &cedar_policy::Schema, catalog: &crate::catalog::Catalog) -> Self {
-        [(true, true), (true, false), (false, true), (false, false)]
-            .into_iter()
-            .map(|(withdrawn, signals)| ContextAttrs { withdrawn, signals })
+        // Widest first: every attribute, then each one dropped in turn, down to none.
+        (0..8u8)
+            .map(|dropped| ContextAttrs {
+                withdrawn: dropped & 1 == 0,
+                signals: dropped & 2 == 0,
+                subject: dropped & 4 == 0,
+            })
             .find(|attrs| schema_accepts(schema, catalog, *attrs))
             .unwrap_or(ContextAttrs {
                 withdrawn: false,
                 signals: false,
+                subject: false,
             })
     }
 }

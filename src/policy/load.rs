@@ -171,6 +171,13 @@ impl Policies {
             })
         };
         let context_attrs = decide::ContextAttrs::declared_by(&schema, &catalog);
+        if !context_attrs.subject {
+            tracing::warn!(
+                "the schema's read context has no `subject`: policies cannot see subject \
+                 attributes (declare `subject: SubjectAttributes` in the field context, as the \
+                 shipped schema does)"
+            );
+        }
         if !context_attrs.signals {
             tracing::warn!(
                 "the schema's read context has no `signals`: policies cannot see opt-out signals \

@@ -4,6 +4,7 @@
 use std::fmt;
 
 use super::{AdminAction, Decision, FieldAction, Policies};
+use crate::catalog::SubjectAttributes;
 use crate::domain::{FieldName, Principal, Purpose};
 
 /// One request to decide.
@@ -23,6 +24,8 @@ pub enum AccessRequest {
         consents: Vec<Purpose>,
         /// The purposes the subject recorded a withdrawal for.
         withdrawn: Vec<Purpose>,
+        /// The subject's policy attributes (`context.subject`).
+        subject: SubjectAttributes,
     },
     /// A policy administration action.
     Admin {
@@ -67,12 +70,14 @@ impl FieldAction {
 
 /// The consents a person states for a request: the purposes the subject recorded a grant for and
 /// those it recorded a withdrawal for (resolved over the hierarchy when the request is decided).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RecordedConsents<'a> {
     /// Purposes granted.
     pub granted: &'a [String],
     /// Purposes withdrawn.
     pub withdrawn: &'a [String],
+    /// The subject's policy attributes.
+    pub subject: SubjectAttributes,
 }
 
 impl AccessRequest {
@@ -89,6 +94,7 @@ impl AccessRequest {
         let RecordedConsents {
             granted: consents,
             withdrawn,
+            subject,
         } = recorded;
         let principal = Principal::parse_uid(principal).map_err(|e| e.0)?;
         let admin = match action {
@@ -166,6 +172,7 @@ impl AccessRequest {
                 .iter()
                 .map(|c| declared(c))
                 .collect::<Result<_, _>>()?,
+            subject,
         })
     }
 }
@@ -180,6 +187,7 @@ impl fmt::Display for AccessRequest {
                 purpose,
                 consents,
                 withdrawn,
+                subject,
             } => {
                 fn names(l: &[Purpose]) -> Vec<&str> {
                     l.iter().map(Purpose::as_str).collect()
@@ -192,6 +200,12 @@ impl fmt::Display for AccessRequest {
                 )?;
                 if !withdrawn.is_empty() {
                     write!(f, ", withdrawn: [{}]", names(withdrawn).join(", "))?;
+                }
+                if let Some(region) = &subject.region {
+                    write!(f, ", region: {region}")?;
+                }
+                if let Some(minor) = subject.minor {
+                    write!(f, ", minor: {minor}")?;
                 }
                 f.write_str(")")
             }
@@ -223,12 +237,14 @@ impl Policies {
                 purpose,
                 consents,
                 withdrawn,
+                subject,
             } => {
                 let records = consents
                     .iter()
                     .map(|p| (p, true))
                     .chain(withdrawn.iter().map(|p| (p, false)));
-                let effective = self.catalog().resolve_consents(records);
+                let mut effective = self.catalog().resolve_consents(records);
+                effective.subject = subject.clone();
                 self.evaluate_field(
                     principal,
                     *action,

@@ -5,9 +5,13 @@
 use std::sync::Arc;
 
 use super::consent_cache::Recorded;
+use super::keys::{StaleKeys, decode_field};
 use super::{CallContext, Vault, VaultError, require};
 use crate::audit::{Action, Detail, FieldAudit, FieldOutcome};
-use crate::catalog::EffectiveConsents;
+use crate::catalog::{
+    EffectiveConsents, PolicyAttribute, SubjectAttributes, utc_date, utc_midnight_ms,
+};
+use crate::clock::Millis;
 use crate::clock::rfc3339;
 use crate::crypto::RecordKind;
 use crate::domain::{ConsentSource, OptOutSignal, Purpose, Sid, SubjectId};
@@ -188,10 +192,12 @@ impl Vault {
         sid: &Sid,
         policies: &Policies,
     ) -> Result<EffectiveConsents, VaultError> {
-        let recorded = self.consents.recorded(sid, || {
+        let now = self.clock.now_ms();
+        let recorded = self.consents.recorded(sid, now, || {
             let entries = self.consent_entries(sid)?;
             let mut signals: Vec<OptOutSignal> = entries.signals.iter().map(|s| s.signal).collect();
             signals.sort();
+            let (subject, valid_until) = self.subject_attributes(sid, policies, now)?;
             Ok(Recorded {
                 purposes: entries
                     .consents
@@ -199,13 +205,72 @@ impl Vault {
                     .map(|c| (c.purpose, c.granted))
                     .collect(),
                 signals,
+                subject,
+                valid_until,
             })
         })?;
         let mut effective = policies
             .catalog()
             .resolve_consents(recorded.purposes.iter().map(|(p, g)| (p, *g)));
         effective.signals = recorded.signals.clone();
+        effective.subject = recorded.subject.clone();
         Ok(effective)
+    }
+
+    /// The subject's policy attributes, from the catalog's `policy_attribute` fields decrypted
+    /// here (the values go no further than the derivation), and until when they hold without a
+    /// write: the first retention expiry among those fields, or a minor's coming of age.
+    fn subject_attributes(
+        &self,
+        sid: &Sid,
+        policies: &Policies,
+        now: Millis,
+    ) -> Result<(SubjectAttributes, Option<Millis>), VaultError> {
+        let catalog = policies.catalog();
+        let fields: Vec<_> = catalog.attribute_fields().collect();
+        if fields.is_empty() {
+            return Ok(Default::default());
+        }
+        let Some(keys) = self.subject_keys(sid)? else {
+            return Ok(Default::default());
+        };
+        let storage_keys: Vec<Vec<u8>> = fields
+            .iter()
+            .map(|(field, ..)| subject_key(sid, field.as_str()))
+            .collect();
+        let request: Vec<&[u8]> = storage_keys.iter().map(Vec::as_slice).collect();
+        let rules = catalog.attribute_rules();
+        let today = utc_date(now);
+        self.with_current_keys(sid, Some(keys), |keys| {
+            let mut out = SubjectAttributes::default();
+            let mut until: Option<Millis> = None;
+            let Some(keys) = keys else {
+                return Ok(Ok((out, until)));
+            };
+            let mut sooner = |t: Millis| until = Some(until.map_or(t, |u| u.min(t)));
+            let values = self.store.multi_get(Cf::Fields, &request)?;
+            for ((field, spec, attribute), value) in fields.iter().zip(values) {
+                let Some(bytes) = value else { continue };
+                let record = decode_field(&bytes)?;
+                if record.is_expired(now) {
+                    continue;
+                }
+                if let Some(expires) = record.expires_ms {
+                    sooner(expires);
+                }
+                let Some(text) = keys.open_record(sid, field, &spec.key_class, &record)? else {
+                    return Ok(Err(StaleKeys));
+                };
+                rules.derive(*attribute, &text, today, &mut out);
+                if *attribute == PolicyAttribute::Minor
+                    && out.minor == Some(true)
+                    && let Some(adult) = rules.adult_from(&text)
+                {
+                    sooner(utc_midnight_ms(adult));
+                }
+            }
+            Ok(Ok((out, until)))
+        })
     }
 
     /// Records `subject`'s consent to `purpose` (or its withdrawal), from `source`. Returns when

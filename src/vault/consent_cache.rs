@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use lru::LruCache;
 
 use super::VaultError;
+use crate::catalog::SubjectAttributes;
+use crate::clock::Millis;
 use crate::domain::{OptOutSignal, Purpose, Sid};
 
 /// A subject's recorded consents and signals.
@@ -21,6 +23,11 @@ pub(super) struct Recorded {
     pub purposes: Vec<(Purpose, bool)>,
     /// The opt-out signals it sent, sorted.
     pub signals: Vec<OptOutSignal>,
+    /// Its policy attributes.
+    pub subject: SubjectAttributes,
+    /// When the attributes may change with no write (a retention expiry, a minor's birthday):
+    /// the entry is loaded again from then on.
+    pub valid_until: Option<Millis>,
 }
 
 /// The generation an entry was loaded under, and the consents recorded then.
@@ -45,6 +52,7 @@ impl ConsentCache {
     pub fn recorded(
         &self,
         sid: &Sid,
+        now: Millis,
         load: impl FnOnce() -> Result<Recorded, VaultError>,
     ) -> Result<Arc<Recorded>, VaultError> {
         // Read before loading: a change committed while loading makes this entry stale at once.
@@ -52,6 +60,7 @@ impl ConsentCache {
         let lock = || self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((loaded_at, purposes)) = lock().get(sid)
             && *loaded_at == generation
+            && purposes.valid_until.is_none_or(|until| now < until)
         {
             return Ok(Arc::clone(purposes));
         }
@@ -77,6 +86,7 @@ mod tests {
                 .map(|n| (Purpose::new(*n).unwrap(), true))
                 .collect(),
             signals: Vec::new(),
+            ..Recorded::default()
         }
     }
 
@@ -85,19 +95,19 @@ mod tests {
         let cache = ConsentCache::new(4);
         let sid = Sid([1; 32]);
         let first = cache
-            .recorded(&sid, || Ok(purposes(&["marketing"])))
+            .recorded(&sid, 0, || Ok(purposes(&["marketing"])))
             .unwrap();
         assert_eq!(first.purposes.len(), 1);
         // Cached: the loader is not called.
-        let again = cache.recorded(&sid, || panic!("cached")).unwrap();
+        let again = cache.recorded(&sid, 0, || panic!("cached")).unwrap();
         assert_eq!(again, first);
         cache.changed();
-        let after = cache.recorded(&sid, || Ok(Recorded::default())).unwrap();
+        let after = cache.recorded(&sid, 0, || Ok(Recorded::default())).unwrap();
         assert!(after.purposes.is_empty());
         // A load that raced a change is not served after it.
         cache.changed();
         let racing = cache
-            .recorded(&sid, || {
+            .recorded(&sid, 0, || {
                 cache.changed();
                 Ok(purposes(&["marketing"]))
             })
@@ -105,7 +115,7 @@ mod tests {
         assert_eq!(racing.purposes.len(), 1);
         assert!(
             cache
-                .recorded(&sid, || Ok(Recorded::default()))
+                .recorded(&sid, 0, || Ok(Recorded::default()))
                 .unwrap()
                 .purposes
                 .is_empty()

@@ -294,6 +294,8 @@ impl Vault {
             Ok(mut active) => *active = set,
             Err(poisoned) => *poisoned.into_inner() = set,
         }
+        // Cached subject attributes were derived by the old catalog's rules.
+        self.consents.changed();
     }
 
     fn system_event(&self, action: Action) -> AuditEvent {

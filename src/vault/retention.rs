@@ -171,6 +171,7 @@ impl Vault {
                 keys,
             }),
         )?;
+        self.attributes_changed(&policies, &removed);
         Ok(count)
     }
 }

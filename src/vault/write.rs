@@ -66,7 +66,22 @@ impl Vault {
         let mut event = self.event(ctx, Action::Write, Some(purpose), &policies);
         let _writer = self.lock_subject(&self.keyring.index().sid(subject))?;
         let staged = self.put_inner(ctx, &policies, subject, purpose, &fields, &mut event);
-        self.finish_staged(event, staged)
+        let written = self.finish_staged(event, staged)?;
+        self.attributes_changed(&policies, &written);
+        Ok(written)
+    }
+
+    /// After a committed change of `fields`: a field that gives a policy attribute makes every
+    /// cached attribute stale (they are cached with the consents).
+    pub(super) fn attributes_changed(&self, policies: &Policies, fields: &[FieldName]) {
+        let catalog = policies.catalog();
+        if fields.iter().any(|f| {
+            catalog
+                .field(f)
+                .is_some_and(|s| s.policy_attribute.is_some())
+        }) {
+            self.consents.changed();
+        }
     }
 
     fn put_inner(
@@ -212,7 +227,9 @@ impl Vault {
         let mut event = self.event(ctx, Action::Delete, Some(purpose), &policies);
         let _writer = self.lock_subject(&self.keyring.index().sid(subject))?;
         let staged = self.delete_inner(ctx, &policies, subject, purpose, fields, &mut event);
-        self.finish_staged(event, staged)
+        let deleted = self.finish_staged(event, staged)?;
+        self.attributes_changed(&policies, &deleted);
+        Ok(deleted)
     }
 
     fn delete_inner(

@@ -27,6 +27,7 @@ mod retention;
 mod root_key;
 mod shred;
 mod signals;
+mod subject_attributes;
 mod subject_rights;
 mod support;
 mod tamper;
