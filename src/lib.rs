@@ -18,5 +18,6 @@ pub mod keyring;
 pub mod ledger;
 pub mod metrics;
 pub mod policy;
+pub mod receipt;
 pub mod store;
 pub mod vault;

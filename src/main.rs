@@ -54,6 +54,9 @@ enum Command {
     /// Bearer tokens for the token identity mode.
     #[command(subcommand)]
     Token(cli::token::TokenCommand),
+    /// Erasure receipts: verify one offline.
+    #[command(subcommand)]
+    Receipt(cli::receipt::ReceiptCommand),
     /// Print the record of processing (GDPR Art. 30) derived from catalog and policies.
     Ropa(cli::ropa::RopaArgs),
     /// Print a shell completion script (e.g. `privault completions bash > /etc/bash_completion.d/privault`).
@@ -104,6 +107,7 @@ fn main() -> ExitCode {
         Command::Audit(command) => cli::audit::run(command),
         Command::Export(args) => cli::export::run(args),
         Command::Ropa(args) => cli::ropa::run(args),
+        Command::Receipt(command) => cli::receipt::run(command),
         Command::Token(command) => cli::token::run(command),
         Command::Bench(args) => cli::bench::run(args),
         Command::Keys(command) => cli::keys::run(command),

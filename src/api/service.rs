@@ -109,6 +109,25 @@ impl pb::vault_server::Vault for VaultService {
                     existed: outcome.existed,
                     purged: outcome.purged,
                     audit_seq: outcome.audit_seq,
+                    receipt_id: outcome.receipt.body.receipt_id.clone(),
+                    receipt: outcome.receipt.to_json(),
+                },
+            )
+            .await
+    }
+
+    async fn get_erasure_receipt(
+        &self,
+        request: Request<pb::GetErasureReceiptRequest>,
+    ) -> Result<Response<pb::GetErasureReceiptResponse>, Status> {
+        let ctx = self.edge.context(&request, Action::ReceiptGet).await?;
+        let pb::GetErasureReceiptRequest { receipt_id } = request.into_inner();
+        self.edge
+            .run(
+                ctx,
+                move |vault, ctx| vault.get_erasure_receipt(ctx, &receipt_id),
+                |receipt| pb::GetErasureReceiptResponse {
+                    receipt: receipt.to_json(),
                 },
             )
             .await

@@ -102,6 +102,8 @@ pub enum Action {
     Backup = 36,
     /// `Vault/RecordSignal`: an opt-out signal and the withdrawals it made.
     RecordSignal = 37,
+    /// `Vault/GetErasureReceipt`.
+    ReceiptGet = 38,
 }
 
 /// How a call ended.

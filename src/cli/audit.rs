@@ -108,6 +108,15 @@ pub enum AuditCommand {
         #[command(flatten)]
         root: super::root::RootArgs,
     },
+    /// Print the audit public key (Ed25519, hex): what signed heads, segment checkpoints and
+    /// erasure receipts verify against. Publish it; it is not a secret.
+    PublicKey {
+        /// The vault's data directory.
+        #[arg(long, env = "PRIVAULT_DATA_DIR", default_value = "./privault-data")]
+        data_dir: PathBuf,
+        #[command(flatten)]
+        root: super::root::RootArgs,
+    },
     /// Follow a running vault's log (JSON Lines on stdout, the export keys): every record from
     /// --from-seq on, then each new one; reconnects after a disconnect and resumes where it was,
     /// so that every record is printed exactly once.
@@ -280,6 +289,16 @@ pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
                     Some(n) => f.from_seq = n,
                     None => break,
                 }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::PublicKey { data_dir, root } => {
+            let keyring = open_keyring(&offline_config(&data_dir, &root)?)?;
+            let key = hex::encode(keyring.audit_signer().public_key());
+            if super::json() {
+                super::print_json(&serde_json::json!({ "public_key": key }))?;
+            } else {
+                println!("{key}");
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -8,6 +8,7 @@ pub mod hardening;
 pub mod keys;
 pub mod policy;
 pub mod progress;
+pub mod receipt;
 pub mod remote;
 pub mod root;
 pub mod ropa;

@@ -52,10 +52,27 @@ impl AuditSigner {
             .to_bytes()
     }
 
+    /// Signs `message`, which must start with its own domain label (an erasure receipt's).
+    pub(crate) fn sign_message(&self, message: &[u8]) -> [u8; 64] {
+        self.key.sign(message).to_bytes()
+    }
+
     /// Signs the head `(seq, hash)` of the log of keyring `keyring_id`.
     pub fn sign_head(&self, keyring_id: &[u8; 16], seq: u64, hash: &[u8; 32]) -> [u8; 64] {
         self.key.sign(&message(keyring_id, seq, hash)).to_bytes()
     }
+}
+
+/// Checks a signature made by [`AuditSigner::sign_message`] against a public key.
+pub(crate) fn verify_message(
+    public_key: &[u8; 32],
+    message: &[u8],
+    signature: &[u8; 64],
+) -> Result<(), CryptoError> {
+    let key = VerifyingKey::from_bytes(public_key)
+        .map_err(|_| CryptoError::MalformedKey("not an Ed25519 public key"))?;
+    key.verify(message, &Signature::from_bytes(signature))
+        .map_err(|_| CryptoError::Open)
 }
 
 /// Checks a head signature against a public key.

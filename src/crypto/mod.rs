@@ -13,6 +13,7 @@ pub mod root;
 pub mod secret;
 
 pub use aead::GCM_TAG_LEN;
+pub(crate) use audit_sign::verify_message;
 pub use audit_sign::{AuditSigner, verify_checkpoint, verify_head};
 pub use dek::{DekCipher, Kek, SubjectSecret, WrappedDek};
 pub use field::{FieldTimes, Sealed};

@@ -18,6 +18,7 @@ mod pseudonym;
 mod purge;
 mod quarantine;
 mod read;
+mod receipt;
 mod rekey;
 mod retention;
 mod shred;

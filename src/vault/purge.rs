@@ -133,6 +133,11 @@ impl Vault {
         Ok(done)
     }
 
+    /// Whether `sid`'s erasure still waits for its physical purge.
+    pub(super) fn purge_pending(&self, sid: &Sid) -> Result<bool, VaultError> {
+        Ok(self.store.get(Cf::Meta, &pending_key(sid))?.is_some())
+    }
+
     /// How many erasures still wait for their physical purge.
     pub fn pending_purges(&self) -> Result<usize, VaultError> {
         Ok(self.store.scan_prefix(Cf::Meta, PREFIX)?.len())

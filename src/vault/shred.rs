@@ -2,10 +2,12 @@
 //! fields, consents and lookup entries and writes a shred receipt and the audit record; then the cached keys are evicted and
 //! the bytes are purged from the live store (flush, forced bottommost compaction, no WAL left).
 
+use super::receipt::new_receipt_id;
 use super::{CallContext, OpenError, Vault, VaultError, require};
 use crate::audit::{Action, AuditEvent};
 use crate::domain::{Sid, SubjectId};
 use crate::policy::Policies;
+use crate::receipt::SignedReceipt;
 use crate::store::records::ShredReceipt;
 use crate::store::{Batch, Cf};
 
@@ -16,7 +18,7 @@ const SUBJECT_CFS: [Cf; 3] = [Cf::Keys, Cf::Fields, Cf::Consent];
 pub(super) type Erased = (bool, Vec<(Cf, Vec<u8>)>);
 
 /// What a shred did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShredOutcome {
     /// The subject had keys or data before the shred.
     pub existed: bool,
@@ -24,6 +26,8 @@ pub struct ShredOutcome {
     pub purged: bool,
     /// The audit record of the shred.
     pub audit_seq: u64,
+    /// The signed erasure receipt.
+    pub receipt: SignedReceipt,
 }
 
 impl Vault {
@@ -37,20 +41,29 @@ impl Vault {
         let policies = self.policies();
         let mut event = self.event(ctx, Action::Shred, None, &policies);
         let sid = self.keyring.index().sid(subject);
-        let committed = {
+        let receipt_id = new_receipt_id()?;
+        let (existed, audit_seq, record) = {
             let _writer = self.lock_subject(&sid)?;
-            let staged = self.stage_shred(ctx, &policies, &sid, reason, &mut event);
-            let ((existed, _), audit_seq) = self.finish(event, staged)?;
+            let staged = self
+                .stage_shred(ctx, &policies, &sid, reason, &mut event)
+                .and_then(|(mut batch, erased)| {
+                    let now = self.clock.now_ms();
+                    let record = self.stage_erasure_record(&receipt_id, &sid, now, &mut batch)?;
+                    Ok((batch, (erased, record)))
+                });
+            let (((existed, _), record), audit_seq) = self.finish(event, staged)?;
             // The key is gone from disk; drop the unwrapped copy too, before anyone can use it.
             self.forget_subject(&sid);
-            (existed, audit_seq)
+            (existed, audit_seq, record)
         };
         crate::metrics::metrics().shreds.inc();
         let purged = self.finish_purge(&sid);
+        let receipt = self.issue_receipt(&receipt_id, record, audit_seq)?;
         Ok(ShredOutcome {
-            existed: committed.0,
+            existed,
             purged,
-            audit_seq: committed.1,
+            audit_seq,
+            receipt,
         })
     }
 

@@ -22,6 +22,7 @@ mod outcomes;
 mod pki;
 mod policy_admin;
 mod policy_cli;
+mod receipts;
 mod rectification;
 mod retention;
 mod root_key;

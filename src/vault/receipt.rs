@@ -1,0 +1,167 @@
+//! Erasure receipts on the vault's side: what a shred erased is recorded in its own batch (under a
+//! random receipt id, in the meta column family), and a receipt signed with the audit key is
+//! issued from it, at the shred and again later with the horizons passed since.
+
+use serde::{Deserialize, Serialize};
+
+use super::{CallContext, Vault, VaultError, require};
+use crate::audit::Action;
+use crate::clock::{Millis, rfc3339};
+use crate::crypto::random_bytes;
+use crate::domain::Sid;
+use crate::policy::AdminAction;
+use crate::receipt::{Horizons, ReceiptBody, SignedReceipt};
+use crate::store::{Batch, Cf};
+
+const PREFIX: &[u8] = b"erasure-receipt/";
+
+/// What a shred erased, kept so that its receipt can be issued again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ErasureRecord {
+    /// The erased subject's sid (hex): only to look up its pending purge; never in a receipt.
+    sid: String,
+    shredded_ms: Millis,
+    classes: Vec<String>,
+    epochs: Vec<u32>,
+    /// The shred's audit seq, set once the shred is committed.
+    #[serde(default)]
+    audit_seq: Option<u64>,
+}
+
+fn record_key(receipt_id: &str) -> Vec<u8> {
+    [PREFIX, receipt_id.as_bytes()].concat()
+}
+
+/// A fresh receipt id: 32 hex digits.
+pub(super) fn new_receipt_id() -> Result<String, VaultError> {
+    let mut id = [0u8; 16];
+    random_bytes(&mut id).map_err(|e| VaultError::Unavailable(e.to_string()))?;
+    Ok(hex::encode(id))
+}
+
+impl Vault {
+    /// Stages the record of an erasure of `sid` into its batch: the key classes and epochs of
+    /// the DEKs it destroys.
+    pub(super) fn stage_erasure_record(
+        &self,
+        receipt_id: &str,
+        sid: &Sid,
+        now: Millis,
+        batch: &mut Batch,
+    ) -> Result<ErasureRecord, VaultError> {
+        let (classes, mut epochs) = match self.load_keys(sid) {
+            Ok(Some(keys)) => (
+                keys.records.keys().map(ToString::to_string).collect(),
+                keys.records.values().map(|r| r.epoch).collect::<Vec<_>>(),
+            ),
+            // Nothing stored, or keys too damaged to read (a quarantined subject): nothing to
+            // name, and the shred erases what there is all the same.
+            Ok(None) | Err(VaultError::DataLoss(_)) => (Vec::new(), Vec::new()),
+            Err(e) => return Err(e),
+        };
+        epochs.sort_unstable();
+        epochs.dedup();
+        let record = ErasureRecord {
+            sid: hex::encode(sid.0),
+            shredded_ms: now,
+            classes,
+            epochs,
+            audit_seq: None,
+        };
+        self.put_erasure_record(receipt_id, &record, batch)?;
+        Ok(record)
+    }
+
+    fn put_erasure_record(
+        &self,
+        receipt_id: &str,
+        record: &ErasureRecord,
+        batch: &mut Batch,
+    ) -> Result<(), VaultError> {
+        let bytes = serde_json::to_vec(record).map_err(|e| VaultError::Internal(e.to_string()))?;
+        batch.put(Cf::Meta, record_key(receipt_id), bytes);
+        Ok(())
+    }
+
+    /// Once the shred is committed: records its audit seq and issues the receipt.
+    pub(super) fn issue_receipt(
+        &self,
+        receipt_id: &str,
+        mut record: ErasureRecord,
+        audit_seq: u64,
+    ) -> Result<SignedReceipt, VaultError> {
+        record.audit_seq = Some(audit_seq);
+        let mut batch = Batch::new();
+        self.put_erasure_record(receipt_id, &record, &mut batch)?;
+        if let Err(e) = self.store.write(&batch) {
+            // The shred stands; only the later updates of this receipt are lost.
+            tracing::error!(error = %e, "cannot record the erasure receipt's audit seq");
+        }
+        self.sign_receipt(receipt_id, &record)
+    }
+
+    fn sign_receipt(
+        &self,
+        receipt_id: &str,
+        record: &ErasureRecord,
+    ) -> Result<SignedReceipt, VaultError> {
+        let sid = hex::decode(&record.sid)
+            .ok()
+            .and_then(|s| <[u8; 32]>::try_from(s).ok())
+            .map(Sid)
+            .ok_or_else(|| VaultError::DataLoss("an erasure record is malformed".into()))?;
+        let horizons = Horizons {
+            keys_destroyed: true,
+            live_store_purged: !self.purge_pending(&sid)?,
+            epochs_destroyed: record.epochs.iter().all(|e| self.keyring.kek(*e).is_none()),
+        };
+        let body = ReceiptBody {
+            version: 1,
+            receipt_id: receipt_id.to_owned(),
+            vault: hex::encode(self.keyring.id()),
+            shredded_at: rfc3339(record.shredded_ms),
+            key_classes_erased: record.classes.clone(),
+            key_classes_kept: Vec::new(),
+            audit_seq: record.audit_seq.unwrap_or(0),
+            epochs: record.epochs.clone(),
+            horizons,
+            issued_at: rfc3339(self.clock.now_ms()),
+        };
+        SignedReceipt::sign(body, self.keyring.audit_signer())
+            .map_err(|e| VaultError::Internal(e.to_string()))
+    }
+
+    /// The erasure receipt `receipt_id`, signed again with the horizons reached by now. Authorized
+    /// as `audit_read`: the DPO and auditors fetch it to hand to the customer.
+    pub fn get_erasure_receipt(
+        &self,
+        ctx: &CallContext,
+        receipt_id: &str,
+    ) -> Result<SignedReceipt, VaultError> {
+        let policies = self.policies();
+        let event = self.event(ctx, Action::ReceiptGet, None, &policies);
+        let result = (|| {
+            require(
+                policies.decide_admin(&ctx.principal, AdminAction::AuditRead),
+                "audit_read",
+            )?;
+            if receipt_id.len() != 32 || !receipt_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(VaultError::InvalidArgument(
+                    "receipt_id is 32 hex digits".into(),
+                ));
+            }
+            let bytes = self
+                .store
+                .get(Cf::Meta, &record_key(&receipt_id.to_ascii_lowercase()))?
+                .ok_or_else(|| VaultError::NotFound("no erasure receipt has this id".into()))?;
+            let record: ErasureRecord = serde_json::from_slice(&bytes)
+                .map_err(|_| VaultError::DataLoss("an erasure record is malformed".into()))?;
+            Ok((
+                Batch::new(),
+                self.sign_receipt(&receipt_id.to_ascii_lowercase(), &record)?,
+            ))
+        })();
+        self.finish(event, result).map(|(r, _)| r)
+    }
+}
