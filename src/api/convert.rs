@@ -228,6 +228,11 @@ impl From<FieldRead> for pb::FieldResult {
                 String::new(),
                 "no value stored".to_owned(),
             ),
+            ReadOutcome::OverBudget => (
+                pb::Outcome::Denied,
+                String::new(),
+                "budget: the caller's read budget of distinct subjects is spent for now".to_owned(),
+            ),
         };
         Self {
             field: field.to_string(),

@@ -200,6 +200,8 @@ pub enum FieldOutcome {
     Granted = 10,
     /// The consent was withdrawn.
     Withdrawn = 11,
+    /// Refused: the service's read budget of distinct subjects is spent for the window.
+    Budget = 12,
 }
 
 /// Names (for JSON views, filters and policies) and stable one-byte codes (for the binary record:

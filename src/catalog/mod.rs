@@ -54,6 +54,37 @@ impl FieldSpec {
     }
 }
 
+/// A service's read budget: at most `subjects` distinct subjects per `window_ms`, per purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadBudget {
+    /// Distinct subjects per window.
+    pub subjects: u64,
+    /// The window.
+    pub window_ms: Millis,
+}
+
+impl ReadBudget {
+    /// Parses `N/<duration>` (`5000/1h`; durations as for retention: s, m, h, d).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "read_budget `{}` is not N/<duration> (e.g. 5000/1h)",
+                text.escape_debug()
+            )
+        };
+        let (n, window) = text.split_once('/').ok_or_else(bad)?;
+        let subjects: u64 = n.trim().parse().map_err(|_| bad())?;
+        if subjects == 0 {
+            return Err(bad());
+        }
+        let window_ms = parse_retention(window.trim()).map_err(|_| bad())?;
+        Ok(Self {
+            subjects,
+            window_ms,
+        })
+    }
+}
+
 /// A field reference resolved against the catalog: the stored field, and the view when the
 /// reference names one.
 #[derive(Debug, Clone, Copy)]
@@ -74,6 +105,7 @@ pub struct Catalog {
     marks: BTreeMap<Purpose, (bool, bool)>,
     fields: BTreeMap<FieldName, FieldSpec>,
     services: BTreeMap<String, BTreeSet<Purpose>>,
+    budgets: BTreeMap<String, ReadBudget>,
     shred_when_empty: bool,
     attribute_rules: AttributeRules,
 }
@@ -98,6 +130,7 @@ struct RawCatalog {
 #[serde(deny_unknown_fields)]
 struct RawService {
     purposes: Vec<Spanned<String>>,
+    read_budget: Option<Spanned<String>>,
     #[serde(default)]
     #[expect(dead_code, reason = "documentation for humans, accepted and ignored")]
     description: Option<String>,
@@ -216,7 +249,16 @@ impl Catalog {
             }
         }
         let mut services = BTreeMap::new();
+        let mut budgets = BTreeMap::new();
         for (name, spec) in &raw.services {
+            if let Some(budget) = &spec.read_budget {
+                match ReadBudget::parse(budget.get_ref()) {
+                    Ok(b) => {
+                        budgets.insert(name.get_ref().clone(), b);
+                    }
+                    Err(e) => errors.push(at(budget.span(), e)),
+                }
+            }
             if !crate::domain::is_plain_name(name.get_ref()) {
                 errors.push(at(
                     name.span(),
@@ -301,6 +343,7 @@ impl Catalog {
         }
         if errors.is_empty() {
             Ok(Self {
+                budgets,
                 attribute_rules,
                 purposes,
                 marks,
@@ -390,6 +433,11 @@ impl Catalog {
     /// How attributes are derived from their fields' values.
     pub fn attribute_rules(&self) -> &AttributeRules {
         &self.attribute_rules
+    }
+
+    /// The read budget of service `name`, if the catalog gives it one.
+    pub fn read_budget(&self, name: &str) -> Option<ReadBudget> {
+        self.budgets.get(name).copied()
     }
 
     /// Whether a subject left with no stored field is shredded automatically.
@@ -613,6 +661,23 @@ mod tests {
         assert_eq!(names(OptOutSignal::Gpc), ["ads", "retargeting"]);
         assert_eq!(names(OptOutSignal::DoNotSell), ["ads", "retargeting"]);
         assert_eq!(names(OptOutSignal::ObjectToProfiling), ["personalization"]);
+    }
+
+    #[test]
+    fn read_budgets_parse_and_bad_ones_point_at_the_value() {
+        assert_eq!(
+            ReadBudget::parse("5000/1h"),
+            Ok(ReadBudget {
+                subjects: 5000,
+                window_ms: 3_600_000
+            })
+        );
+        for bad in ["5000", "0/1h", "x/1h", "10/forever"] {
+            assert!(ReadBudget::parse(bad).is_err(), "{bad}");
+        }
+        let text = "[purposes.p]\n[services.s]\npurposes = [\"p\"]\nread_budget = \"lots\"\n";
+        let err = Catalog::parse("c", text).unwrap_err();
+        assert_eq!(err.0[0].line, 4, "{err}");
     }
 
     #[test]

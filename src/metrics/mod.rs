@@ -75,6 +75,10 @@ pub struct Metrics {
     pub audit_retention_blocked: Gauge,
     /// `privault_shreds_total`.
     pub shreds: Counter,
+    /// `privault_read_budget_denials_total`: subjects refused to a service past its read budget.
+    pub read_budget_denials: Counter,
+    /// `privault_canary_reads_total`: reads of a canary subject.
+    pub canary_reads: Counter,
     /// `privault_purge_duration_seconds`: flushing and compacting shredded data away.
     pub purge_duration: Histogram,
     /// `privault_token_failures_total`: bearer tokens refused.
@@ -187,6 +191,16 @@ impl Metrics {
                 "1 while the audit log is past its retention bound with a segment not archived",
             ),
             shreds: counter(&mut registry, "privault_shreds", "Subjects shredded"),
+            read_budget_denials: counter(
+                &mut registry,
+                "privault_read_budget_denials",
+                "Subject reads refused to a service past its read budget",
+            ),
+            canary_reads: counter(
+                &mut registry,
+                "privault_canary_reads",
+                "Reads of a canary subject (an exfiltration alarm)",
+            ),
             purge_duration: histogram(
                 &mut registry,
                 "privault_purge_duration_seconds",

@@ -18,6 +18,7 @@ mod pseudonym;
 mod purge;
 mod quarantine;
 mod read;
+mod read_budget;
 mod receipt;
 mod rekey;
 mod retention;
@@ -116,6 +117,7 @@ pub struct Vault {
     keys: keys::KeyCache,
     wraps: wraps::WrapCounter,
     consents: consent_cache::ConsentCache,
+    budgets: read_budget::ReadBudgets,
     clock: Arc<dyn Clock>,
     // Changes to one subject (key creation, writes, deletes, consent, shreds, expiry) hold the
     // subject's stripe and `writer` shared, so two calls never create two DEKs for one subject while

@@ -185,6 +185,7 @@ impl Vault {
             keys: KeyCache::new(config.limits.key_cache_subjects),
             wraps,
             consents: ConsentCache::new(config.limits.key_cache_subjects),
+            budgets: Default::default(),
             clock,
             writer: RwLock::new(()),
             stripes: (0..SUBJECT_STRIPES).map(|_| Mutex::new(())).collect(),

@@ -10,7 +10,7 @@ use super::keys::{StaleKeys, SubjectKeys, decode_field};
 use super::{CallContext, Vault, VaultError, field_audit};
 use crate::audit::{Action, AuditEvent, CommitTicket, FieldOutcome, Outcome};
 use crate::catalog::{Resolved, utc_date};
-use crate::domain::{FieldName, Purpose, Sid, SubjectId};
+use crate::domain::{FieldName, PrincipalKind, Purpose, Sid, SubjectId};
 use crate::policy::{Permit, Policies, PolicyIds, ReadDecision};
 use crate::store::keys::subject_key;
 use crate::store::{Batch, Cf};
@@ -26,6 +26,8 @@ pub enum ReadOutcome {
     Denied,
     /// Allowed, but nothing is stored (never written, deleted, expired or shredded).
     Absent,
+    /// Refused before any decision: the caller's read budget of distinct subjects is spent.
+    OverBudget,
 }
 
 /// One field of a read, in request order.
@@ -46,6 +48,7 @@ impl ReadOutcome {
             Self::Masked(_) => FieldOutcome::Masked,
             Self::Denied => FieldOutcome::Denied,
             Self::Absent => FieldOutcome::Absent,
+            Self::OverBudget => FieldOutcome::Budget,
         }
     }
 }
@@ -289,6 +292,22 @@ impl Vault {
         } = *asked;
         let (sid, keys) = self.locate(subject, event)?;
         let specs = self.check_call(policies, purpose, &fields.iter().collect::<Vec<_>>())?;
+        if !self.within_read_budget(ctx, policies, purpose, &sid) {
+            let none = PolicyIds::default();
+            return Ok(fields
+                .iter()
+                .map(|field| {
+                    event
+                        .fields
+                        .push(field_audit(field, FieldOutcome::Budget, &none));
+                    FieldRead {
+                        field: field.clone(),
+                        outcome: ReadOutcome::OverBudget,
+                        policy_ids: none.clone(),
+                    }
+                })
+                .collect());
+        }
         let consents = self.effective_consents(&sid, policies)?;
         event.consents = consents.granted.iter().map(ToString::to_string).collect();
         event.withdrawn = consents.withdrawn.iter().map(ToString::to_string).collect();
@@ -335,6 +354,37 @@ impl Vault {
             });
         }
         Ok(reads)
+    }
+
+    /// Whether the caller's read budget (a service's, from the catalog) admits reading `sid` for
+    /// `purpose` now; a refusal is counted and logged loudly (no subject named).
+    fn within_read_budget(
+        &self,
+        ctx: &CallContext,
+        policies: &Policies,
+        purpose: &Purpose,
+        sid: &Sid,
+    ) -> bool {
+        if ctx.principal.kind() != PrincipalKind::Service {
+            return true;
+        }
+        let Some(budget) = policies.catalog().read_budget(ctx.principal.name()) else {
+            return true;
+        };
+        if self
+            .budgets
+            .admit(&ctx.principal, purpose, sid, budget, self.clock.now_ms())
+        {
+            return true;
+        }
+        crate::metrics::metrics().read_budget_denials.inc();
+        tracing::warn!(
+            principal = %ctx.principal,
+            purpose = %purpose,
+            budget = budget.subjects,
+            "read budget spent: a service read more distinct subjects than its budget allows; refused"
+        );
+        false
     }
 
     /// Reads, opens and masks the permitted fields with one multi-get, and derives the permitted

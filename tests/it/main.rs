@@ -8,6 +8,7 @@ mod audit_log;
 mod audit_segments;
 mod backup;
 mod binary;
+mod budgets;
 mod consent;
 mod crash;
 mod deploy;

@@ -133,6 +133,7 @@ fn read(v: &Vault, principal: &str, subject: usize, purpose: &str, field: &str) 
         ReadOutcome::Absent => Some(None),
         ReadOutcome::Denied => None,
         ReadOutcome::Masked(m) => panic!("unexpected masked read {m}"),
+        ReadOutcome::OverBudget => panic!("the model reads far fewer subjects than any budget"),
     }
 }
 
