@@ -25,6 +25,7 @@ const REDACTED_DEBUG: &[&str] = &[
     "privault.v1.FindSubjectRequest",
     "privault.v1.FindSubjectResponse",
     "privault.v1.RotateSubjectKeyRequest",
+    "privault.v1.AddCanaryRequest",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -54,6 +54,9 @@ enum Command {
     /// Bearer tokens for the token identity mode.
     #[command(subcommand)]
     Token(cli::token::TokenCommand),
+    /// Canary subjects: mark a decoy whose every read raises the alarm.
+    #[command(subcommand)]
+    Canary(cli::canary::CanaryCommand),
     /// Erasure receipts: verify one offline.
     #[command(subcommand)]
     Receipt(cli::receipt::ReceiptCommand),
@@ -108,6 +111,7 @@ fn main() -> ExitCode {
         Command::Export(args) => cli::export::run(args),
         Command::Ropa(args) => cli::ropa::run(args),
         Command::Receipt(command) => cli::receipt::run(command),
+        Command::Canary(command) => cli::canary::run(command),
         Command::Token(command) => cli::token::run(command),
         Command::Bench(args) => cli::bench::run(args),
         Command::Keys(command) => cli::keys::run(command),

@@ -181,6 +181,14 @@ impl fmt::Debug for pb::RotateSubjectKeyRequest {
     }
 }
 
+impl fmt::Debug for pb::AddCanaryRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AddCanaryRequest")
+            .field("subject_id", &REDACTED)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

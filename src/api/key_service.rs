@@ -90,6 +90,22 @@ impl pb::key_admin_server::KeyAdmin for KeyService {
             .await
     }
 
+    async fn add_canary(
+        &self,
+        request: Request<pb::AddCanaryRequest>,
+    ) -> Result<Response<pb::AddCanaryResponse>, Status> {
+        let ctx = self.edge.context(&request, Action::CanaryAdd).await?;
+        let pb::AddCanaryRequest { subject_id: raw } = request.into_inner();
+        let subject = self.edge.admit(&ctx, subject_id(raw)).await?;
+        self.edge
+            .run(
+                ctx,
+                move |vault, ctx| vault.add_canary(ctx, &subject),
+                |()| pb::AddCanaryResponse {},
+            )
+            .await
+    }
+
     async fn key_status(
         &self,
         request: Request<pb::KeyStatusRequest>,

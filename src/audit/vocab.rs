@@ -104,6 +104,8 @@ pub enum Action {
     RecordSignal = 37,
     /// `Vault/GetErasureReceipt`.
     ReceiptGet = 38,
+    /// `KeyAdmin/AddCanary`, `privault canary add`: a subject marked as a canary.
+    CanaryAdd = 39,
 }
 
 /// How a call ended.
@@ -154,6 +156,8 @@ pub enum Outcome {
     Resumed = 12,
     /// The scheduled epoch roll began.
     Scheduled = 13,
+    /// A canary subject was read (served as usual): the exfiltration alarm.
+    Canary = 14,
 }
 
 /// What became of one field (or the one consent) a call touched.

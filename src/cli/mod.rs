@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod backup;
 pub mod bench;
+pub mod canary;
 pub mod export;
 pub mod hardening;
 pub mod keys;

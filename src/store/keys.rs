@@ -22,6 +22,11 @@ pub fn subject_key(sid: &Sid, name: &str) -> Vec<u8> {
     key
 }
 
+/// The keys-CF entry marking a canary subject (its value: when it was marked).
+pub fn canary_key(sid: &Sid) -> Vec<u8> {
+    subject_key(sid, "#canary")
+}
+
 /// The keys-CF entry holding the subject's audit pseudonym.
 pub fn pseudonym_key(sid: &Sid) -> Vec<u8> {
     let mut key = sid.0.to_vec();

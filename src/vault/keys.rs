@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 
 use crate::crypto::{DekCipher, Kek, Key256, Sealed, WrappedDek};
 use crate::domain::{FieldName, KeyClass, Pseudonym, Sid, SubjectId};
-use crate::store::keys::{is_subject_entry, name_of, pseudonym_key, subject_key};
+use crate::store::keys::{canary_key, is_subject_entry, name_of, pseudonym_key, subject_key};
 use crate::store::records::{FieldRecord, KeyRecord};
 use crate::store::{Batch, Cf};
 
@@ -23,6 +23,8 @@ pub(super) struct SubjectKeys {
     pub pseudonym: Pseudonym,
     pub records: BTreeMap<KeyClass, KeyRecord>,
     pub ciphers: BTreeMap<KeyClass, Arc<DekCipher>>,
+    /// A canary: a decoy subject whose every read raises the alarm.
+    pub canary: bool,
 }
 
 impl SubjectKeys {
@@ -260,9 +262,14 @@ impl Vault {
         let mut pseudonym = None;
         let mut records = BTreeMap::new();
         let mut ciphers = BTreeMap::new();
+        let mut canary = false;
         for (key, value) in self.store.scan_prefix(Cf::Keys, &sid.0)? {
             if key == pseudonym_key(sid) {
                 pseudonym = Some(self.open_pseudonym(sid, &value)?);
+                continue;
+            }
+            if key == canary_key(sid) {
+                canary = true;
                 continue;
             }
             let Some((class, record)) = dek_entry(&key, &value)? else {
@@ -278,6 +285,7 @@ impl Vault {
             pseudonym,
             records,
             ciphers,
+            canary,
         }))
     }
 
@@ -317,6 +325,7 @@ impl Vault {
                 pseudonym: self.stage_new_pseudonym(sid, batch, now)?,
                 records: BTreeMap::new(),
                 ciphers: BTreeMap::new(),
+                canary: false,
             },
         };
         for class in classes {

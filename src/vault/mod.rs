@@ -3,6 +3,7 @@
 
 mod audit_admin;
 mod backup;
+mod canary;
 mod consent;
 mod consent_cache;
 mod epoch;
@@ -225,7 +226,10 @@ impl Vault {
     ) -> Result<(T, u64), VaultError> {
         match result {
             Ok((batch, value)) => {
-                event.outcome = Outcome::Ok;
+                // A canary read keeps its alarm.
+                if event.outcome != Outcome::Canary {
+                    event.outcome = Outcome::Ok;
+                }
                 let seq = self.commit(batch, event)?;
                 Ok((value, seq))
             }

@@ -268,6 +268,8 @@ impl Vault {
         (mut event, result): (AuditEvent, Result<T, VaultError>),
     ) -> (Result<T, VaultError>, CommitTicket) {
         event.outcome = match &result {
+            // A canary read keeps its alarm.
+            Ok(_) if event.outcome == Outcome::Canary => Outcome::Canary,
             Ok(_) => Outcome::Ok,
             Err(e) => e.audit_outcome(),
         };
@@ -292,6 +294,9 @@ impl Vault {
         } = *asked;
         let (sid, keys) = self.locate(subject, event)?;
         let specs = self.check_call(policies, purpose, &fields.iter().collect::<Vec<_>>())?;
+        if keys.as_ref().is_some_and(|k| k.canary) {
+            self.canary_read(ctx, purpose, event);
+        }
         if !self.within_read_budget(ctx, policies, purpose, &sid) {
             let none = PolicyIds::default();
             return Ok(fields

@@ -1,8 +1,11 @@
-//! Read budgets: a service reads at most N distinct subjects per window and purpose; re-reading
-//! one it already read costs nothing; past the budget every field is DENIED with reason `budget`,
-//! audited and counted.
+//! Exfiltration guards. Read budgets: a service reads at most N distinct subjects per window and
+//! purpose; re-reading one it already read costs nothing; past the budget every field is DENIED
+//! with reason `budget`, audited and counted. Canaries: a decoy whose read is served as usual and
+//! audited as `canary`.
 
+use privault::api::pb::key_admin_client::KeyAdminClient;
 use privault::api::pb::{self, Outcome};
+use tonic::Code;
 
 use crate::support::*;
 
@@ -93,5 +96,82 @@ async fn a_budget_is_crossed_by_distinct_subjects_and_not_by_rereading_one() {
     let refused = records.last().unwrap();
     assert_eq!(refused.fields[0].outcome, "budget");
     assert!(refused.fields[0].policy_ids.is_empty());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_canary_read_is_served_and_raises_the_alarm_in_the_audit_log() {
+    let vault = TestVault::new();
+    let server = vault.start().await;
+    put_account(
+        &server,
+        "decoy-1",
+        &[("favorite_categories", "rare orchids")],
+    )
+    .await;
+    put_account(&server, "cust-1", &[("favorite_categories", "tea")]).await;
+    let mut keys = KeyAdminClient::with_interceptor(
+        server.channel().await,
+        As::header(Some("Operator::\"sec-lead\"")),
+    );
+    keys.add_canary(pb::AddCanaryRequest {
+        subject_id: "decoy-1".into(),
+    })
+    .await
+    .unwrap();
+    // Only key managers plant canaries.
+    let mut recommender_keys =
+        KeyAdminClient::with_interceptor(server.channel().await, As::header(Some(RECOMMENDER)));
+    let refused = recommender_keys
+        .add_canary(pb::AddCanaryRequest {
+            subject_id: "cust-1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+
+    let mut recommender = server.client(RECOMMENDER).await;
+    for subject in ["decoy-1", "cust-1"] {
+        let r = get(
+            &mut recommender,
+            subject,
+            "personalization",
+            &["favorite_categories"],
+        )
+        .await;
+        assert_eq!(
+            r[0].outcome(),
+            Outcome::Value,
+            "a canary is served like anyone"
+        );
+    }
+    let mut auditor = server.auditor(AUDITOR).await;
+    let outcome = async |auditor: &mut AuditorClient, subject: &str| {
+        let (records, _) = audit_query(
+            auditor,
+            pb::AuditQueryRequest {
+                subject_id: subject.into(),
+                action: "read".into(),
+                ..Default::default()
+            },
+        )
+        .await;
+        records.last().unwrap().outcome.clone()
+    };
+    assert_eq!(outcome(&mut auditor, "decoy-1").await, "canary");
+    assert_eq!(outcome(&mut auditor, "cust-1").await, "ok");
+    // The mark survives a restart (it is stored with the keys).
+    server.stop().await;
+    let server = vault.start().await;
+    let mut recommender = server.client(RECOMMENDER).await;
+    get(
+        &mut recommender,
+        "decoy-1",
+        "personalization",
+        &["favorite_categories"],
+    )
+    .await;
+    let mut auditor = server.auditor(AUDITOR).await;
+    assert_eq!(outcome(&mut auditor, "decoy-1").await, "canary");
     server.stop().await;
 }
