@@ -167,12 +167,13 @@ pub fn consent_source(raw: i32) -> Result<Option<ConsentSource>, Status> {
 
 /// An opt-out signal from the wire; one must be named.
 pub fn opt_out_signal(raw: i32) -> Result<OptOutSignal, Status> {
-    match pb::Signal::try_from(raw) {
-        Ok(pb::Signal::Gpc) => Ok(OptOutSignal::Gpc),
-        Ok(pb::Signal::DoNotSell) => Ok(OptOutSignal::DoNotSell),
-        Ok(pb::Signal::ObjectToProfiling) => Ok(OptOutSignal::ObjectToProfiling),
-        Ok(pb::Signal::Unspecified) | Err(_) => Err(Status::invalid_argument(
-            "signal must be SIGNAL_GPC, DO_NOT_SELL or OBJECT_TO_PROFILING",
+    use pb::record_signal_request::Signal;
+    match Signal::try_from(raw) {
+        Ok(Signal::Gpc) => Ok(OptOutSignal::Gpc),
+        Ok(Signal::DoNotSell) => Ok(OptOutSignal::DoNotSell),
+        Ok(Signal::ObjectToProfiling) => Ok(OptOutSignal::ObjectToProfiling),
+        Ok(Signal::Unspecified) | Err(_) => Err(Status::invalid_argument(
+            "signal must be GPC, DO_NOT_SELL or OBJECT_TO_PROFILING",
         )),
     }
 }

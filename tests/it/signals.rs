@@ -2,7 +2,8 @@
 //! marked `sale_or_share` and their children, binds every reader, and is undone only by the
 //! customer's own grant; sources are kept and shown; policies see the signals.
 
-use privault::api::pb::{self, ConsentSource, Outcome, Signal};
+use privault::api::pb::record_signal_request::Signal;
+use privault::api::pb::{self, ConsentSource, Outcome};
 use tonic::Code;
 
 use crate::support::*;
