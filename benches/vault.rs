@@ -15,6 +15,11 @@ use privault::store::{Cf, memory_only};
 use privault::vault::{CallContext, Queued, Vault, VaultConfig};
 use secrecy::SecretString;
 
+// The allocator `privault serve` runs on (main.rs), so that the benches measure the server's
+// allocation costs: on glibc malloc, heap consolidation showed up in reads the server serves.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const FIELDS: [&str; 5] = [
     "email",
     "phone",
