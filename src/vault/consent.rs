@@ -396,15 +396,12 @@ impl Vault {
                     policy_ids,
                 });
             }
-            Ok((batch, (sid, keys, rfc3339(now))))
+            Ok((batch, (sid, keys, rfc3339(now), covered)))
         })();
-        let ((sid, keys, time), _) = self.finish(event, staged)?;
+        let ((sid, keys, time, covered), _) = self.finish(event, staged)?;
         self.consents.changed();
         self.keys.publish(sid, Arc::new(keys));
-        Ok((
-            time,
-            policies.catalog().covered_by(signal).into_iter().collect(),
-        ))
+        Ok((time, covered.into_iter().collect()))
     }
 
     /// The consents and signals recorded for `subject`.

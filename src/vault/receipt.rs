@@ -50,7 +50,9 @@ impl Vault {
         now: Millis,
         batch: &mut Batch,
     ) -> Result<ErasureRecord, VaultError> {
-        let (classes, mut epochs) = match self.load_keys(sid) {
+        // The keys the shred is about to destroy, from the cache when they are there (the shred
+        // holds the subject's writer lock, so they are the stored ones).
+        let (classes, mut epochs) = match self.subject_keys(sid) {
             Ok(Some(keys)) => (
                 keys.records.keys().map(ToString::to_string).collect(),
                 keys.records.values().map(|r| r.epoch).collect::<Vec<_>>(),

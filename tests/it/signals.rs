@@ -354,3 +354,12 @@ fn policies_see_the_signals_in_the_context() {
         server.stop().await;
     });
 }
+
+#[test]
+fn signals_are_named_on_the_wire_as_the_contract_names_them() {
+    let names: Vec<&str> = [Signal::Gpc, Signal::DoNotSell, Signal::ObjectToProfiling]
+        .iter()
+        .map(|s| s.as_str_name())
+        .collect();
+    assert_eq!(names, ["GPC", "DO_NOT_SELL", "OBJECT_TO_PROFILING"]);
+}
