@@ -5,6 +5,11 @@
 //! keeps the new data. It holds sids (keyed hashes), random incarnation ids and times only: no
 //! identifier, no value. A line torn by a crash mid-append is cut off at open (that shred never
 //! committed: the line is synced before the shred's batch is written).
+//!
+//! Legal holds live here too, one line per placement and per release, for the same reason: a
+//! restore of `db/` from before a hold must not drop it, nor may its replay erase what it holds.
+//! A hold line adds the scope (a key class or `all`), the lapse time and the reason, which is an
+//! operator's case reference (never personal data, like a shred's reason in the audit log).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
@@ -17,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::Millis;
 use crate::domain::Sid;
+use crate::hold::{Hold, HoldBook, HoldScope};
 
 /// What can go wrong with the ledger.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +53,41 @@ struct Entry {
     // Absent in lines written before incarnations, and for shreds of a subject that had none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     incarnation: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum HoldOp {
+    Place,
+    Release,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HoldEntry {
+    hold: HoldOp,
+    sid: String,
+    scope: String,
+    at_ms: Millis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    until_ms: Option<Millis>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    reason: String,
+}
+
+// Shred lines predate hold lines and keep their shape; a line is whichever it parses as.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum Line {
+    Shred(Entry),
+    Hold(HoldEntry),
+}
+
+fn parse_sid(hex_sid: &str) -> Option<Sid> {
+    hex::decode(hex_sid)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .map(Sid)
 }
 
 /// What the ledger says of one subject handle.
@@ -105,27 +146,15 @@ impl Ledger {
 
     /// Every subject handle the ledger names, with its shreds.
     pub fn entries(&self) -> Result<BTreeMap<Sid, Shreds>, LedgerError> {
-        let io = |source| LedgerError::Io {
-            path: self.path.clone(),
-            source,
-        };
-        let reader = BufReader::new(File::open(&self.path).map_err(io)?);
         let mut out: BTreeMap<Sid, Shreds> = BTreeMap::new();
-        for (i, line) in reader.lines().enumerate() {
-            let line = line.map_err(io)?;
-            if line.trim().is_empty() {
-                continue;
-            }
+        for (number, line) in self.lines()? {
             let malformed = || LedgerError::Malformed {
                 path: self.path.clone(),
-                line: i + 1,
+                line: number,
             };
-            let entry: Entry = serde_json::from_str(&line).map_err(|_| malformed())?;
-            let bytes: [u8; 32] = hex::decode(&entry.sid)
-                .ok()
-                .and_then(|b| b.try_into().ok())
-                .ok_or_else(malformed)?;
-            let shreds = out.entry(Sid(bytes)).or_default();
+            let Line::Shred(entry) = line else { continue };
+            let sid = parse_sid(&entry.sid).ok_or_else(malformed)?;
+            let shreds = out.entry(sid).or_default();
             shreds.latest_ms = shreds.latest_ms.max(entry.shredded_ms);
             match entry.incarnation {
                 Some(hex_id) => {
@@ -147,6 +176,92 @@ impl Ledger {
         Ok(out)
     }
 
+    /// Every line, numbered from 1.
+    fn lines(&self) -> Result<Vec<(usize, Line)>, LedgerError> {
+        let io = |source| LedgerError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let reader = BufReader::new(File::open(&self.path).map_err(io)?);
+        let mut out = Vec::new();
+        for (i, line) in reader.lines().enumerate() {
+            let line = line.map_err(io)?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let parsed = serde_json::from_str(&line).map_err(|_| LedgerError::Malformed {
+                path: self.path.clone(),
+                line: i + 1,
+            })?;
+            out.push((i + 1, parsed));
+        }
+        Ok(out)
+    }
+
+    /// The holds placed and not released, replayed from the hold lines in order.
+    pub fn holds(&self) -> Result<HoldBook, LedgerError> {
+        let mut book = HoldBook::default();
+        for (number, line) in self.lines()? {
+            let Line::Hold(entry) = line else { continue };
+            let malformed = || LedgerError::Malformed {
+                path: self.path.clone(),
+                line: number,
+            };
+            let sid = parse_sid(&entry.sid).ok_or_else(malformed)?;
+            let scope = HoldScope::parse(&entry.scope).map_err(|_| malformed())?;
+            match entry.hold {
+                HoldOp::Place => book.place(
+                    sid,
+                    scope,
+                    Hold {
+                        reason: entry.reason,
+                        placed_ms: entry.at_ms,
+                        until_ms: entry.until_ms,
+                    },
+                ),
+                HoldOp::Release => {
+                    book.release(&sid, &scope);
+                }
+            }
+        }
+        Ok(book)
+    }
+
+    /// Appends the placement of `hold` on `sid`'s `scope`, synced before returning.
+    pub fn append_hold(
+        &self,
+        sid: &Sid,
+        scope: &HoldScope,
+        hold: &Hold,
+    ) -> Result<(), LedgerError> {
+        self.append_line(&Line::Hold(HoldEntry {
+            hold: HoldOp::Place,
+            sid: hex::encode(sid.0),
+            scope: scope.name().to_owned(),
+            at_ms: hold.placed_ms,
+            until_ms: hold.until_ms,
+            reason: hold.reason.clone(),
+        }))
+    }
+
+    /// Appends the release of the hold on `sid`'s `scope` (`reason`: why), synced before returning.
+    pub fn append_release(
+        &self,
+        sid: &Sid,
+        scope: &HoldScope,
+        reason: &str,
+        at_ms: Millis,
+    ) -> Result<(), LedgerError> {
+        self.append_line(&Line::Hold(HoldEntry {
+            hold: HoldOp::Release,
+            sid: hex::encode(sid.0),
+            scope: scope.name().to_owned(),
+            at_ms,
+            until_ms: None,
+            reason: reason.to_owned(),
+        }))
+    }
+
     /// Every sid the ledger names.
     pub fn sids(&self) -> Result<BTreeSet<Sid>, LedgerError> {
         Ok(self.entries()?.into_keys().collect())
@@ -159,17 +274,19 @@ impl Ledger {
         incarnation: Option<&[u8; 16]>,
         shredded_ms: Millis,
     ) -> Result<(), LedgerError> {
+        self.append_line(&Line::Shred(Entry {
+            sid: hex::encode(sid.0),
+            shredded_ms,
+            incarnation: incarnation.map(hex::encode),
+        }))
+    }
+
+    fn append_line(&self, line: &Line) -> Result<(), LedgerError> {
         let io = |source| LedgerError::Io {
             path: self.path.clone(),
             source,
         };
-        let line = serde_json::to_string(&Entry {
-            sid: hex::encode(sid.0),
-            shredded_ms,
-            incarnation: incarnation.map(hex::encode),
-        })
-        .unwrap_or_default()
-            + "\n";
+        let line = serde_json::to_string(line).unwrap_or_default() + "\n";
         let mut file = self
             .file
             .lock()
@@ -264,6 +381,36 @@ mod tests {
                 let _ = ledger.entries();
             }
         }
+    }
+
+    #[test]
+    fn holds_replay_in_order_beside_shreds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger");
+        let ledger = Ledger::open(&path).unwrap();
+        let tax = HoldScope::parse("tax").unwrap();
+        let hold = Hold {
+            reason: "case-7".into(),
+            placed_ms: 10,
+            until_ms: Some(99),
+        };
+        ledger.append(&Sid([1; 32]), None, 5).unwrap();
+        ledger.append_hold(&Sid([1; 32]), &tax, &hold).unwrap();
+        ledger
+            .append_hold(&Sid([2; 32]), &HoldScope::All, &hold)
+            .unwrap();
+        ledger
+            .append_release(&Sid([2; 32]), &HoldScope::All, "settled", 20)
+            .unwrap();
+        drop(ledger);
+        let ledger = Ledger::open(&path).unwrap();
+        let book = ledger.holds().unwrap();
+        assert_eq!(
+            book.of(&Sid([1; 32])).collect::<Vec<_>>(),
+            vec![(&tax, &hold)]
+        );
+        assert_eq!(book.of(&Sid([2; 32])).count(), 0);
+        assert_eq!(ledger.sids().unwrap(), BTreeSet::from([Sid([1; 32])]));
     }
 
     #[test]

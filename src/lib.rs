@@ -14,6 +14,7 @@ pub mod crypto;
 pub mod diagnostic;
 pub mod domain;
 pub mod durable_file;
+pub mod hold;
 pub mod keyring;
 pub mod ledger;
 pub mod metrics;

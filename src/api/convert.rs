@@ -234,6 +234,12 @@ impl From<FieldRead> for pb::FieldResult {
                 String::new(),
                 "budget: the caller's read budget of distinct subjects is spent for now".to_owned(),
             ),
+            ReadOutcome::Held => (
+                pb::Outcome::Denied,
+                String::new(),
+                "held: the subject was erased; a legal hold keeps this for legal claims only"
+                    .to_owned(),
+            ),
         };
         Self {
             field: field.to_string(),

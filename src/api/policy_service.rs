@@ -254,7 +254,7 @@ impl pb::policy_admin_server::PolicyAdmin for PolicyAdminService {
                             &action,
                             field.as_deref(),
                             purpose.as_deref(),
-                            crate::policy::RecordedConsents {
+                            crate::policy::RequestFacts {
                                 granted: &consents,
                                 withdrawn: &withdrawn,
                                 ..Default::default()

@@ -111,6 +111,14 @@ impl pb::vault_server::Vault for VaultService {
                     audit_seq: outcome.audit_seq,
                     receipt_id: outcome.receipt.body.receipt_id.clone(),
                     receipt: outcome.receipt.to_json(),
+                    kept: outcome
+                        .kept
+                        .iter()
+                        .map(|(class, reason)| pb::KeptClass {
+                            key_class: class.to_string(),
+                            reason: reason.clone(),
+                        })
+                        .collect(),
                 },
             )
             .await
@@ -198,6 +206,61 @@ impl pb::vault_server::Vault for VaultService {
                 |(consents, signals)| pb::GetConsentsResponse {
                     consents: consents.into_iter().map(consent_message).collect(),
                     signals: signals.into_iter().map(signal_message).collect(),
+                },
+            )
+            .await
+    }
+
+    async fn place_hold(
+        &self,
+        request: Request<pb::PlaceHoldRequest>,
+    ) -> Result<Response<pb::PlaceHoldResponse>, Status> {
+        let ctx = self.edge.context(&request, Action::HoldPlace).await?;
+        let pb::PlaceHoldRequest {
+            subject_id: raw,
+            key_class,
+            reason,
+            until,
+        } = request.into_inner();
+        let parsed = subject_id(raw).and_then(|s| {
+            let until = match until.as_str() {
+                "" => None,
+                text => Some(
+                    crate::clock::parse_rfc3339(text)
+                        .ok_or_else(|| Status::invalid_argument("until is not an RFC 3339 time"))?,
+                ),
+            };
+            Ok((s, hold_scope(&key_class)?, until))
+        });
+        let (subject, scope, until) = self.edge.admit(&ctx, parsed).await?;
+        self.edge
+            .run(
+                ctx,
+                move |vault, ctx| vault.place_hold(ctx, &subject, &scope, &reason, until),
+                |audit_seq| pb::PlaceHoldResponse { audit_seq },
+            )
+            .await
+    }
+
+    async fn release_hold(
+        &self,
+        request: Request<pb::ReleaseHoldRequest>,
+    ) -> Result<Response<pb::ReleaseHoldResponse>, Status> {
+        let ctx = self.edge.context(&request, Action::HoldRelease).await?;
+        let pb::ReleaseHoldRequest {
+            subject_id: raw,
+            key_class,
+            reason,
+        } = request.into_inner();
+        let parsed = subject_id(raw).and_then(|s| Ok((s, hold_scope(&key_class)?)));
+        let (subject, scope) = self.edge.admit(&ctx, parsed).await?;
+        self.edge
+            .run(
+                ctx,
+                move |vault, ctx| vault.release_hold(ctx, &subject, &scope, &reason),
+                |released| pb::ReleaseHoldResponse {
+                    erased: released.erased.iter().map(ToString::to_string).collect(),
+                    audit_seq: released.audit_seq,
                 },
             )
             .await
@@ -291,6 +354,11 @@ impl pb::vault_server::Vault for VaultService {
     }
 }
 
+/// A hold's scope from the wire: a key class, or empty / `all` for every class.
+fn hold_scope(raw: &str) -> Result<crate::hold::HoldScope, Status> {
+    crate::hold::HoldScope::parse(raw).map_err(|e| Status::invalid_argument(e.0))
+}
+
 fn export_message(export: SubjectExport) -> pb::ExportSubjectResponse {
     pb::ExportSubjectResponse {
         fields: export
@@ -313,6 +381,21 @@ fn export_message(export: SubjectExport) -> pb::ExportSubjectResponse {
             .collect(),
         consents: export.consents.into_iter().map(consent_message).collect(),
         signals: export.signals.into_iter().map(signal_message).collect(),
+        holds: export
+            .holds
+            .into_iter()
+            .map(|h| pb::LegalHold {
+                key_class: h.scope.name().to_owned(),
+                reason: h.hold.reason,
+                placed_at: crate::clock::rfc3339(h.hold.placed_ms),
+                until: h
+                    .hold
+                    .until_ms
+                    .map(crate::clock::rfc3339)
+                    .unwrap_or_default(),
+            })
+            .collect(),
+        erased: export.erased,
         history: export
             .history
             .into_iter()

@@ -106,6 +106,13 @@ pub enum Action {
     ReceiptGet = 38,
     /// `KeyAdmin/AddCanary`, `privault canary add`: a subject marked as a canary.
     CanaryAdd = 39,
+    /// `Vault/PlaceHold`: a legal hold placed (or extended) on a subject's key class.
+    HoldPlace = 40,
+    /// `Vault/ReleaseHold`: a legal hold lifted.
+    HoldRelease = 41,
+    /// A legal hold reached its `until` and lapsed (made by the system). A release or lapse record
+    /// lists, as `deleted`, the key classes of an erased subject it let the vault erase.
+    HoldLapse = 42,
 }
 
 /// How a call ended.
@@ -206,6 +213,11 @@ pub enum FieldOutcome {
     Withdrawn = 11,
     /// Refused: the service's read budget of distinct subjects is spent for the window.
     Budget = 12,
+    /// Kept by a legal hold: a key class a shred spared, or a read of what the hold kept of an
+    /// erased subject for a purpose other than legal claims (refused).
+    Held = 13,
+    /// A legal hold on it was released or lapsed.
+    Released = 14,
 }
 
 /// Names (for JSON views, filters and policies) and stable one-byte codes (for the binary record:

@@ -70,6 +70,14 @@ impl Default for AttributeRules {
 }
 
 impl AttributeRules {
+    /// The region names the catalog declares, sorted.
+    pub fn region_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.regions.values().cloned().collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// Sets the attribute `attribute` of `out` from a field's decrypted `value`, on `today`.
     pub fn derive(
         &self,

@@ -103,6 +103,9 @@ pub struct Catalog {
     purposes: BTreeMap<Purpose, Option<Purpose>>,
     // The purposes opt-out signals cover: `(sale_or_share, profiling)`, for purposes marked.
     marks: BTreeMap<Purpose, (bool, bool)>,
+    // Purposes marked `legal_claims`, the only ones that read what a legal hold kept of an
+    // erased subject (and their children).
+    legal_claims: BTreeSet<Purpose>,
     fields: BTreeMap<FieldName, FieldSpec>,
     services: BTreeMap<String, BTreeSet<Purpose>>,
     budgets: BTreeMap<String, ReadBudget>,
@@ -152,6 +155,8 @@ struct RawPurpose {
     sale_or_share: bool,
     #[serde(default)]
     profiling: bool,
+    #[serde(default)]
+    legal_claims: bool,
     #[serde(default)]
     #[expect(dead_code, reason = "documentation for humans, accepted and ignored")]
     description: Option<String>,
@@ -221,6 +226,12 @@ impl Catalog {
                 let purpose = Purpose::new(name.get_ref().clone()).ok()?;
                 Some((purpose, (spec.sale_or_share, spec.profiling)))
             })
+            .collect();
+        let legal_claims: BTreeSet<Purpose> = raw
+            .purposes
+            .iter()
+            .filter(|(_, spec)| spec.legal_claims)
+            .filter_map(|(name, _)| Purpose::new(name.get_ref().clone()).ok())
             .collect();
         if let Some(purpose) = first_cycle(&purposes) {
             errors.push(SourceError::in_file(
@@ -347,6 +358,7 @@ impl Catalog {
                 attribute_rules,
                 purposes,
                 marks,
+                legal_claims,
                 fields,
                 services,
                 shred_when_empty: raw.subjects.shred_when_empty,
@@ -455,6 +467,14 @@ impl Catalog {
             .collect()
     }
 
+    /// Whether `purpose` (or a purpose above it) is marked `legal_claims`: establishing,
+    /// exercising or defending legal claims, the one use of what a legal hold keeps after a shred.
+    pub fn is_legal_claims(&self, purpose: &Purpose) -> bool {
+        self.legal_claims
+            .iter()
+            .any(|marked| self.purpose_and_descendants(marked).contains(purpose))
+    }
+
     /// Whether the catalog marks `purpose` as a sale or sharing of data, and as profiling.
     pub fn marks_of(&self, purpose: &Purpose) -> (bool, bool) {
         self.marks.get(purpose).copied().unwrap_or_default()
@@ -533,6 +553,12 @@ fn parse_field(spec: &RawField) -> Result<FieldSpec, FieldError> {
     };
     let key_class = match &spec.key_class {
         None => KeyClass::default_class(),
+        Some(k) if k.get_ref() == "all" => {
+            return Err((
+                k.span(),
+                "key class `all` is reserved: a legal hold names it for every class".into(),
+            ));
+        }
         Some(k) => KeyClass::new(k.get_ref().clone()).map_err(|e| (k.span(), e.0))?,
     };
     let mut views = BTreeMap::new();

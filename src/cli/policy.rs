@@ -48,9 +48,18 @@ pub enum PolicyCommand {
         /// A purpose the subject withdrew; repeat for several.
         #[arg(long = "withdrawn")]
         withdrawn: Vec<String>,
-        /// The stated reason (shred).
+        /// An opt-out signal the subject sent (gpc, do_not_sell, object_to_profiling); repeat.
+        #[arg(long = "signal")]
+        signals: Vec<String>,
+        /// The stated reason (shred, hold).
         #[arg(long)]
         reason: Option<String>,
+        /// The key class of a hold (default: all).
+        #[arg(long)]
+        key_class: Option<String>,
+        /// A hold's release rather than its placement.
+        #[arg(long)]
+        release: bool,
     },
     #[command(flatten)]
     Remote(super::remote::RemoteCommand),
@@ -72,7 +81,10 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
             purpose,
             consents,
             withdrawn,
+            signals,
             reason,
+            key_class,
+            release,
         } => {
             let Some(set) = load(&policies)? else {
                 return Ok(ExitCode::FAILURE);
@@ -83,9 +95,12 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
                 &action,
                 field.as_deref(),
                 purpose.as_deref(),
-                privault::policy::RecordedConsents {
+                privault::policy::RequestFacts {
                     granted: &consents,
                     withdrawn: &withdrawn,
+                    signals: &signals,
+                    key_class: key_class.as_deref(),
+                    release,
                     ..Default::default()
                 },
                 reason.as_deref(),
@@ -257,6 +272,7 @@ fn masked_of(request: &AccessRequest, decision: &Decision) -> Option<AccessReque
             purpose,
             consents,
             withdrawn,
+            signals,
             subject,
         } if !decision.allowed => Some(AccessRequest::Field {
             principal: principal.clone(),
@@ -265,6 +281,7 @@ fn masked_of(request: &AccessRequest, decision: &Decision) -> Option<AccessReque
             purpose: purpose.clone(),
             consents: consents.clone(),
             withdrawn: withdrawn.clone(),
+            signals: signals.clone(),
             subject: subject.clone(),
         }),
         _ => None,

@@ -578,7 +578,8 @@ async fn scheduled_epoch_roll(vault: Arc<Vault>, days: u64, stop: CancellationTo
 }
 
 /// Deletes expired fields in the background: a bounded slice every second, so that a large store
-/// is swept over time without ever holding the writer for long.
+/// is swept over time without ever holding the writer for long. Legal holds past their `until`
+/// are retired first, so the same pass sweeps what they no longer keep.
 async fn sweep_retention(vault: Arc<Vault>, stop: CancellationToken) {
     const SLICE: usize = 1000;
     let mut cursor = privault::vault::SweepCursor::default();
@@ -587,6 +588,13 @@ async fn sweep_retention(vault: Arc<Vault>, stop: CancellationToken) {
         tokio::select! {
             _ = tick.tick() => {}
             () = stop.cancelled() => return,
+        }
+        let v = Arc::clone(&vault);
+        match tokio::task::spawn_blocking(move || v.retire_lapsed_holds()).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(holds = n, "legal holds lapsed and retired"),
+            Ok(Err(e)) => tracing::error!("retiring lapsed legal holds failed: {e}"),
+            Err(e) => tracing::error!("legal hold task failed: {e}"),
         }
         let v = Arc::clone(&vault);
         let from = cursor.clone();

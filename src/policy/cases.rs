@@ -33,6 +33,13 @@ struct RawCase {
     consents: Vec<String>,
     #[serde(default)]
     withdrawn: Vec<String>,
+    /// Opt-out signals the subject sent: `["gpc"]`.
+    #[serde(default)]
+    signals: Vec<String>,
+    /// For `hold`: the key class (or `all`, the default) and whether it is a release.
+    key_class: Option<String>,
+    #[serde(default)]
+    release: bool,
     /// The subject's policy attributes: `{ region = "eu", minor = true }`, each optional.
     #[serde(default)]
     subject: RawSubject,
@@ -142,13 +149,16 @@ pub fn load_cases(dir: &Path, policies: &Policies) -> Result<Vec<TestCase>, Poli
                 &raw.action,
                 raw.field.as_deref(),
                 raw.purpose.as_deref(),
-                crate::policy::RecordedConsents {
+                crate::policy::RequestFacts {
                     granted: &raw.consents,
                     withdrawn: &raw.withdrawn,
+                    signals: &raw.signals,
                     subject: crate::catalog::SubjectAttributes {
                         region: raw.subject.region.clone(),
                         minor: raw.subject.minor,
                     },
+                    key_class: raw.key_class.as_deref(),
+                    release: raw.release,
                 },
                 raw.reason.as_deref(),
             ) {

@@ -58,6 +58,7 @@ pub(super) struct Uids {
     consent_write: EntityUid,
     consent_read: EntityUid,
     export: EntityUid,
+    hold: EntityUid,
 }
 
 impl Uids {
@@ -80,6 +81,7 @@ impl Uids {
             consent_write: uid("Action", "consent_write")?,
             consent_read: uid("Action", "consent_read")?,
             export: uid("Action", "export")?,
+            hold: uid("Action", "hold")?,
         })
     }
 
@@ -506,6 +508,47 @@ impl Policies {
     fn decide_on_subject(&self, principal: &Principal, action: &EntityUid) -> Decision {
         match Context::from_pairs(Vec::<(String, RestrictedExpression)>::new()) {
             Ok(context) => self.decide(principal, action, self.subject_uid.clone(), context),
+            Err(e) => Decision::error(e.to_string()),
+        }
+    }
+
+    /// Decides `Action::"hold"` on the subject: placing (or, with `release`, lifting) a legal hold
+    /// on `key_class` (a class name or `all`) for the stated reason. Operators only: for a service
+    /// it is a plain deny, whatever the policies say.
+    pub fn decide_hold(
+        &self,
+        principal: &Principal,
+        key_class: &str,
+        reason: &str,
+        release: bool,
+    ) -> Decision {
+        if principal.kind() != PrincipalKind::Operator {
+            return Decision {
+                allowed: false,
+                policy_ids: PolicyIds::default(),
+                errors: Vec::new(),
+            };
+        }
+        match Context::from_pairs([
+            (
+                "key_class".to_owned(),
+                RestrictedExpression::new_string(key_class.to_owned()),
+            ),
+            (
+                "reason".to_owned(),
+                RestrictedExpression::new_string(reason.to_owned()),
+            ),
+            (
+                "release".to_owned(),
+                RestrictedExpression::new_bool(release),
+            ),
+        ]) {
+            Ok(context) => self.decide(
+                principal,
+                &self.uids.hold,
+                self.subject_uid.clone(),
+                context,
+            ),
             Err(e) => Decision::error(e.to_string()),
         }
     }

@@ -23,7 +23,7 @@ use crate::domain::FieldName;
 pub use cache::DECISION_CACHE_CAPACITY;
 pub use decide::{AdminAction, Decision, FieldAction, FieldContext, ReadDecision};
 pub use load::{SCHEMA_FILE, Sources, hash_of, load_sources};
-pub use request::{AccessRequest, RecordedConsents};
+pub use request::{AccessRequest, RequestFacts};
 
 /// What can go wrong loading a policy directory.
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,7 @@ use std::fmt;
 
 use super::{AdminAction, Decision, FieldAction, Policies};
 use crate::catalog::SubjectAttributes;
-use crate::domain::{FieldName, Principal, Purpose};
+use crate::domain::{FieldName, OptOutSignal, Principal, Purpose};
 
 /// One request to decide.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +24,8 @@ pub enum AccessRequest {
         consents: Vec<Purpose>,
         /// The purposes the subject recorded a withdrawal for.
         withdrawn: Vec<Purpose>,
+        /// The opt-out signals the subject sent (each also withdraws the purposes it covers).
+        signals: Vec<OptOutSignal>,
         /// The subject's policy attributes (`context.subject`).
         subject: SubjectAttributes,
     },
@@ -53,6 +55,17 @@ pub enum AccessRequest {
         /// The stated reason.
         reason: String,
     },
+    /// `Action::"hold"` on the subject: placing or releasing a legal hold.
+    Hold {
+        /// The caller.
+        principal: Principal,
+        /// The key class held, or `all`.
+        key_class: String,
+        /// The stated reason (the case).
+        reason: String,
+        /// A release rather than a placement.
+        release: bool,
+    },
 }
 
 impl FieldAction {
@@ -68,16 +81,24 @@ impl FieldAction {
     }
 }
 
-/// The consents a person states for a request: the purposes the subject recorded a grant for and
-/// those it recorded a withdrawal for (resolved over the hierarchy when the request is decided).
+/// What a person states about the subject and the call for a request: the purposes the subject
+/// recorded a grant for and those it recorded a withdrawal for (resolved over the hierarchy when
+/// the request is decided), the opt-out signals it sent, its policy attributes and, for a hold,
+/// the key class and whether it is a release.
 #[derive(Debug, Clone, Default)]
-pub struct RecordedConsents<'a> {
+pub struct RequestFacts<'a> {
     /// Purposes granted.
     pub granted: &'a [String],
     /// Purposes withdrawn.
     pub withdrawn: &'a [String],
+    /// Opt-out signals sent (`gpc`, `do_not_sell`, `object_to_profiling`).
+    pub signals: &'a [String],
     /// The subject's policy attributes.
     pub subject: SubjectAttributes,
+    /// For `hold`: the key class, or `all` (the default).
+    pub key_class: Option<&'a str>,
+    /// For `hold`: a release.
+    pub release: bool,
 }
 
 impl AccessRequest {
@@ -88,13 +109,16 @@ impl AccessRequest {
         action: &str,
         field: Option<&str>,
         purpose: Option<&str>,
-        recorded: RecordedConsents<'_>,
+        recorded: RequestFacts<'_>,
         reason: Option<&str>,
     ) -> Result<Self, String> {
-        let RecordedConsents {
+        let RequestFacts {
             granted: consents,
             withdrawn,
+            signals,
             subject,
+            key_class,
+            release,
         } = recorded;
         let principal = Principal::parse_uid(principal).map_err(|e| e.0)?;
         let admin = match action {
@@ -140,11 +164,21 @@ impl AccessRequest {
                 reason: reason.unwrap_or_default().to_owned(),
             });
         }
+        if action == "hold" {
+            let scope =
+                crate::hold::HoldScope::parse(key_class.unwrap_or("all")).map_err(|e| e.0)?;
+            return Ok(Self::Hold {
+                principal,
+                key_class: scope.name().to_owned(),
+                reason: reason.unwrap_or_default().to_owned(),
+                release,
+            });
+        }
         let action = FieldAction::parse(action).ok_or_else(|| {
             format!(
                 "unknown action `{action}`: expected read, read_masked, write, delete, shred, \
-                 policy_read, policy_write, audit_read, key_manage, backup, consent_read, consent_write \
-                 or export"
+                 hold, policy_read, policy_write, audit_read, key_manage, backup, consent_read, \
+                 consent_write or export"
             )
         })?;
         let field =
@@ -172,6 +206,16 @@ impl AccessRequest {
                 .iter()
                 .map(|c| declared(c))
                 .collect::<Result<_, _>>()?,
+            signals: signals
+                .iter()
+                .map(|s| {
+                    s.parse::<OptOutSignal>().map_err(|_| {
+                        format!(
+                            "unknown signal `{s}`: expected gpc, do_not_sell or object_to_profiling"
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
             subject,
         })
     }
@@ -187,6 +231,7 @@ impl fmt::Display for AccessRequest {
                 purpose,
                 consents,
                 withdrawn,
+                signals,
                 subject,
             } => {
                 fn names(l: &[Purpose]) -> Vec<&str> {
@@ -200,6 +245,10 @@ impl fmt::Display for AccessRequest {
                 )?;
                 if !withdrawn.is_empty() {
                     write!(f, ", withdrawn: [{}]", names(withdrawn).join(", "))?;
+                }
+                if !signals.is_empty() {
+                    let names: Vec<&str> = signals.iter().map(|s| s.name()).collect();
+                    write!(f, ", signals: [{}]", names.join(", "))?;
                 }
                 if let Some(region) = &subject.region {
                     write!(f, ", region: {region}")?;
@@ -222,6 +271,18 @@ impl fmt::Display for AccessRequest {
             Self::Shred { principal, reason } => {
                 write!(f, "{principal} shred (reason: {reason:?})")
             }
+            Self::Hold {
+                principal,
+                key_class,
+                reason,
+                release,
+            } => {
+                let verb = if *release { "releases" } else { "places" };
+                write!(
+                    f,
+                    "{principal} hold: {verb} `{key_class}` (reason: {reason:?})"
+                )
+            }
         }
     }
 }
@@ -237,14 +298,25 @@ impl Policies {
                 purpose,
                 consents,
                 withdrawn,
+                signals,
                 subject,
             } => {
+                // A signal withdraws what it covers, as `Vault/RecordSignal` records it.
+                let covered: Vec<Purpose> = signals
+                    .iter()
+                    .flat_map(|s| self.catalog().covered_by(*s))
+                    .collect();
+                // The signal's withdrawal replaces a grant of the same purpose, as in the store.
                 let records = consents
                     .iter()
+                    .filter(|p| !covered.contains(p))
                     .map(|p| (p, true))
-                    .chain(withdrawn.iter().map(|p| (p, false)));
+                    .chain(withdrawn.iter().chain(&covered).map(|p| (p, false)));
                 let mut effective = self.catalog().resolve_consents(records);
                 effective.subject = subject.clone();
+                effective.signals = signals.clone();
+                effective.signals.sort();
+                effective.signals.dedup();
                 self.evaluate_field(
                     principal,
                     *action,
@@ -259,6 +331,12 @@ impl Policies {
                 None => self.decide_consent_read(principal),
             },
             AccessRequest::Shred { principal, reason } => self.decide_shred(principal, reason),
+            AccessRequest::Hold {
+                principal,
+                key_class,
+                reason,
+                release,
+            } => self.decide_hold(principal, key_class, reason, *release),
         }
     }
 }

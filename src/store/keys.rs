@@ -27,6 +27,12 @@ pub fn canary_key(sid: &Sid) -> Vec<u8> {
     subject_key(sid, "#canary")
 }
 
+/// The keys-CF entry marking a subject erased by a shred while a legal hold kept part of it (its
+/// value: the shred's receipt id, or nothing when a ledger replay made the erasure).
+pub fn erased_key(sid: &Sid) -> Vec<u8> {
+    subject_key(sid, "#erased")
+}
+
 /// The keys-CF entry holding the subject's audit pseudonym.
 pub fn pseudonym_key(sid: &Sid) -> Vec<u8> {
     let mut key = sid.0.to_vec();

@@ -62,6 +62,10 @@ pub struct SubjectExport {
     pub consents: Vec<ConsentState>,
     /// Every opt-out signal sent.
     pub signals: Vec<super::SignalState>,
+    /// The legal holds in force on the subject.
+    pub holds: Vec<super::HoldInfo>,
+    /// The subject was erased and what is exported is what legal holds keep.
+    pub erased: bool,
     /// Every audited call about the subject, oldest first.
     pub history: Vec<AccessEvent>,
     /// When the export was made.
@@ -96,6 +100,8 @@ impl Vault {
                 let entries = self.consent_entries(&sid)?;
                 export.consents = entries.consents;
                 export.signals = entries.signals;
+                export.holds = self.holds_of(&sid);
+                export.erased = keys.erased;
                 let (history, next) = self.history_of(keys.pseudonym, limit - values)?;
                 export.history = history;
                 export.history_next_seq = next;

@@ -14,7 +14,9 @@ use zeroize::Zeroizing;
 
 use crate::crypto::{DekCipher, Kek, Key256, Sealed, WrappedDek};
 use crate::domain::{FieldName, KeyClass, Pseudonym, Sid, SubjectId};
-use crate::store::keys::{canary_key, is_subject_entry, name_of, pseudonym_key, subject_key};
+use crate::store::keys::{
+    canary_key, erased_key, is_subject_entry, name_of, pseudonym_key, subject_key,
+};
 use crate::store::records::{FieldRecord, KeyRecord};
 use crate::store::{Batch, Cf};
 
@@ -25,6 +27,9 @@ pub(super) struct SubjectKeys {
     pub ciphers: BTreeMap<KeyClass, Arc<DekCipher>>,
     /// A canary: a decoy subject whose every read raises the alarm.
     pub canary: bool,
+    /// Shredded while a legal hold kept part of it: what is left is read only for legal claims
+    /// and erased when the hold ends.
+    pub erased: bool,
 }
 
 impl SubjectKeys {
@@ -263,6 +268,7 @@ impl Vault {
         let mut records = BTreeMap::new();
         let mut ciphers = BTreeMap::new();
         let mut canary = false;
+        let mut erased = false;
         for (key, value) in self.store.scan_prefix(Cf::Keys, &sid.0)? {
             if key == pseudonym_key(sid) {
                 pseudonym = Some(self.open_pseudonym(sid, &value)?);
@@ -270,6 +276,10 @@ impl Vault {
             }
             if key == canary_key(sid) {
                 canary = true;
+                continue;
+            }
+            if key == erased_key(sid) {
+                erased = true;
                 continue;
             }
             let Some((class, record)) = dek_entry(&key, &value)? else {
@@ -286,6 +296,7 @@ impl Vault {
             records,
             ciphers,
             canary,
+            erased,
         }))
     }
 
@@ -320,12 +331,20 @@ impl Vault {
         now: Millis,
     ) -> Result<SubjectKeys, VaultError> {
         let mut keys = match self.load_keys(sid)? {
+            Some(k) if k.erased => {
+                return Err(VaultError::FailedPrecondition(
+                    "the subject was erased and a legal hold keeps part of it: nothing is written \
+                     to it until the hold ends and the erasure completes"
+                        .into(),
+                ));
+            }
             Some(k) => k,
             None => SubjectKeys {
                 pseudonym: self.stage_new_pseudonym(sid, batch, now)?,
                 records: BTreeMap::new(),
                 ciphers: BTreeMap::new(),
                 canary: false,
+                erased: false,
             },
         };
         for class in classes {

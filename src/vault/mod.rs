@@ -9,6 +9,7 @@ mod consent_cache;
 mod epoch;
 mod error;
 mod export;
+mod hold;
 mod keys;
 mod lookup;
 pub mod offline;
@@ -35,6 +36,7 @@ pub use consent::{ConsentState, SignalState};
 pub use epoch::{ROLL_SLICE, RollProgress};
 pub use error::{OpenError, VaultError};
 pub use export::{AccessEvent, ExportedField, SubjectExport};
+pub use hold::{HoldInfo, HoldReleased};
 pub use open::VaultConfig;
 pub use policy_admin::{DecisionChange, DryRun, Validation};
 pub use policy_versions::{DIR_AUTHOR, PolicyRecord, PolicyVersionInfo, ReloadError};
@@ -112,6 +114,9 @@ pub struct CallContext {
 pub struct Vault {
     store: Arc<Store>,
     ledger: crate::ledger::Ledger,
+    // The legal holds placed and not released, as the ledger lists them; changed under the
+    // subject's writer lock after the ledger line is synced.
+    holds: RwLock<crate::hold::HoldBook>,
     keyring: Keyring,
     policies: RwLock<Arc<Policies>>,
     audit: AuditLog,

@@ -175,10 +175,12 @@ impl Vault {
         };
         let audit = AuditLog::open(Arc::clone(&store), config.audit, Some(signer))?;
         let ledger = Ledger::open(&config.ledger_path())?;
+        let holds = ledger.holds()?;
         let wraps = super::wraps::WrapCounter::open(&store, keyring.current_epoch())?;
         let vault = Self {
             store,
             ledger,
+            holds: RwLock::new(holds),
             keyring,
             policies: RwLock::new(Arc::new(policies)),
             audit,

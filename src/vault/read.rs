@@ -28,6 +28,9 @@ pub enum ReadOutcome {
     Absent,
     /// Refused before any decision: the caller's read budget of distinct subjects is spent.
     OverBudget,
+    /// Refused before any decision: the subject was erased and only a legal hold keeps what is
+    /// left, which is read for legal claims only.
+    Held,
 }
 
 /// One field of a read, in request order.
@@ -49,6 +52,7 @@ impl ReadOutcome {
             Self::Denied => FieldOutcome::Denied,
             Self::Absent => FieldOutcome::Absent,
             Self::OverBudget => FieldOutcome::Budget,
+            Self::Held => FieldOutcome::Held,
         }
     }
 }
@@ -297,21 +301,27 @@ impl Vault {
         if keys.as_ref().is_some_and(|k| k.canary) {
             self.canary_read(ctx, purpose, event);
         }
-        if !self.within_read_budget(ctx, policies, purpose, &sid) {
+        let refused = |outcome: ReadOutcome, event: &mut AuditEvent| {
             let none = PolicyIds::default();
-            return Ok(fields
+            fields
                 .iter()
                 .map(|field| {
                     event
                         .fields
-                        .push(field_audit(field, FieldOutcome::Budget, &none));
+                        .push(field_audit(field, outcome.audit_outcome(), &none));
                     FieldRead {
                         field: field.clone(),
-                        outcome: ReadOutcome::OverBudget,
+                        outcome: outcome.clone(),
                         policy_ids: none.clone(),
                     }
                 })
-                .collect());
+                .collect()
+        };
+        if keys.as_ref().is_some_and(|k| k.erased) && Self::held_read_refused(policies, purpose) {
+            return Ok(refused(ReadOutcome::Held, event));
+        }
+        if !self.within_read_budget(ctx, policies, purpose, &sid) {
+            return Ok(refused(ReadOutcome::OverBudget, event));
         }
         let consents = self.effective_consents(&sid, policies)?;
         event.consents = consents.granted.iter().map(ToString::to_string).collect();
@@ -393,7 +403,7 @@ impl Vault {
     }
 
     /// Reads, opens and masks the permitted fields with one multi-get, and derives the permitted
-    /// views from their fields. Expired values are absent.
+    /// views from their fields. Expired values are absent unless a legal hold keeps them.
     fn read_permitted(
         &self,
         sid: &Sid,
@@ -432,7 +442,13 @@ impl Vault {
             budget.take(bytes)?;
             for ((permit, resolved), record) in permits.iter().zip(records) {
                 let Some(record) = record else { continue };
-                if record.is_expired(now) {
+                // Past retention is absent, unless a legal hold outranks retention.
+                if record.is_expired(now)
+                    && self
+                        .read_holds()
+                        .holding(sid, &resolved.spec.key_class, now)
+                        .is_none()
+                {
                     continue;
                 }
                 let spec = resolved.spec;

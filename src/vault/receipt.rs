@@ -2,15 +2,17 @@
 //! random receipt id, in the meta column family), and a receipt signed with the audit key is
 //! issued from it, at the shred and again later with the horizons passed since.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::{CallContext, Vault, VaultError, require};
 use crate::audit::Action;
 use crate::clock::{Millis, rfc3339};
 use crate::crypto::random_bytes;
-use crate::domain::Sid;
+use crate::domain::{KeyClass, Sid};
 use crate::policy::AdminAction;
-use crate::receipt::{Horizons, ReceiptBody, SignedReceipt};
+use crate::receipt::{Horizons, KeptClass, ReceiptBody, SignedReceipt};
 use crate::store::{Batch, Cf};
 
 const PREFIX: &[u8] = b"erasure-receipt/";
@@ -27,6 +29,10 @@ pub(super) struct ErasureRecord {
     /// The shred's audit seq, set once the shred is committed.
     #[serde(default)]
     audit_seq: Option<u64>,
+    /// The key classes a legal hold kept, with the hold's reason; moved to `classes` when the
+    /// hold ends and they are erased.
+    #[serde(default)]
+    kept: Vec<KeptClass>,
 }
 
 fn record_key(receipt_id: &str) -> Vec<u8> {
@@ -42,21 +48,25 @@ pub(super) fn new_receipt_id() -> Result<String, VaultError> {
 
 impl Vault {
     /// Stages the record of an erasure of `sid` into its batch: the key classes and epochs of
-    /// the DEKs it destroys.
+    /// the DEKs it destroys, and the classes a legal hold keeps.
     pub(super) fn stage_erasure_record(
         &self,
         receipt_id: &str,
         sid: &Sid,
+        kept: &BTreeMap<KeyClass, String>,
         now: Millis,
         batch: &mut Batch,
     ) -> Result<ErasureRecord, VaultError> {
         // The keys the shred is about to destroy, from the cache when they are there (the shred
         // holds the subject's writer lock, so they are the stored ones).
         let (classes, mut epochs) = match self.subject_keys(sid) {
-            Ok(Some(keys)) => (
-                keys.records.keys().map(ToString::to_string).collect(),
-                keys.records.values().map(|r| r.epoch).collect::<Vec<_>>(),
-            ),
+            Ok(Some(keys)) => {
+                let erased = || keys.records.iter().filter(|(c, _)| !kept.contains_key(*c));
+                (
+                    erased().map(|(c, _)| c.to_string()).collect(),
+                    erased().map(|(_, r)| r.epoch).collect::<Vec<_>>(),
+                )
+            }
             // Nothing stored, or keys too damaged to read (a quarantined subject): nothing to
             // name, and the shred erases what there is all the same.
             Ok(None) | Err(VaultError::DataLoss(_)) => (Vec::new(), Vec::new()),
@@ -70,9 +80,44 @@ impl Vault {
             classes,
             epochs,
             audit_seq: None,
+            kept: kept
+                .iter()
+                .map(|(class, reason)| KeptClass {
+                    key_class: class.to_string(),
+                    reason: reason.clone(),
+                })
+                .collect(),
         };
         self.put_erasure_record(receipt_id, &record, batch)?;
         Ok(record)
+    }
+
+    /// Stages the update of erasure receipt `receipt_id` once what a hold kept is erased too:
+    /// `classes` move from kept to erased, with the epochs that wrapped them (`epochs`). A
+    /// missing or unreadable record (a ledger replay names none) changes nothing.
+    pub(super) fn stage_held_erased(
+        &self,
+        receipt_id: &str,
+        classes: &[KeyClass],
+        epochs: &[u32],
+        batch: &mut Batch,
+    ) -> Result<(), VaultError> {
+        if receipt_id.is_empty() {
+            return Ok(());
+        }
+        let Some(bytes) = self.store.get(Cf::Meta, &record_key(receipt_id))? else {
+            return Ok(());
+        };
+        let Ok(mut record) = serde_json::from_slice::<ErasureRecord>(&bytes) else {
+            return Ok(());
+        };
+        let names: Vec<String> = classes.iter().map(ToString::to_string).collect();
+        record.kept.retain(|k| !names.contains(&k.key_class));
+        record.classes.extend(names);
+        record.epochs.extend_from_slice(epochs);
+        record.epochs.sort_unstable();
+        record.epochs.dedup();
+        self.put_erasure_record(receipt_id, &record, batch)
     }
 
     fn put_erasure_record(
@@ -124,7 +169,7 @@ impl Vault {
             vault: hex::encode(self.keyring.id()),
             shredded_at: rfc3339(record.shredded_ms),
             key_classes_erased: record.classes.clone(),
-            key_classes_kept: Vec::new(),
+            key_classes_kept: record.kept.clone(),
             audit_seq: record.audit_seq.unwrap_or(0),
             epochs: record.epochs.clone(),
             horizons,

@@ -129,7 +129,8 @@ impl Vault {
             let Some(field) = name_of(&key).and_then(|n| FieldName::new(n).ok()) else {
                 continue;
             };
-            if still_expired {
+            // A legal hold outranks retention: the field stays until the hold ends.
+            if still_expired && !self.is_held(&sid, &policies, &field) {
                 fields.push(field_audit(
                     &field,
                     FieldOutcome::Expired,
@@ -155,7 +156,7 @@ impl Vault {
         if remaining == count && policies.catalog().shred_when_empty() {
             // Nothing of the subject is left: the catalog asks for the whole subject to go.
             let mut batch = Batch::new();
-            self.stage_erase(&sid, SYSTEM, EMPTY_REASON, &mut batch)?;
+            self.stage_erase(&sid, SYSTEM, EMPTY_REASON, "", &mut batch)?;
             event.action = Action::RetentionShred;
             self.commit(batch, event)?;
             self.forget_subject(&sid);

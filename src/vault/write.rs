@@ -252,6 +252,13 @@ impl Vault {
             .into_iter()
             .collect();
         let existing = self.stored(&sid, &unique)?;
+        let present: Vec<&FieldName> = unique
+            .iter()
+            .zip(&existing)
+            .filter(|(_, p)| **p)
+            .map(|(f, _)| *f)
+            .collect();
+        self.refuse_held(&sid, policies, &present)?;
         let mut batch = Batch::new();
         let mut deleted = Vec::new();
         for (field, present) in unique.iter().zip(existing) {

@@ -134,6 +134,7 @@ fn read(v: &Vault, principal: &str, subject: usize, purpose: &str, field: &str) 
         ReadOutcome::Denied => None,
         ReadOutcome::Masked(m) => panic!("unexpected masked read {m}"),
         ReadOutcome::OverBudget => panic!("the model reads far fewer subjects than any budget"),
+        ReadOutcome::Held => panic!("the model places no legal hold"),
     }
 }
 

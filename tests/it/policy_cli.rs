@@ -155,15 +155,53 @@ fn ropa_prints_the_record_of_processing_as_markdown_and_json() {
     let markdown = String::from_utf8(out.stdout).unwrap();
     assert!(markdown.contains("## Service `recommender`"), "{markdown}");
     assert!(markdown.contains(
-        "| personalization | preferences | favorite_categories | full | no | unlimited |"
+        "| personalization | preferences | favorite_categories | full | no | unlimited | all but minor = true |"
     ));
-    assert!(markdown.contains("| email_marketing | contact | email | full | yes | unlimited |"));
+    assert!(markdown.contains(
+        "| email_marketing | contact | email | full | yes | unlimited | all but minor = true |"
+    ));
 
     let out = run("json", &shipped_policies());
     assert!(out.status.success());
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let services = json["services"].as_array().unwrap();
-    assert_eq!(services.len(), 8);
+    assert_eq!(services.len(), 9);
+    // Subject-conditional reads name the customers they are for.
+    let analytics = services
+        .iter()
+        .find(|s| s["service"] == "analytics_us")
+        .unwrap();
+    let preferences = analytics["reads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["field"] == "favorite_categories")
+        .unwrap_or_else(|| panic!("{analytics}"));
+    assert_eq!(
+        preferences["customers"], "only region = us",
+        "{preferences}"
+    );
+    let age_band = analytics["reads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["field"] == "birth_date.age_band")
+        .unwrap();
+    assert_eq!(age_band["customers"], "any");
+    // The exceptions to erasure: the key class a hold keeps and who reads it.
+    assert_eq!(
+        json["legal_hold_purposes"],
+        serde_json::json!(["legal_claims"])
+    );
+    assert!(
+        json["key_classes"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!({"key_class": "tax", "fields": ["tax_id"]})),
+        "{}",
+        json["key_classes"]
+    );
+    assert!(markdown.contains("Exceptions to erasure"), "{markdown}");
     let ads = services.iter().find(|s| s["service"] == "ads").unwrap();
     assert!(
         ads["reads"]
