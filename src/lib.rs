@@ -17,6 +17,7 @@ pub mod durable_file;
 pub mod hold;
 pub mod keyring;
 pub mod ledger;
+pub mod manifest;
 pub mod metrics;
 pub mod policy;
 pub mod receipt;

@@ -83,21 +83,46 @@ pub enum ReceiptError {
     BadSignature,
 }
 
-fn signed_message(body: &ReceiptBody) -> Result<Vec<u8>, ReceiptError> {
-    let vault = hex::decode(&body.vault)
+/// The signed bytes of a document body: `label ‖ keyring id ‖ canonical body`. serde_json writes
+/// a struct's fields in declaration order, with no whitespace, so the same body always gives the
+/// same bytes.
+pub(crate) fn signed_message<B: Serialize>(
+    label: &[u8],
+    vault_hex: &str,
+    body: &B,
+) -> Result<Vec<u8>, ReceiptError> {
+    let vault = hex::decode(vault_hex)
         .ok()
         .filter(|v| v.len() == 16)
         .ok_or_else(|| ReceiptError::Malformed("vault is not a keyring id".into()))?;
-    // The canonical body: serde_json writes a struct's fields in declaration order, with no
-    // whitespace, so the same body always gives the same bytes.
     let canonical = serde_json::to_vec(body).map_err(|e| ReceiptError::Malformed(e.to_string()))?;
-    Ok([LABEL, &vault, &canonical].concat())
+    Ok([label, &vault, &canonical].concat())
+}
+
+/// Checks `signature_hex` over `message` against the audit public key `public_key` (hex).
+pub(crate) fn check_signature(
+    message: &[u8],
+    signature_hex: &str,
+    public_key: &str,
+) -> Result<(), ReceiptError> {
+    let key: [u8; 32] = hex::decode(public_key.trim())
+        .ok()
+        .and_then(|k| k.try_into().ok())
+        .ok_or(ReceiptError::BadKey)?;
+    let signature: [u8; 64] = hex::decode(signature_hex)
+        .ok()
+        .and_then(|s| s.try_into().ok())
+        .ok_or(ReceiptError::BadSignature)?;
+    crate::crypto::verify_message(&key, message, &signature).map_err(|e| match e {
+        crate::crypto::CryptoError::MalformedKey(_) => ReceiptError::BadKey,
+        _ => ReceiptError::BadSignature,
+    })
 }
 
 impl SignedReceipt {
     /// Signs `body` with the vault's audit key.
     pub fn sign(body: ReceiptBody, signer: &AuditSigner) -> Result<Self, ReceiptError> {
-        let signature = signer.sign_message(&signed_message(&body)?);
+        let signature = signer.sign_message(&signed_message(LABEL, &body.vault, &body)?);
         Ok(Self {
             body,
             signature: hex::encode(signature),
@@ -108,20 +133,8 @@ impl SignedReceipt {
     pub fn verify(document: &str, public_key: &str) -> Result<Self, ReceiptError> {
         let receipt: Self =
             serde_json::from_str(document).map_err(|e| ReceiptError::Malformed(e.to_string()))?;
-        let key: [u8; 32] = hex::decode(public_key.trim())
-            .ok()
-            .and_then(|k| k.try_into().ok())
-            .ok_or(ReceiptError::BadKey)?;
-        let signature: [u8; 64] = hex::decode(&receipt.signature)
-            .ok()
-            .and_then(|s| s.try_into().ok())
-            .ok_or(ReceiptError::BadSignature)?;
-        crate::crypto::verify_message(&key, &signed_message(&receipt.body)?, &signature).map_err(
-            |e| match e {
-                crate::crypto::CryptoError::MalformedKey(_) => ReceiptError::BadKey,
-                _ => ReceiptError::BadSignature,
-            },
-        )?;
+        let message = signed_message(LABEL, &receipt.body.vault, &receipt.body)?;
+        check_signature(&message, &receipt.signature, public_key)?;
         Ok(receipt)
     }
 

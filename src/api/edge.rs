@@ -158,25 +158,30 @@ impl Edge {
             }
             ready => ready,
         };
-        let Queued::Ready { result, records } = queued else {
-            return Err(to_status(VaultError::NeedsDisk, &request_id));
-        };
-        let mut durable = true;
-        for record in records {
-            if let Err(e) = record.durable().await {
-                tracing::error!(request_id, error = %e, "audit commit failed; failing closed");
-                durable = false;
-            }
-        }
-        let value = match result {
-            Ok(_) if !durable => Err(VaultError::Unavailable(
-                "the audit log cannot be written".into(),
-            )),
-            other => other,
-        };
-        let mut response = Response::new(to_message(value.map_err(|e| to_status(e, &request_id))?));
-        insert_request_id(&mut response, &request_id);
-        Ok(response)
+        finish_queued(queued, &request_id, to_message).await
+    }
+
+    /// Like [`Edge::run_queued`] for a read too large for the runtime (an extract): runs on the
+    /// blocking pool straight away, then awaits every record's durability before anything leaves.
+    pub async fn run_queued_on_pool<T, M>(
+        &self,
+        ctx: Authorized,
+        op: impl FnOnce(&Vault, &CallContext) -> Queued<T> + Send + 'static,
+        to_message: impl FnOnce(T) -> M,
+    ) -> Result<Response<M>, Status>
+    where
+        T: Send + 'static,
+    {
+        let Authorized { call, _permit, .. } = ctx;
+        let request_id = call.request_id.clone();
+        let vault = Arc::clone(&self.vault);
+        let queued = tokio::task::spawn_blocking(move || op(&vault, &call))
+            .await
+            .map_err(|e| {
+                tracing::error!(request_id, error = %e, "vault task failed");
+                Status::internal(format!("internal error (request id {request_id})"))
+            })?;
+        finish_queued(queued, &request_id, to_message).await
     }
 
     /// Runs `op` on the blocking pool (RocksDB and fsync must not stall the runtime).
@@ -203,6 +208,34 @@ impl Edge {
         insert_request_id(&mut response, &request_id);
         Ok(response)
     }
+}
+
+/// Awaits every record of a queued read, then converts its result: values only when all are
+/// durable.
+async fn finish_queued<T, M>(
+    queued: Queued<T>,
+    request_id: &str,
+    to_message: impl FnOnce(T) -> M,
+) -> Result<Response<M>, Status> {
+    let Queued::Ready { result, records } = queued else {
+        return Err(to_status(VaultError::NeedsDisk, request_id));
+    };
+    let mut durable = true;
+    for record in records {
+        if let Err(e) = record.durable().await {
+            tracing::error!(request_id, error = %e, "audit commit failed; failing closed");
+            durable = false;
+        }
+    }
+    let value = match result {
+        Ok(_) if !durable => Err(VaultError::Unavailable(
+            "the audit log cannot be written".into(),
+        )),
+        other => other,
+    };
+    let mut response = Response::new(to_message(value.map_err(|e| to_status(e, request_id))?));
+    insert_request_id(&mut response, request_id);
+    Ok(response)
 }
 
 fn insert_request_id<M>(response: &mut Response<M>, request_id: &str) {

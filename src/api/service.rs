@@ -11,25 +11,155 @@ use super::pb;
 use super::status::to_status;
 use secrecy::SecretString;
 
+use std::num::NonZeroU32;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio_stream::Stream;
+
 use crate::audit::Action;
 use crate::domain::{ConsentSource, FieldName, Purpose, SubjectId};
-use crate::vault::SubjectExport;
+use crate::vault::{
+    ExtractCall, ExtractSubjects, MAX_EXTRACT_SUBJECTS, RevocationReason, SubjectExport,
+};
+
+/// Subjects per second one caller's extracts read, at most (and the burst: one full call).
+const EXTRACT_SUBJECTS_PER_SEC: u32 = MAX_EXTRACT_SUBJECTS as u32;
+
+type ExtractPace = governor::DefaultKeyedRateLimiter<String>;
 
 /// The `privault.v1.Vault` service.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct VaultService {
     edge: Edge,
+    // Paces each caller's extracts (GCRA, keyed by principal), so that a training pipeline cannot
+    // sweep the vault faster than the rate the operators accepted.
+    extract_pace: Arc<ExtractPace>,
+}
+
+impl std::fmt::Debug for VaultService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultService")
+            .field("edge", &self.edge)
+            .finish_non_exhaustive()
+    }
 }
 
 impl VaultService {
     /// The service behind `edge`.
     pub fn new(edge: Edge) -> Self {
-        Self { edge }
+        let rate = NonZeroU32::new(EXTRACT_SUBJECTS_PER_SEC).unwrap_or(NonZeroU32::MIN);
+        Self {
+            edge,
+            extract_pace: Arc::new(governor::RateLimiter::keyed(governor::Quota::per_second(
+                rate,
+            ))),
+        }
     }
 }
 
+type ExtractStream = Pin<Box<dyn Stream<Item = Result<pb::ExtractResponse, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl pb::vault_server::Vault for VaultService {
+    type ExtractStream = ExtractStream;
+
+    async fn extract(
+        &self,
+        request: Request<pb::ExtractRequest>,
+    ) -> Result<Response<ExtractStream>, Status> {
+        let ctx = self.edge.context(&request, Action::Extract).await?;
+        let call = self
+            .edge
+            .admit(&ctx, extract_call(request.into_inner()))
+            .await?;
+        let subjects = match &call.subjects {
+            ExtractSubjects::Listed(ids) => ids.len(),
+            ExtractSubjects::Every { .. } => match call.limit {
+                0 => MAX_EXTRACT_SUBJECTS,
+                n => n.min(MAX_EXTRACT_SUBJECTS),
+            },
+        };
+        let n = u32::try_from(subjects.clamp(1, MAX_EXTRACT_SUBJECTS))
+            .ok()
+            .and_then(NonZeroU32::new)
+            .unwrap_or(NonZeroU32::MIN);
+        // Within the burst by construction; a refusal would mean a bigger call than allowed,
+        // which the vault refuses on its own.
+        let _ = self
+            .extract_pace
+            .until_key_n_ready(&ctx.principal.to_string(), n)
+            .await;
+        let response = self
+            .edge
+            .run_queued_on_pool(ctx, move |vault, ctx| vault.extract(ctx, &call), |p| p)
+            .await?;
+        let metadata = response.metadata().clone();
+        let page = response.into_inner();
+        let mut messages: Vec<Result<pb::ExtractResponse, Status>> = page
+            .rows
+            .into_iter()
+            .map(|row| {
+                Ok(pb::ExtractResponse {
+                    item: Some(pb::extract_response::Item::Row(pb::ExtractRow {
+                        row_key: row.row_key,
+                        results: row.fields.into_iter().map(pb::FieldResult::from).collect(),
+                    })),
+                })
+            })
+            .collect();
+        messages.push(Ok(pb::ExtractResponse {
+            item: Some(pb::extract_response::Item::Manifest(pb::ExtractManifest {
+                extract_id: page.extract_id,
+                manifest: page.manifest.to_json(),
+                next_cursor: page.next_cursor.unwrap_or_default(),
+                examined: u32::try_from(page.examined).unwrap_or(u32::MAX),
+            })),
+        }));
+        let stream: ExtractStream = Box::pin(tokio_stream::iter(messages));
+        let mut out = Response::new(stream);
+        *out.metadata_mut() = metadata;
+        Ok(out)
+    }
+
+    async fn extract_revocations(
+        &self,
+        request: Request<pb::ExtractRevocationsRequest>,
+    ) -> Result<Response<pb::ExtractRevocationsResponse>, Status> {
+        let ctx = self
+            .edge
+            .context(&request, Action::ExtractRevocations)
+            .await?;
+        let pb::ExtractRevocationsRequest { extract_id, since } = request.into_inner();
+        let since = match since.as_str() {
+            "" => Ok(0),
+            text => crate::clock::parse_rfc3339(text)
+                .ok_or_else(|| Status::invalid_argument("since is not an RFC 3339 time")),
+        };
+        let since = self.edge.admit(&ctx, since).await?;
+        self.edge
+            .run(
+                ctx,
+                move |vault, ctx| vault.extract_revocations(ctx, &extract_id, since),
+                |revocations| pb::ExtractRevocationsResponse {
+                    revocations: revocations
+                        .into_iter()
+                        .map(|r| pb::Revocation {
+                            row_key: r.row_key,
+                            reason: match r.reason {
+                                RevocationReason::Shredded => pb::revocation::Reason::Shredded,
+                                RevocationReason::Withdrawn => pb::revocation::Reason::Withdrawn,
+                                RevocationReason::Signal => pb::revocation::Reason::Signal,
+                            }
+                            .into(),
+                            time: crate::clock::rfc3339(r.time_ms),
+                        })
+                        .collect(),
+                },
+            )
+            .await
+    }
+
     async fn put_fields(
         &self,
         request: Request<pb::PutFieldsRequest>,
@@ -352,6 +482,54 @@ impl pb::vault_server::Vault for VaultService {
             )
             .await
     }
+}
+
+/// An extract call from the wire: a purpose, its fields, and either subject ids or
+/// `every_subject` (with its cursor).
+fn extract_call(request: pb::ExtractRequest) -> Result<ExtractCall, Status> {
+    let pb::ExtractRequest {
+        extract_id,
+        purpose,
+        fields,
+        subject_ids,
+        every_subject,
+        cursor,
+        limit,
+    } = request;
+    let invalid = |e: crate::domain::InvalidInput| Status::invalid_argument(e.0);
+    let subjects = match (every_subject, subject_ids.is_empty()) {
+        (true, true) => ExtractSubjects::Every {
+            cursor: (!cursor.is_empty()).then_some(cursor),
+        },
+        (false, false) if cursor.is_empty() => ExtractSubjects::Listed(
+            subject_ids
+                .into_iter()
+                .map(SubjectId::new)
+                .collect::<Result<_, _>>()
+                .map_err(invalid)?,
+        ),
+        (false, false) => {
+            return Err(Status::invalid_argument(
+                "a cursor continues an every_subject extract; listed subjects take none",
+            ));
+        }
+        _ => {
+            return Err(Status::invalid_argument(
+                "name subject_ids, or set every_subject (not both)",
+            ));
+        }
+    };
+    Ok(ExtractCall {
+        extract_id: (!extract_id.is_empty()).then_some(extract_id),
+        purpose: Purpose::new(purpose).map_err(invalid)?,
+        fields: fields
+            .into_iter()
+            .map(FieldName::new)
+            .collect::<Result<_, _>>()
+            .map_err(invalid)?,
+        subjects,
+        limit: limit as usize,
+    })
 }
 
 /// A hold's scope from the wire: a key class, or empty / `all` for every class.

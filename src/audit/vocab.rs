@@ -113,6 +113,11 @@ pub enum Action {
     /// A legal hold reached its `until` and lapsed (made by the system). A release or lapse record
     /// lists, as `deleted`, the key classes of an erased subject it let the vault erase.
     HoldLapse = 42,
+    /// `Vault/Extract`: one record per subject read for a training set (with the subject), and
+    /// one per call (without) when its manifest is issued.
+    Extract = 43,
+    /// `Vault/ExtractRevocations`.
+    ExtractRevocations = 44,
 }
 
 /// How a call ended.

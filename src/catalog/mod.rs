@@ -106,6 +106,8 @@ pub struct Catalog {
     // Purposes marked `legal_claims`, the only ones that read what a legal hold kept of an
     // erased subject (and their children).
     legal_claims: BTreeSet<Purpose>,
+    // Purposes marked `extract`, the only ones `Vault/Extract` reads many subjects for.
+    extractable: BTreeSet<Purpose>,
     fields: BTreeMap<FieldName, FieldSpec>,
     services: BTreeMap<String, BTreeSet<Purpose>>,
     budgets: BTreeMap<String, ReadBudget>,
@@ -157,6 +159,8 @@ struct RawPurpose {
     profiling: bool,
     #[serde(default)]
     legal_claims: bool,
+    #[serde(default)]
+    extract: bool,
     #[serde(default)]
     #[expect(dead_code, reason = "documentation for humans, accepted and ignored")]
     description: Option<String>,
@@ -231,6 +235,12 @@ impl Catalog {
             .purposes
             .iter()
             .filter(|(_, spec)| spec.legal_claims)
+            .filter_map(|(name, _)| Purpose::new(name.get_ref().clone()).ok())
+            .collect();
+        let extractable: BTreeSet<Purpose> = raw
+            .purposes
+            .iter()
+            .filter(|(_, spec)| spec.extract)
             .filter_map(|(name, _)| Purpose::new(name.get_ref().clone()).ok())
             .collect();
         if let Some(purpose) = first_cycle(&purposes) {
@@ -359,6 +369,7 @@ impl Catalog {
                 purposes,
                 marks,
                 legal_claims,
+                extractable,
                 fields,
                 services,
                 shred_when_empty: raw.subjects.shred_when_empty,
@@ -471,6 +482,14 @@ impl Catalog {
     /// exercising or defending legal claims, the one use of what a legal hold keeps after a shred.
     pub fn is_legal_claims(&self, purpose: &Purpose) -> bool {
         self.legal_claims
+            .iter()
+            .any(|marked| self.purpose_and_descendants(marked).contains(purpose))
+    }
+
+    /// Whether `purpose` (or a purpose above it) is marked `extract`: `Vault/Extract` may read
+    /// many subjects for it (training sets).
+    pub fn is_extractable(&self, purpose: &Purpose) -> bool {
+        self.extractable
             .iter()
             .any(|marked| self.purpose_and_descendants(marked).contains(purpose))
     }

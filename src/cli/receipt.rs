@@ -1,17 +1,19 @@
-//! `privault receipt verify`: checks an erasure receipt offline against the vault's audit public
-//! key (`privault audit public-key`), and prints what it proves.
+//! `privault receipt verify`: checks an erasure receipt or an extract manifest offline against
+//! the vault's audit public key (`privault audit public-key`), and prints what it proves.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Subcommand;
-use privault::receipt::SignedReceipt;
+use privault::manifest::SignedManifest;
+use privault::receipt::{ReceiptError, SignedReceipt};
 
 #[derive(Subcommand)]
 pub enum ReceiptCommand {
-    /// Verify an erasure receipt (the `receipt` of ShredSubject or GetErasureReceipt, saved as a
-    /// file): exit 0 and print its facts when the signature holds, 3 when it does not.
+    /// Verify an erasure receipt (the `receipt` of ShredSubject or GetErasureReceipt) or an
+    /// extract manifest (the `manifest` of Extract), saved as a file: exit 0 and print its facts
+    /// when the signature holds, 3 when it does not.
     Verify {
         /// The receipt file (JSON).
         file: PathBuf,
@@ -30,7 +32,13 @@ pub fn run(command: ReceiptCommand) -> anyhow::Result<ExitCode> {
                 Ok(text) => text,
                 Err(_) => public_key,
             };
-            match SignedReceipt::verify(&document, key.trim()) {
+            let receipt = SignedReceipt::verify(&document, key.trim());
+            if let Err(ReceiptError::Malformed(_)) = receipt
+                && document.contains("\"extract_id\"")
+            {
+                return verify_manifest(&document, key.trim());
+            }
+            match receipt {
                 Ok(receipt) => {
                     let b = &receipt.body;
                     if super::json() {
@@ -57,6 +65,31 @@ pub fn run(command: ReceiptCommand) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::from(3))
                 }
             }
+        }
+    }
+}
+
+fn verify_manifest(document: &str, key: &str) -> anyhow::Result<ExitCode> {
+    match SignedManifest::verify(document, key) {
+        Ok(manifest) => {
+            let b = &manifest.body;
+            if super::json() {
+                super::print_json(&serde_json::json!({"valid": true, "manifest": b}))?;
+            } else {
+                println!("valid extract manifest {} part {}", b.extract_id, b.part);
+                println!("purpose {}, fields {}", b.purpose, b.fields.join(", "));
+                println!(
+                    "{} rows, issued at {}, extract complete {}",
+                    b.row_keys.len(),
+                    b.issued_at,
+                    b.complete
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(3))
         }
     }
 }

@@ -9,12 +9,14 @@ use crate::domain::{Sid, SubjectId};
 
 const SID_LABEL: &[u8] = b"privault/sid/v1";
 const RECORD_LABEL: &[u8] = b"privault/record-tag/v1";
+const ROW_LABEL: &[u8] = b"privault/extract-row/v1";
 
 /// The keyed hash that turns subject ids into on-disk handles, and authenticates the vault's own
 /// records in `db/` (policy versions), each under its own label.
 pub struct IndexKey {
     mac: Hmac<Sha256>,
     records: Hmac<Sha256>,
+    rows: Hmac<Sha256>,
 }
 
 /// A kind of record [`IndexKey::record_tag`] authenticates.
@@ -34,9 +36,11 @@ impl IndexKey {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key.expose())
             .unwrap_or_else(|_| super::root::unreachable_hmac());
         let mut records = mac.clone();
+        let mut rows = mac.clone();
         mac.update(SID_LABEL);
         records.update(RECORD_LABEL);
-        Self { mac, records }
+        rows.update(ROW_LABEL);
+        Self { mac, records, rows }
     }
 
     /// The tag of record `number` of `kind` with content `bytes`: a copy of `db/` edited without
@@ -62,6 +66,18 @@ impl IndexKey {
         mac.update(&number.to_be_bytes());
         mac.update(bytes);
         mac.verify_slice(tag).is_ok()
+    }
+
+    /// The row key of subject `sid` in extract `extract_id`: a pseudonym scoped to the extract
+    /// (another extract gives the same subject an unrelated key), 128 bits.
+    pub fn row_key(&self, extract_id: &[u8; 16], sid: &Sid) -> [u8; 16] {
+        let mut mac = self.rows.clone();
+        mac.update(extract_id);
+        mac.update(&sid.0);
+        let full: [u8; 32] = mac.finalize().into_bytes().into();
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&full[..16]);
+        out
     }
 
     /// The on-disk handle of `subject`.

@@ -9,6 +9,7 @@ mod consent_cache;
 mod epoch;
 mod error;
 mod export;
+mod extract;
 mod hold;
 mod keys;
 mod lookup;
@@ -36,6 +37,10 @@ pub use consent::{ConsentState, SignalState};
 pub use epoch::{ROLL_SLICE, RollProgress};
 pub use error::{OpenError, VaultError};
 pub use export::{AccessEvent, ExportedField, SubjectExport};
+pub use extract::{
+    ExtractCall, ExtractPage, ExtractRow, ExtractSubjects, MAX_EXTRACT_SUBJECTS, Revocation,
+    RevocationReason,
+};
 pub use hold::{HoldInfo, HoldReleased};
 pub use open::VaultConfig;
 pub use policy_admin::{DecisionChange, DryRun, Validation};

@@ -66,14 +66,18 @@ const RUNTIME_OPEN_BYTES: usize = 64 * 1024;
 
 /// What one call asks of every subject it reads.
 #[derive(Clone, Copy)]
-struct Asked<'a> {
+pub(super) struct Asked<'a> {
     purpose: &'a Purpose,
     fields: &'a [FieldName],
     budget: &'a ReadBudget,
 }
 
 impl<'a> Asked<'a> {
-    fn new(purpose: &'a Purpose, fields: &'a [FieldName], budget: &'a ReadBudget) -> Self {
+    pub(super) fn new(
+        purpose: &'a Purpose,
+        fields: &'a [FieldName],
+        budget: &'a ReadBudget,
+    ) -> Self {
         Self {
             purpose,
             fields,
@@ -83,13 +87,13 @@ impl<'a> Asked<'a> {
 }
 
 /// The bytes of values one call has taken so far, against the per-call budget.
-struct ReadBudget {
+pub(super) struct ReadBudget {
     limit: usize,
     used: std::cell::Cell<usize>,
 }
 
 impl ReadBudget {
-    fn new(limit: usize) -> Self {
+    pub(super) fn new(limit: usize) -> Self {
         Self {
             limit,
             used: std::cell::Cell::new(0),
@@ -167,7 +171,7 @@ impl Vault {
         if matches!(staged.1, Err(VaultError::NeedsDisk)) {
             return Queued::NeedsDisk;
         }
-        let (result, ticket) = self.queue_read(staged);
+        let (result, ticket) = self.queue_read(Batch::new(), staged);
         Queued::Ready {
             result,
             records: vec![ticket],
@@ -187,7 +191,7 @@ impl Vault {
         let policies = self.policies();
         let refuse = |err: VaultError| {
             let event = self.event(ctx, Action::Read, Some(purpose), &policies);
-            let (result, ticket) = self.queue_read((event, Err(err)));
+            let (result, ticket) = self.queue_read(Batch::new(), (event, Err(err)));
             Queued::Ready {
                 result,
                 records: vec![ticket],
@@ -236,7 +240,7 @@ impl Vault {
                     let err = VaultError::ResponseTooLarge {
                         limit: budget.limit,
                     };
-                    self.queue_read((event, Err::<(), _>(err))).1
+                    self.queue_read(Batch::new(), (event, Err::<(), _>(err))).1
                 })
                 .collect();
             return Queued::Ready {
@@ -246,7 +250,10 @@ impl Vault {
                 records,
             };
         }
-        let (results, records) = staged.into_iter().map(|s| self.queue_read(s)).unzip();
+        let (results, records) = staged
+            .into_iter()
+            .map(|s| self.queue_read(Batch::new(), s))
+            .unzip();
         Queued::Ready {
             result: Ok(results),
             records,
@@ -267,8 +274,9 @@ impl Vault {
     }
 
     /// Queues the audit record of a staged read; the result may leave once the ticket resolves.
-    fn queue_read<T>(
+    pub(super) fn queue_read<T>(
         &self,
+        batch: Batch,
         (mut event, result): (AuditEvent, Result<T, VaultError>),
     ) -> (Result<T, VaultError>, CommitTicket) {
         event.outcome = match &result {
@@ -279,7 +287,7 @@ impl Vault {
         };
         let ticket = self
             .audit
-            .commit_deferred(Batch::new(), event, self.clock.now_ms());
+            .commit_deferred(batch, event, self.clock.now_ms());
         (result, ticket)
     }
 
@@ -291,12 +299,26 @@ impl Vault {
         asked: &Asked<'_>,
         event: &mut AuditEvent,
     ) -> Result<Vec<FieldRead>, VaultError> {
+        let (sid, keys) = self.locate(subject, event)?;
+        self.read_located(ctx, policies, &sid, keys, asked, event)
+    }
+
+    /// [`Vault::get_inner`] for a subject already located: its sid and keys.
+    pub(super) fn read_located(
+        &self,
+        ctx: &CallContext,
+        policies: &Policies,
+        sid: &Sid,
+        keys: Option<Arc<SubjectKeys>>,
+        asked: &Asked<'_>,
+        event: &mut AuditEvent,
+    ) -> Result<Vec<FieldRead>, VaultError> {
+        let sid = *sid;
         let Asked {
             purpose,
             fields,
             budget,
         } = *asked;
-        let (sid, keys) = self.locate(subject, event)?;
         let specs = self.check_call(policies, purpose, &fields.iter().collect::<Vec<_>>())?;
         if keys.as_ref().is_some_and(|k| k.canary) {
             self.canary_read(ctx, purpose, event);

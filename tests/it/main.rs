@@ -13,6 +13,7 @@ mod crash;
 mod deploy;
 mod durability;
 mod exfiltration;
+mod extracts;
 mod holds;
 mod hostile;
 mod identity;

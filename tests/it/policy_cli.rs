@@ -165,7 +165,7 @@ fn ropa_prints_the_record_of_processing_as_markdown_and_json() {
     assert!(out.status.success());
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let services = json["services"].as_array().unwrap();
-    assert_eq!(services.len(), 9);
+    assert_eq!(services.len(), 10);
     // Subject-conditional reads name the customers they are for.
     let analytics = services
         .iter()

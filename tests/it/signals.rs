@@ -241,7 +241,10 @@ async fn an_objection_to_profiling_stops_personalization() {
     let recorded = signal(&server, ACCOUNT, "cust-1", Signal::ObjectToProfiling)
         .await
         .unwrap();
-    assert_eq!(recorded.withdrawn, vec!["personalization"]);
+    assert_eq!(
+        recorded.withdrawn,
+        vec!["model_training", "personalization"]
+    );
     assert_eq!(
         get(
             &mut recommender,
