@@ -93,6 +93,9 @@ fn answer<B>(vault: &Vault, request: &hyper::Request<B>) -> hyper::Response<Full
             .quarantined_subjects
             .set(i64::try_from(quarantined.len()).unwrap_or(i64::MAX));
     }
+    metrics
+        .legal_holds
+        .set(i64::try_from(vault.holds_in_force()).unwrap_or(i64::MAX));
     let text = metrics.render(Some(vault.store_stats()));
     *response.body_mut() = Full::new(Bytes::from(text));
     response.headers_mut().insert(

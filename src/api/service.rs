@@ -574,6 +574,16 @@ fn export_message(export: SubjectExport) -> pb::ExportSubjectResponse {
             })
             .collect(),
         erased: export.erased,
+        extracts: export
+            .extracts
+            .into_iter()
+            .map(|e| pb::ExtractMembership {
+                extract_id: e.extract_id,
+                principal: e.principal,
+                purpose: e.purpose,
+                created_at: crate::clock::rfc3339(e.created_ms),
+            })
+            .collect(),
         history: export
             .history
             .into_iter()

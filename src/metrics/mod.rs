@@ -86,6 +86,10 @@ pub struct Metrics {
     /// `privault_quarantined_subjects`: subjects set aside for failing their integrity checks
     /// (read when scraped).
     pub quarantined_subjects: Gauge,
+    /// `privault_legal_holds`: legal holds in force (read when scraped).
+    pub legal_holds: Gauge,
+    /// `privault_extract_rows_total`: training-set rows handed out by `Vault/Extract`.
+    pub extract_rows: Counter,
     /// `privault_epoch_roll_keys_remaining`: keys-CF entries a running epoch roll has still to
     /// examine (RocksDB's key estimate less those examined); 0 when no roll runs.
     pub epoch_roll_keys_remaining: Gauge,
@@ -216,6 +220,16 @@ impl Metrics {
                 &mut registry,
                 "privault_quarantined_subjects",
                 "Subjects set aside because their stored entries fail their integrity checks",
+            ),
+            legal_holds: gauge(
+                &mut registry,
+                "privault_legal_holds",
+                "Legal holds in force (each keeps a subject's key class through a shred)",
+            ),
+            extract_rows: counter(
+                &mut registry,
+                "privault_extract_rows",
+                "Training-set rows handed out by Vault/Extract",
             ),
             epoch_roll_keys_remaining: gauge(
                 &mut registry,

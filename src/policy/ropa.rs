@@ -22,6 +22,9 @@ pub struct Ropa {
     /// The purposes (marked `legal_claims`) that alone read what a legal hold kept of an erased
     /// customer (GDPR Art. 17(3)(e)).
     pub legal_hold_purposes: Vec<String>,
+    /// The purposes (marked `extract`) `Vault/Extract` reads for many customers at once
+    /// (training sets), whose rows `Vault/ExtractRevocations` revokes.
+    pub extract_purposes: Vec<String>,
 }
 
 /// One key class and the fields sealed under it.
@@ -135,11 +138,19 @@ impl Policies {
             .map(ToString::to_string)
             .collect();
         legal_hold_purposes.sort();
+        let mut extract_purposes: Vec<String> = catalog
+            .purposes()
+            .map(|(p, _)| p)
+            .filter(|p| catalog.is_extractable(p))
+            .map(ToString::to_string)
+            .collect();
+        extract_purposes.sort();
         Ropa {
             policy_version: self.version(),
             services,
             key_classes,
             legal_hold_purposes,
+            extract_purposes,
         }
     }
 
@@ -274,6 +285,19 @@ impl Ropa {
         out.push_str("| key class | fields |\n| --- | --- |\n");
         for k in &self.key_classes {
             out.push_str(&format!("| {} | {} |\n", k.key_class, k.fields.join(", ")));
+        }
+        out.push_str(
+            "\n## Bulk extraction (training sets)\n\n`Vault/Extract` reads many customers at once \
+             only for ",
+        );
+        if self.extract_purposes.is_empty() {
+            out.push_str("no purpose (the catalog marks none `extract`).\n");
+        } else {
+            out.push_str(&format!(
+                "{}: each customer decided as a read above, rows keyed by pseudonyms scoped to \
+                 the extract, revoked when the customer is shredded, withdraws or objects.\n",
+                self.extract_purposes.join(", ")
+            ));
         }
         out
     }

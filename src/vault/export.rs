@@ -66,6 +66,8 @@ pub struct SubjectExport {
     pub holds: Vec<super::HoldInfo>,
     /// The subject was erased and what is exported is what legal holds keep.
     pub erased: bool,
+    /// The training-set extracts the subject has a row in.
+    pub extracts: Vec<super::ExtractMembership>,
     /// Every audited call about the subject, oldest first.
     pub history: Vec<AccessEvent>,
     /// When the export was made.
@@ -102,6 +104,7 @@ impl Vault {
                 export.signals = entries.signals;
                 export.holds = self.holds_of(&sid);
                 export.erased = keys.erased;
+                export.extracts = self.extracts_of(&sid)?;
                 let (history, next) = self.history_of(keys.pseudonym, limit - values)?;
                 export.history = history;
                 export.history_next_seq = next;

@@ -29,6 +29,8 @@ const MAX_EXTRACT_ROWS: usize = 1_000_000;
 
 const RECORD_PREFIX: &[u8] = b"extract/";
 const ROW_PREFIX: &[u8] = b"extract-row/";
+// `extract-subject/<sid hex>/<extract id>`: the extracts a subject is in, for its export.
+const SUBJECT_PREFIX: &[u8] = b"extract-subject/";
 
 /// What the vault keeps of an extract: who made it, for what, and how many calls it took.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,6 +49,23 @@ fn record_key(extract_id: &str) -> Vec<u8> {
 
 fn row_prefix(extract_id: &str) -> Vec<u8> {
     [ROW_PREFIX, extract_id.as_bytes(), b"/"].concat()
+}
+
+fn subject_prefix(sid: &Sid) -> Vec<u8> {
+    [SUBJECT_PREFIX, hex::encode(sid.0).as_bytes(), b"/"].concat()
+}
+
+/// An extract a subject is in, as its export shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtractMembership {
+    /// The extract.
+    pub extract_id: String,
+    /// Who made it.
+    pub principal: String,
+    /// For what.
+    pub purpose: String,
+    /// When it began.
+    pub created_ms: Millis,
 }
 
 /// Which subjects an extract call reads.
@@ -208,6 +227,8 @@ impl Vault {
             if returned {
                 let key = [row_prefix(&extract_id), row_key.as_bytes().to_vec()].concat();
                 batch.put(Cf::Meta, key, hex::encode(sid.0).into_bytes());
+                let member = [subject_prefix(sid), extract_id.as_bytes().to_vec()].concat();
+                batch.put(Cf::Meta, member, Vec::new());
             }
             let (result, ticket) = self.queue_read(batch, (event, read));
             tickets.push(ticket);
@@ -240,6 +261,9 @@ impl Vault {
         };
         let manifest = SignedManifest::sign(body, self.keyring.audit_signer())
             .map_err(|e| VaultError::Internal(e.to_string()))?;
+        crate::metrics::metrics()
+            .extract_rows
+            .inc_by(rows.len() as u64);
         Ok(ExtractPage {
             extract_id,
             rows,
@@ -385,6 +409,23 @@ impl Vault {
                 }
             }
         }
+    }
+
+    /// The extracts `sid` has a row in (GDPR Art. 15(1)(c): the recipients of its data).
+    pub(super) fn extracts_of(&self, sid: &Sid) -> Result<Vec<ExtractMembership>, VaultError> {
+        let prefix = subject_prefix(sid);
+        let mut out = Vec::new();
+        for (key, _) in self.store.scan_prefix(Cf::Meta, &prefix)? {
+            let extract_id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+            let record = self.load_extract(&extract_id)?;
+            out.push(ExtractMembership {
+                extract_id,
+                principal: record.principal,
+                purpose: record.purpose,
+                created_ms: record.created_ms,
+            });
+        }
+        Ok(out)
     }
 
     /// The rows of extract `extract_id` to forget because of what their subjects did since

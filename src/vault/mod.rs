@@ -38,8 +38,8 @@ pub use epoch::{ROLL_SLICE, RollProgress};
 pub use error::{OpenError, VaultError};
 pub use export::{AccessEvent, ExportedField, SubjectExport};
 pub use extract::{
-    ExtractCall, ExtractPage, ExtractRow, ExtractSubjects, MAX_EXTRACT_SUBJECTS, Revocation,
-    RevocationReason,
+    ExtractCall, ExtractMembership, ExtractPage, ExtractRow, ExtractSubjects, MAX_EXTRACT_SUBJECTS,
+    Revocation, RevocationReason,
 };
 pub use hold::{HoldInfo, HoldReleased};
 pub use open::VaultConfig;

@@ -207,6 +207,29 @@ async fn revocations_name_the_rows_shredded_withdrawn_or_objected_to_since() {
             .all(|r| rows.iter().all(|o| o.row_key != r.row_key))
     );
 
+    // The customers' exports name the extract they are in.
+    let export = server
+        .client(DPO)
+        .await
+        .export_subject(pb::ExportSubjectRequest {
+            subject_id: subjects[3].into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<&str> = export
+        .extracts
+        .iter()
+        .map(|e| e.extract_id.as_str())
+        .collect();
+    assert!(ids.contains(&manifest.extract_id.as_str()), "{ids:?}");
+    assert!(
+        export
+            .extracts
+            .iter()
+            .all(|e| e.principal == TRAINER && e.purpose == "model_training")
+    );
+
     let since = privault::clock::rfc3339(now_ms());
     let revocations = |since: String| {
         let server = &server;

@@ -143,6 +143,8 @@ async fn metrics_move_with_calls_and_never_name_a_subject_or_a_value() {
     assert!(value(&after, "privault_process_resident_memory_bytes", &[]) > 0.0);
     assert!(value(&after, "privault_process_open_fds", &[]) > 0.0);
     assert_eq!(value(&after, "privault_quarantined_subjects", &[]), 0.0);
+    assert_eq!(value(&after, "privault_legal_holds", &[]), 0.0);
+    assert!(value(&after, "privault_extract_rows_total", &[]) >= 0.0);
     assert!(
         after
             .samples

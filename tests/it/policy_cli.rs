@@ -202,6 +202,11 @@ fn ropa_prints_the_record_of_processing_as_markdown_and_json() {
         json["key_classes"]
     );
     assert!(markdown.contains("Exceptions to erasure"), "{markdown}");
+    assert_eq!(
+        json["extract_purposes"],
+        serde_json::json!(["model_training"])
+    );
+    assert!(markdown.contains("Bulk extraction"), "{markdown}");
     let ads = services.iter().find(|s| s["service"] == "ads").unwrap();
     assert!(
         ads["reads"]
