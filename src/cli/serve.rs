@@ -61,6 +61,18 @@ pub struct Settings {
     /// Name of an environment variable holding the root passphrase.
     #[arg(long, env = "PRIVAULT_ROOT_PASSPHRASE_ENV")]
     root_passphrase_env: Option<String>,
+    /// PKCS#11 module whose token holds the root key (an HSM; the key never leaves it).
+    #[arg(long, env = "PRIVAULT_ROOT_KEY_PKCS11")]
+    root_key_pkcs11: Option<PathBuf>,
+    /// The label of the token holding the root key.
+    #[arg(long, env = "PRIVAULT_PKCS11_TOKEN")]
+    pkcs11_token: Option<String>,
+    /// The label of the root key in the token (generated there for a new keyring).
+    #[arg(long, env = "PRIVAULT_PKCS11_KEY")]
+    pkcs11_key: Option<String>,
+    /// File holding the token's user PIN, mode 0600.
+    #[arg(long, env = "PRIVAULT_PKCS11_PIN_FILE")]
+    pkcs11_pin_file: Option<PathBuf>,
     /// Lock the process's memory (mlockall) so keys and values never reach swap [default: true]
     #[arg(long, env = "PRIVAULT_LOCK_MEMORY")]
     lock_memory: Option<bool>,
@@ -175,6 +187,10 @@ impl Settings {
             key_file,
             root_passphrase_file,
             root_passphrase_env,
+            root_key_pkcs11,
+            pkcs11_token,
+            pkcs11_key,
+            pkcs11_pin_file,
             lock_memory,
             epoch_roll_days,
             tls_cert,
@@ -285,6 +301,12 @@ fn resolve(args: &ServeArgs) -> anyhow::Result<Resolved> {
     vault.passphrase = super::root::passphrase(
         s.root_passphrase_file.as_deref(),
         s.root_passphrase_env.as_deref(),
+    )?;
+    vault.token = super::root::token_config(
+        s.root_key_pkcs11.as_deref(),
+        s.pkcs11_token.as_deref(),
+        s.pkcs11_key.as_deref(),
+        s.pkcs11_pin_file.as_deref(),
     )?;
     vault.limits = limits;
     if let Some(bytes) = s.audit_segment_bytes {

@@ -11,6 +11,7 @@ pub mod lookup;
 pub mod password;
 pub mod root;
 pub mod secret;
+pub mod token;
 
 pub use aead::GCM_TAG_LEN;
 pub(crate) use audit_sign::verify_message;
@@ -22,6 +23,7 @@ pub use lookup::{LookupKey, TAG_LEN};
 pub use password::{KdfParams, Passphrase};
 pub use root::RootKey;
 pub use secret::Key256;
+pub use token::TokenConfig;
 
 /// What can go wrong in the crypto layer. Decryption failures are deliberately opaque.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +43,9 @@ pub enum CryptoError {
     /// Argon2 refused its parameters.
     #[error("key derivation failed: {0}")]
     Kdf(String),
+    /// The PKCS#11 token holding the root key failed or refused.
+    #[error("PKCS#11 token: {0}")]
+    Token(String),
 }
 
 /// Fills `buf` from the OS random number generator.

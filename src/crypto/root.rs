@@ -1,5 +1,6 @@
-//! The root key: 256 bits from a key file or derived from a passphrase, whose only job is to wrap the keyring's keys (KEK
-//! epochs, the index key). A check value makes a wrong root key a clear error, never garbage.
+//! The root key: 256 bits from a key file or derived from a passphrase, or an AES key held in a
+//! PKCS#11 token that never leaves it; its only job is to wrap the keyring's keys (KEK epochs,
+//! the index key). A check value makes a wrong root key a clear error, never garbage.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -7,15 +8,24 @@ use zeroize::Zeroizing;
 
 use super::aead::{Cipher, NONCE_LEN, aad};
 use super::password::{KdfParams, Passphrase};
+use super::token::{TokenConfig, TokenKey};
 use super::{CryptoError, Key256};
 
 const CHECK_LABEL: &[u8] = b"privault/root-check/v1";
 const WRAP_LABEL: &str = "privault/keyring-key/v1";
 
-/// The root of the key hierarchy. Never leaves memory; never printed.
+/// The root of the key hierarchy. Never leaves memory (or its token); never printed.
 #[derive(Debug)]
 pub struct RootKey {
-    key: Key256,
+    inner: Inner,
+}
+
+#[derive(Debug)]
+enum Inner {
+    /// In the process: from a key file or a passphrase.
+    Memory(Key256),
+    /// In a PKCS#11 token, with its check value (computed by the token once, at open).
+    Token(std::sync::Arc<TokenKey>, [u8; 32]),
 }
 
 /// A key wrapped by the root key, as stored in the keyring file.
@@ -31,24 +41,41 @@ impl RootKey {
     /// A fresh random root key (for a new development key file).
     pub fn generate() -> Result<Self, CryptoError> {
         Ok(Self {
-            key: Key256::random()?,
+            inner: Inner::Memory(Key256::random()?),
         })
+    }
+
+    /// The root key in the PKCS#11 token `config` names; with `create`, generated in the token
+    /// when it has none (for a new keyring).
+    pub fn from_token(config: &TokenConfig, create: bool) -> Result<Self, CryptoError> {
+        let key = TokenKey::open(config, create)?;
+        let check = key.check_value()?;
+        Ok(Self {
+            inner: Inner::Token(std::sync::Arc::new(key), check),
+        })
+    }
+
+    /// Whether the key is held by a token.
+    pub fn in_token(&self) -> bool {
+        matches!(self.inner, Inner::Token(..))
     }
 
     /// The root key derived from `passphrase` with `kdf` (Argon2id; parameters below the floor
     /// are refused).
     pub fn from_passphrase(passphrase: &Passphrase, kdf: &KdfParams) -> Result<Self, CryptoError> {
         Ok(Self {
-            key: kdf.derive(passphrase.expose().as_bytes())?,
+            inner: Inner::Memory(kdf.derive(passphrase.expose().as_bytes())?),
         })
     }
 
     /// A second handle on the same key, for the keyring that must re-wrap epochs later (an epoch
     /// roll). Deliberately not `Clone`: copies of the root key are made on purpose only.
     pub fn duplicate(&self) -> Result<Self, CryptoError> {
-        Ok(Self {
-            key: Key256::from_slice(self.key.expose())?,
-        })
+        let inner = match &self.inner {
+            Inner::Memory(key) => Inner::Memory(Key256::from_slice(key.expose())?),
+            Inner::Token(key, check) => Inner::Token(std::sync::Arc::clone(key), *check),
+        };
+        Ok(Self { inner })
     }
 
     /// Parses a key file: 64 hex digits, surrounding whitespace ignored.
@@ -61,41 +88,61 @@ impl RootKey {
                 .map_err(|_| CryptoError::MalformedKey("a key file holds 64 hex digits"))?,
         );
         Ok(Self {
-            key: Key256::from_slice(&bytes)
-                .map_err(|_| CryptoError::MalformedKey("a key file holds 64 hex digits"))?,
+            inner: Inner::Memory(
+                Key256::from_slice(&bytes)
+                    .map_err(|_| CryptoError::MalformedKey("a key file holds 64 hex digits"))?,
+            ),
         })
     }
 
-    /// The key file text for this key (64 hex digits and a newline), in a wiping buffer.
-    pub fn to_key_file(&self) -> Zeroizing<String> {
-        let mut text = Zeroizing::new(hex::encode(self.key.expose()));
+    /// The key file text for this key (64 hex digits and a newline), in a wiping buffer; `None`
+    /// for a key held by a token, which never leaves it.
+    pub fn to_key_file(&self) -> Option<Zeroizing<String>> {
+        let Inner::Memory(key) = &self.inner else {
+            return None;
+        };
+        let mut text = Zeroizing::new(hex::encode(key.expose()));
         text.push('\n');
-        text
+        Some(text)
     }
 
     /// `HMAC-SHA256(root, "privault/root-check/v1")`: stored in the keyring so that a wrong root key
     /// is recognised before anything is unwrapped. Reveals nothing about the key.
+    /// A token's key has its own check value (see `crypto::token`).
     pub fn check_value(&self) -> [u8; 32] {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.key.expose())
-            .unwrap_or_else(|_| unreachable_hmac());
-        mac.update(CHECK_LABEL);
-        mac.finalize().into_bytes().into()
+        match &self.inner {
+            Inner::Memory(key) => {
+                let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key.expose())
+                    .unwrap_or_else(|_| unreachable_hmac());
+                mac.update(CHECK_LABEL);
+                mac.finalize().into_bytes().into()
+            }
+            Inner::Token(_, check) => *check,
+        }
     }
 
     /// Wraps a keyring key; `context` binds it to its keyring and slot (e.g. `kek` and the epoch).
+    /// A token's key wraps inside the token.
     pub fn wrap(&self, key: &Key256, context: &[&[u8]]) -> Result<WrappedKey, CryptoError> {
-        let (nonce, ciphertext) =
-            Cipher::new(&self.key).seal(&aad(WRAP_LABEL, context), key.expose())?;
+        let aad = aad(WRAP_LABEL, context);
+        let (nonce, ciphertext) = match &self.inner {
+            Inner::Memory(root) => Cipher::new(root).seal(&aad, key.expose())?,
+            Inner::Token(token, _) => token.seal(&aad, key.expose())?,
+        };
         Ok(WrappedKey { nonce, ciphertext })
     }
 
     /// Unwraps a keyring key wrapped with the same `context`.
     pub fn unwrap(&self, wrapped: &WrappedKey, context: &[&[u8]]) -> Result<Key256, CryptoError> {
-        let plain = Zeroizing::new(Cipher::new(&self.key).open(
-            &aad(WRAP_LABEL, context),
-            &wrapped.nonce,
-            &wrapped.ciphertext,
-        )?);
+        let aad = aad(WRAP_LABEL, context);
+        let plain = match &self.inner {
+            Inner::Memory(root) => {
+                Zeroizing::new(Cipher::new(root).open(&aad, &wrapped.nonce, &wrapped.ciphertext)?)
+            }
+            Inner::Token(token, _) => {
+                token.open_sealed(&aad, &wrapped.nonce, &wrapped.ciphertext)?
+            }
+        };
         Key256::from_slice(&plain)
     }
 }
@@ -116,7 +163,7 @@ mod tests {
     #[test]
     fn key_file_round_trips() {
         let root = RootKey::generate().unwrap();
-        let again = RootKey::from_key_file(root.to_key_file().as_bytes()).unwrap();
+        let again = RootKey::from_key_file(root.to_key_file().unwrap().as_bytes()).unwrap();
         assert_eq!(root.check_value(), again.check_value());
     }
 

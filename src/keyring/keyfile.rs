@@ -6,7 +6,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use super::KeyringError;
-use crate::crypto::RootKey;
+use crate::crypto::{CryptoError, RootKey};
 
 /// Reads the root key from `path`, refusing a file readable by group or others.
 pub fn read_key_file(path: &Path) -> Result<RootKey, KeyringError> {
@@ -35,7 +35,10 @@ pub fn create_key_file(path: &Path) -> Result<RootKey, KeyringError> {
         .mode(0o600)
         .open(path)
         .map_err(io)?;
-    file.write_all(root.to_key_file().as_bytes()).map_err(io)?;
+    let text = root
+        .to_key_file()
+        .ok_or(CryptoError::MalformedKey("a generated key is in memory"))?;
+    file.write_all(text.as_bytes()).map_err(io)?;
     file.sync_all().map_err(io)?;
     Ok(root)
 }

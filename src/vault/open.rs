@@ -40,6 +40,8 @@ pub struct VaultConfig {
     pub key_file: Option<PathBuf>,
     /// The passphrase the root key is derived from (Argon2id), instead of a key file.
     pub passphrase: Option<Passphrase>,
+    /// The PKCS#11 token holding the root key, instead of a key file or a passphrase.
+    pub token: Option<crate::crypto::TokenConfig>,
     /// Per-call bounds.
     pub limits: Limits,
     /// How the audit log is cut into segments.
@@ -54,6 +56,7 @@ impl VaultConfig {
             policies_dir: policies_dir.into(),
             key_file: None,
             passphrase: None,
+            token: None,
             limits: Limits::default(),
             audit: AuditOptions::default(),
         }
@@ -92,6 +95,24 @@ fn data_dir_error(path: &Path, reason: impl Into<String>) -> OpenError {
 /// keyring is created from a passphrase.
 pub(super) fn root_key(config: &VaultConfig) -> Result<(RootKey, Option<KdfParams>), OpenError> {
     let origin = root_origin(&config.keyring_path())?;
+    if let Some(token) = &config.token {
+        if config.passphrase.is_some() || config.key_file.is_some() {
+            return Err(data_dir_error(
+                &config.data_dir,
+                "give the root key as a PKCS#11 token, a key file or a passphrase: only one",
+            ));
+        }
+        if let RootOrigin::Passphrase(_) = origin {
+            return Err(data_dir_error(
+                &config.data_dir,
+                "this keyring's root key comes from a passphrase, not a token",
+            ));
+        }
+        // The key is generated in the token only for a keyring yet to be created.
+        let create = matches!(origin, RootOrigin::Absent);
+        let root = RootKey::from_token(token, create).map_err(KeyringError::from)?;
+        return Ok((root, None));
+    }
     match (&config.passphrase, &config.key_file, origin) {
         (Some(_), Some(_), _) => Err(data_dir_error(
             &config.data_dir,

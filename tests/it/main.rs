@@ -16,6 +16,7 @@ mod exfiltration;
 mod extracts;
 mod holds;
 mod hostile;
+mod hsm;
 mod identity;
 mod keys;
 mod lookup;
