@@ -147,15 +147,7 @@ impl Edge {
         let Authorized { call, _permit, .. } = ctx;
         let request_id = call.request_id.clone();
         let queued = match memory_only(|| op(&self.vault, &call)) {
-            Queued::NeedsDisk => {
-                let vault = Arc::clone(&self.vault);
-                tokio::task::spawn_blocking(move || op(&vault, &call))
-                    .await
-                    .map_err(|e| {
-                        tracing::error!(request_id, error = %e, "vault task failed");
-                        Status::internal(format!("internal error (request id {request_id})"))
-                    })?
-            }
+            Queued::NeedsDisk => self.on_pool(call, op).await?,
             ready => ready,
         };
         finish_queued(queued, &request_id, to_message).await
@@ -174,14 +166,24 @@ impl Edge {
     {
         let Authorized { call, _permit, .. } = ctx;
         let request_id = call.request_id.clone();
+        let queued = self.on_pool(call, op).await?;
+        finish_queued(queued, &request_id, to_message).await
+    }
+
+    /// Runs `op` with `call` on the blocking pool; a task that panicked is INTERNAL.
+    async fn on_pool<T: Send + 'static>(
+        &self,
+        call: CallContext,
+        op: impl FnOnce(&Vault, &CallContext) -> T + Send + 'static,
+    ) -> Result<T, Status> {
         let vault = Arc::clone(&self.vault);
-        let queued = tokio::task::spawn_blocking(move || op(&vault, &call))
+        let request_id = call.request_id.clone();
+        tokio::task::spawn_blocking(move || op(&vault, &call))
             .await
             .map_err(|e| {
                 tracing::error!(request_id, error = %e, "vault task failed");
                 Status::internal(format!("internal error (request id {request_id})"))
-            })?;
-        finish_queued(queued, &request_id, to_message).await
+            })
     }
 
     /// Runs `op` on the blocking pool (RocksDB and fsync must not stall the runtime).
@@ -194,15 +196,9 @@ impl Edge {
     where
         T: Send + 'static,
     {
-        let vault = Arc::clone(&self.vault);
         let Authorized { call, _permit, .. } = ctx;
         let request_id = call.request_id.clone();
-        let result = tokio::task::spawn_blocking(move || op(&vault, &call))
-            .await
-            .map_err(|e| {
-                tracing::error!(request_id, error = %e, "vault task failed");
-                Status::internal(format!("internal error (request id {request_id})"))
-            })?;
+        let result = self.on_pool(call, op).await?;
         let mut response =
             Response::new(to_message(result.map_err(|e| to_status(e, &request_id))?));
         insert_request_id(&mut response, &request_id);

@@ -55,11 +55,6 @@ impl RootKey {
         })
     }
 
-    /// Whether the key is held by a token.
-    pub fn in_token(&self) -> bool {
-        matches!(self.inner, Inner::Token(..))
-    }
-
     /// The root key derived from `passphrase` with `kdf` (Argon2id; parameters below the floor
     /// are refused).
     pub fn from_passphrase(passphrase: &Passphrase, kdf: &KdfParams) -> Result<Self, CryptoError> {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::read::{Asked, FieldRead, Queued, ReadBudget, ReadOutcome};
-use super::receipt::new_receipt_id;
+use super::receipt::{new_receipt_id, parse_id};
 use super::{CallContext, Vault, VaultError};
 use crate::audit::{Action, CommitTicket};
 use crate::clock::{Millis, parse_rfc3339, rfc3339};
@@ -140,15 +140,6 @@ pub struct Revocation {
     pub reason: RevocationReason,
     /// When the subject did it.
     pub time_ms: Millis,
-}
-
-fn check_extract_id(extract_id: &str) -> Result<String, VaultError> {
-    if extract_id.len() != 32 || !extract_id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(VaultError::InvalidArgument(
-            "extract_id is 32 hex digits".into(),
-        ));
-    }
-    Ok(extract_id.to_ascii_lowercase())
 }
 
 fn extract_id_bytes(extract_id: &str) -> Result<[u8; 16], VaultError> {
@@ -291,7 +282,7 @@ impl Vault {
             };
             return Ok((new_receipt_id()?, record));
         };
-        let id = check_extract_id(id)?;
+        let id = parse_id(id, "extract_id")?;
         let record = self.load_extract(&id)?;
         if record.principal != ctx.principal.to_string() {
             return Err(VaultError::PermissionDenied {
@@ -440,7 +431,7 @@ impl Vault {
         let policies = self.policies();
         let event = self.event(ctx, Action::ExtractRevocations, None, &policies);
         let result = (|| {
-            let id = check_extract_id(extract_id)?;
+            let id = parse_id(extract_id, "extract_id")?;
             let record = self.load_extract(&id)?;
             let owner = record.principal == ctx.principal.to_string();
             if !owner

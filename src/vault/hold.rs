@@ -36,7 +36,8 @@ pub struct HoldReleased {
     pub audit_seq: u64,
 }
 
-fn class_audit(class: &str, outcome: FieldOutcome) -> FieldAudit {
+/// A key class as a pseudo-field `key_class:<name>` of an audit record.
+pub(super) fn class_audit(class: &str, outcome: FieldOutcome) -> FieldAudit {
     FieldAudit {
         field: format!("key_class:{class}"),
         outcome,

@@ -39,6 +39,16 @@ fn record_key(receipt_id: &str) -> Vec<u8> {
     [PREFIX, receipt_id.as_bytes()].concat()
 }
 
+/// A receipt or extract id from a caller (`name` in the error): 32 hex digits, lowercased.
+pub(super) fn parse_id(id: &str, name: &str) -> Result<String, VaultError> {
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(VaultError::InvalidArgument(format!(
+            "{name} is 32 hex digits"
+        )));
+    }
+    Ok(id.to_ascii_lowercase())
+}
+
 /// A fresh receipt id: 32 hex digits.
 pub(super) fn new_receipt_id() -> Result<String, VaultError> {
     let mut id = [0u8; 16];
@@ -193,21 +203,14 @@ impl Vault {
                 policies.decide_admin(&ctx.principal, AdminAction::AuditRead),
                 "audit_read",
             )?;
-            if receipt_id.len() != 32 || !receipt_id.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(VaultError::InvalidArgument(
-                    "receipt_id is 32 hex digits".into(),
-                ));
-            }
+            let receipt_id = parse_id(receipt_id, "receipt_id")?;
             let bytes = self
                 .store
-                .get(Cf::Meta, &record_key(&receipt_id.to_ascii_lowercase()))?
+                .get(Cf::Meta, &record_key(&receipt_id))?
                 .ok_or_else(|| VaultError::NotFound("no erasure receipt has this id".into()))?;
             let record: ErasureRecord = serde_json::from_slice(&bytes)
                 .map_err(|_| VaultError::DataLoss("an erasure record is malformed".into()))?;
-            Ok((
-                Batch::new(),
-                self.sign_receipt(&receipt_id.to_ascii_lowercase(), &record)?,
-            ))
+            Ok((Batch::new(), self.sign_receipt(&receipt_id, &record)?))
         })();
         self.finish(event, result).map(|(r, _)| r)
     }

@@ -6,10 +6,11 @@
 
 use std::collections::BTreeMap;
 
+use super::hold::class_audit;
 use super::keys::dek_entry;
 use super::receipt::new_receipt_id;
 use super::{CallContext, OpenError, Vault, VaultError, require};
-use crate::audit::{Action, AuditEvent, FieldAudit, FieldOutcome};
+use crate::audit::{Action, AuditEvent, FieldOutcome};
 use crate::domain::{FieldName, KeyClass, Sid, SubjectId};
 use crate::policy::Policies;
 use crate::receipt::SignedReceipt;
@@ -34,11 +35,10 @@ pub(super) struct Erased {
 /// Lists the key classes `kept` in a shred's audit record, as pseudo-fields `key_class:<name>`
 /// with outcome `held`.
 fn audit_kept(event: &mut AuditEvent, kept: &BTreeMap<KeyClass, String>) {
-    event.fields.extend(kept.keys().map(|class| FieldAudit {
-        field: format!("key_class:{class}"),
-        outcome: FieldOutcome::Held,
-        policy_ids: Default::default(),
-    }));
+    event.fields.extend(
+        kept.keys()
+            .map(|class| class_audit(class.as_str(), FieldOutcome::Held)),
+    );
 }
 
 /// What a shred did.
