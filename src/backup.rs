@@ -205,7 +205,11 @@ pub fn take(
         return Err(BackupError::Exists(into.to_owned()));
     }
     create_private_dir(&into.join("audit"))?;
-    let live_segments = audit::segments_dir(store);
+    let live_segments =
+        audit::segments_dir(store).ok_or(crate::store::StoreError::Unsupported {
+            backend: "postgres",
+            what: "backups (back PostgreSQL up with pg_basebackup and WAL archiving)",
+        })?;
     // Segments are sealed (file first, then its table entry) and dropped while the checkpoint is
     // cut: linking what exists before and after it covers every segment the copy names.
     link_segments(&live_segments, &into.join("audit"))?;

@@ -4,7 +4,8 @@
 //! brings the subject back, while a customer who came back after the shred (a new incarnation)
 //! keeps the new data. It holds sids (keyed hashes), random incarnation ids and times only: no
 //! identifier, no value. A line torn by a crash mid-append is cut off at open (that shred never
-//! committed: the line is synced before the shred's batch is written).
+//! committed: the line is synced before the shred's batch is written). On PostgreSQL the lines
+//! are rows of `privault_keys.ledger`, in the keys schema, apart from the data schema's backups.
 //!
 //! Legal holds live here too, one line per placement and per release, for the same reason: a
 //! restore of `db/` from before a hold must not drop it, nor may its replay erase what it holds.
@@ -43,6 +44,9 @@ pub enum LedgerError {
         /// The 1-based line.
         line: usize,
     },
+    /// The database holding the ledger failed.
+    #[error("deletion ledger: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -118,8 +122,16 @@ impl Shreds {
 /// The open ledger, appended to by shreds.
 #[derive(Debug)]
 pub struct Ledger {
+    // How messages name it: the file, or the table.
     path: PathBuf,
-    file: Mutex<File>,
+    backing: Backing,
+}
+
+/// Where the lines are: a file beside `db/`, or `privault_keys.ledger` in PostgreSQL.
+#[derive(Debug)]
+enum Backing {
+    File(Mutex<File>),
+    Database(std::sync::Arc<crate::store::Store>),
 }
 
 impl Ledger {
@@ -140,8 +152,40 @@ impl Ledger {
         repair_tail(&file).map_err(io)?;
         Ok(Self {
             path: path.to_owned(),
-            file: Mutex::new(file),
+            backing: Backing::File(Mutex::new(file)),
         })
+    }
+
+    /// The ledger in the keys schema of `store`'s PostgreSQL database.
+    pub fn in_database(store: std::sync::Arc<crate::store::Store>) -> Result<Self, LedgerError> {
+        if store.postgres().is_none() {
+            return Err(LedgerError::Store(crate::store::StoreError::Unsupported {
+                backend: "rocksdb",
+                what: "a deletion ledger in the database (it is a file beside db/)",
+            }));
+        }
+        Ok(Self {
+            path: PathBuf::from("privault_keys.ledger"),
+            backing: Backing::Database(store),
+        })
+    }
+
+    /// The raw lines, in order.
+    fn raw_lines(&self) -> Result<Vec<String>, LedgerError> {
+        match &self.backing {
+            Backing::File(_) => {
+                let io = |source| LedgerError::Io {
+                    path: self.path.clone(),
+                    source,
+                };
+                let reader = BufReader::new(File::open(&self.path).map_err(io)?);
+                reader.lines().collect::<Result<_, _>>().map_err(io)
+            }
+            Backing::Database(store) => Ok(store
+                .postgres()
+                .expect("checked at open")
+                .ledger_lines()?),
+        }
     }
 
     /// Every subject handle the ledger names, with its shreds.
@@ -178,14 +222,8 @@ impl Ledger {
 
     /// Every line, numbered from 1.
     fn lines(&self) -> Result<Vec<(usize, Line)>, LedgerError> {
-        let io = |source| LedgerError::Io {
-            path: self.path.clone(),
-            source,
-        };
-        let reader = BufReader::new(File::open(&self.path).map_err(io)?);
         let mut out = Vec::new();
-        for (i, line) in reader.lines().enumerate() {
-            let line = line.map_err(io)?;
+        for (i, line) in self.raw_lines()?.into_iter().enumerate() {
             if line.trim().is_empty() {
                 continue;
             }
@@ -286,16 +324,22 @@ impl Ledger {
             path: self.path.clone(),
             source,
         };
-        let line = serde_json::to_string(line).unwrap_or_default() + "\n";
-        let mut file = self
-            .file
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        fail::fail_point!("ledger-append", |_| Err(io(std::io::Error::other(
-            "ledger append failed (injected)"
-        ))));
-        file.write_all(line.as_bytes()).map_err(io)?;
-        file.sync_data().map_err(io)
+        let line = serde_json::to_string(line).unwrap_or_default();
+        fail::fail_point!("ledger-append", |_| Err(LedgerError::Io {
+            path: self.path.clone(),
+            source: std::io::Error::other("ledger append failed (injected)"),
+        }));
+        match &self.backing {
+            Backing::File(file) => {
+                let mut file = file.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                file.write_all(format!("{line}\n").as_bytes()).map_err(io)?;
+                file.sync_data().map_err(io)
+            }
+            Backing::Database(store) => Ok(store
+                .postgres()
+                .expect("checked at open")
+                .append_ledger(&line)?),
+        }
     }
 }
 

@@ -46,6 +46,9 @@ enum Command {
     /// The key lifecycle: change the root passphrase, roll the KEK epoch, rotate a subject's key.
     #[command(subcommand)]
     Keys(cli::keys::KeysCommand),
+    /// The PostgreSQL backend's schema: apply its migrations, show its version.
+    #[command(subcommand)]
+    Db(cli::db::DbCommand),
     /// The load tool: throughput and latency of GetFields/PutFields against the gRPC floor.
     Bench(cli::bench::BenchArgs),
     /// Backups of `db/` and the audit segments: create (running or stopped vault), verify, restore.
@@ -114,6 +117,7 @@ fn main() -> ExitCode {
         Command::Canary(command) => cli::canary::run(command),
         Command::Token(command) => cli::token::run(command),
         Command::Bench(args) => cli::bench::run(args),
+        Command::Db(command) => cli::db::run(command),
         Command::Keys(command) => cli::keys::run(command),
         Command::Backup(command) => cli::backup::run(command),
         Command::Completions { shell } => {

@@ -146,9 +146,14 @@ impl Edge {
     {
         let Authorized { call, _permit, .. } = ctx;
         let request_id = call.request_id.clone();
-        let queued = match memory_only(|| op(&self.vault, &call)) {
-            Queued::NeedsDisk => self.on_pool(call, op).await?,
-            ready => ready,
+        // A backend with nothing in memory (PostgreSQL) goes to the pool at once.
+        let queued = if !self.vault.reads_in_memory() {
+            self.on_pool(call, op).await?
+        } else {
+            match memory_only(|| op(&self.vault, &call)) {
+                Queued::NeedsDisk => self.on_pool(call, op).await?,
+                ready => ready,
+            }
         };
         finish_queued(queued, &request_id, to_message).await
     }

@@ -96,7 +96,7 @@ fn answer<B>(vault: &Vault, request: &hyper::Request<B>) -> hyper::Response<Full
     metrics
         .legal_holds
         .set(i64::try_from(vault.holds_in_force()).unwrap_or(i64::MAX));
-    let text = metrics.render(Some(vault.store_stats()));
+    let text = metrics.render(vault.store_stats());
     *response.body_mut() = Full::new(Bytes::from(text));
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,

@@ -660,6 +660,9 @@ fn seal_closed(
     sealed: &Sealed,
     signer: &SegmentSigner,
 ) -> Result<usize, AuditError> {
+    if !sealed.seals() {
+        return Ok(0);
+    }
     let _one_at_a_time = lock(&shared.sealing);
     let open = lock(&shared.head).segment;
     let mut count = 0;

@@ -17,6 +17,8 @@ use crate::store::{Cf, Store};
 /// The sealed segments: their checkpoints (from the meta CF) and recently read files.
 pub struct Sealed {
     dir: PathBuf,
+    /// Whether closed segments are sealed into files (not on PostgreSQL).
+    seals: bool,
     list: RwLock<Vec<Checkpoint>>,
     /// Segments dropped from the live log, and the archive directory holding each.
     dropped: RwLock<BTreeMap<u64, PathBuf>>,
@@ -31,9 +33,10 @@ impl std::fmt::Debug for Sealed {
     }
 }
 
-/// The directory of `store`'s sealed segments: `audit/` beside `db/`.
-pub fn segments_dir(store: &Store) -> PathBuf {
-    store.path().with_file_name("audit")
+/// The directory of `store`'s sealed segments: `audit/` beside `db/`. None on PostgreSQL, where
+/// the table is the log: a closed segment stays in it, since a file would live on one node only.
+pub fn segments_dir(store: &Store) -> Option<PathBuf> {
+    store.path().map(|db| db.with_file_name("audit"))
 }
 
 impl Sealed {
@@ -61,7 +64,8 @@ impl Sealed {
             dropped.insert(segment, marker.archive_dir);
         }
         Ok(Self {
-            dir: segments_dir(store),
+            seals: store.path().is_some(),
+            dir: segments_dir(store).unwrap_or_default(),
             list: RwLock::new(list),
             dropped: RwLock::new(dropped),
             archive: None,
@@ -78,6 +82,11 @@ impl Sealed {
     }
 
     /// Where the files are.
+    pub fn seals(&self) -> bool {
+        self.seals
+    }
+
+    /// The directory of the sealed segment files.
     pub fn dir(&self) -> &Path {
         &self.dir
     }

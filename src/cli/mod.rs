@@ -4,6 +4,7 @@ pub mod audit;
 pub mod backup;
 pub mod bench;
 pub mod canary;
+pub mod db;
 pub mod export;
 pub mod hardening;
 pub mod keys;

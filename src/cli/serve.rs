@@ -13,7 +13,7 @@ use clap::Args;
 use privault::api::tokens::TokenVerifier;
 use privault::api::{self, Identity, ServeOptions, tls};
 use privault::clock::SystemClock;
-use privault::vault::{Limits, Vault, VaultConfig};
+use privault::vault::{Limits, StoreConfig, Vault, VaultConfig};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -46,6 +46,22 @@ pub struct Settings {
     /// Holds db/, keyring, the deletion ledger and, in development, dev.key [default: ./privault-data]
     #[arg(long, env = "PRIVAULT_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Where the data is: `rocksdb` (in <data-dir>/db) or `postgres` (--database-url) [default: rocksdb]
+    #[arg(long, env = "PRIVAULT_STORE")]
+    store: Option<privault::store::Backend>,
+    /// PostgreSQL URL for --store postgres, e.g. `postgresql://privault@db1,db2/privault?target_session_attrs=read-write`; `sslmode=require` turns TLS on. Prefer the environment over the command line: a password in it would show in `ps` (never printed by --print-config)
+    #[arg(long, env = "PRIVAULT_DATABASE_URL", hide_env_values = true)]
+    #[serde(skip_serializing)]
+    database_url: Option<String>,
+    /// PEM file of the CA certificates the database's certificate must chain to [default: the system's roots]
+    #[arg(long, env = "PRIVAULT_DATABASE_CA")]
+    database_ca: Option<PathBuf>,
+    /// Connections to the database this node keeps at most [default: 16]
+    #[arg(long, env = "PRIVAULT_DATABASE_POOL")]
+    database_pool: Option<usize>,
+    /// This node's name in logs, its lease and its audit records [default: the host name]
+    #[arg(long, env = "PRIVAULT_NODE_ID")]
+    node_id: Option<String>,
     /// Address to listen on; without TLS only loopback addresses [default: 127.0.0.1:50051]
     #[arg(long, env = "PRIVAULT_LISTEN")]
     listen: Option<SocketAddr>,
@@ -156,6 +172,8 @@ impl Settings {
         let serve = ServeOptions::development();
         Settings {
             data_dir: Some(PathBuf::from("./privault-data")),
+            store: Some(privault::store::Backend::Rocksdb),
+            database_pool: Some(16),
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 50051))),
             policies: Some(PathBuf::from("./policies")),
             lock_memory: Some(true),
@@ -182,6 +200,11 @@ impl Settings {
         }
         merge!(
             data_dir,
+            store,
+            database_url,
+            database_ca,
+            database_pool,
+            node_id,
             listen,
             policies,
             key_file,
@@ -309,6 +332,27 @@ fn resolve(args: &ServeArgs) -> anyhow::Result<Resolved> {
         s.pkcs11_pin_file.as_deref(),
     )?;
     vault.limits = limits;
+    vault.store = match (s.store, s.database_url) {
+        (Some(privault::store::Backend::Postgres), Some(url)) => {
+            let mut database = privault::store::PgConfig::new(url);
+            database.ca_file = s.database_ca;
+            if let Some(size) = s.database_pool {
+                if size == 0 {
+                    bail!("--database-pool is at least 1");
+                }
+                database.pool_size = size;
+            }
+            StoreConfig::Postgres {
+                database,
+                node_id: s.node_id.unwrap_or_else(super::db::host_name),
+            }
+        }
+        (Some(privault::store::Backend::Postgres), None) => {
+            bail!("--store postgres needs --database-url (or PRIVAULT_DATABASE_URL)")
+        }
+        (_, Some(_)) => bail!("--database-url goes with --store postgres"),
+        _ => StoreConfig::Rocksdb,
+    };
     if let Some(bytes) = s.audit_segment_bytes {
         if bytes < 4096 {
             bail!("--audit-segment-bytes is at least 4096");

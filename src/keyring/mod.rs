@@ -3,10 +3,10 @@
 //! copy `db/` only, so they never carry the keys that open them.
 
 mod format;
+mod home;
 pub mod keyfile;
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -16,6 +16,7 @@ use crate::crypto::{
 };
 
 pub use format::FORMAT_VERSION;
+pub use home::KeyringHome;
 use format::{EpochEntry, KeyringFile, WrappedEntry};
 
 /// What can go wrong loading or creating the keyring.
@@ -56,6 +57,9 @@ pub enum KeyringError {
     /// Key generation or wrapping failed.
     #[error(transparent)]
     Crypto(#[from] CryptoError),
+    /// The database holding the keyring failed.
+    #[error("keyring: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// The KEK epochs in memory: the current one and every one not yet destroyed.
@@ -67,7 +71,7 @@ struct Epochs {
 /// The unwrapped keyring, held in memory for the life of the process. Epochs change under a roll
 /// (a new one added, old ones destroyed), in the file first and then in memory.
 pub struct Keyring {
-    path: PathBuf,
+    home: KeyringHome,
     root: RootKey,
     id: [u8; 16],
     epochs: RwLock<Epochs>,
@@ -133,30 +137,28 @@ pub enum RootOrigin {
     Passphrase(KdfParams),
 }
 
-fn read_file(path: &Path) -> Result<KeyringFile, KeyringError> {
-    let text = fs::read_to_string(path).map_err(|source| KeyringError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
+fn read_file(home: &KeyringHome) -> Result<KeyringFile, KeyringError> {
+    let text = home.read()?;
     KeyringFile::parse(&text).map_err(|reason| KeyringError::Malformed {
-        path: path.to_owned(),
+        path: home.name(),
         reason,
     })
 }
 
 /// What the keyring at `path` says of itself without its root key: its id and the KEK epochs it
 /// holds (the wrapped keys stay shut). Backups compare these with what their data needs.
-pub fn describe(path: &Path) -> Result<([u8; 16], Vec<u32>), KeyringError> {
-    let file = read_file(path)?;
+pub fn describe(home: impl Into<KeyringHome>) -> Result<([u8; 16], Vec<u32>), KeyringError> {
+    let file = read_file(&home.into())?;
     Ok((file.id, file.epochs.iter().map(|e| e.epoch).collect()))
 }
 
 /// How the root key of the keyring at `path` was made.
-pub fn root_origin(path: &Path) -> Result<RootOrigin, KeyringError> {
-    if !path.exists() {
+pub fn root_origin(home: impl Into<KeyringHome>) -> Result<RootOrigin, KeyringError> {
+    let home = home.into();
+    if !home.exists()? {
         return Ok(RootOrigin::Absent);
     }
-    Ok(match read_file(path)?.kdf {
+    Ok(match read_file(&home)?.kdf {
         Some(kdf) => RootOrigin::Passphrase(kdf),
         None => RootOrigin::KeyFile,
     })
@@ -165,20 +167,21 @@ pub fn root_origin(path: &Path) -> Result<RootOrigin, KeyringError> {
 /// Re-wraps every key of the keyring at `path` from `old` to `new` (with `kdf` when `new` comes
 /// from a passphrase), atomically. Touches no data: only the keyring's wrapped keys change.
 pub fn change_root(
-    path: &Path,
+    home: impl Into<KeyringHome>,
     old: &RootKey,
     new: &RootKey,
     kdf: Option<KdfParams>,
 ) -> Result<(), KeyringError> {
-    let mut file = read_file(path)?;
+    let home = home.into();
+    let mut file = read_file(&home)?;
     if !bool::from(subtle::ConstantTimeEq::ct_eq(
         &file.root_check[..],
         &old.check_value()[..],
     )) {
-        return Err(KeyringError::WrongRootKey(path.to_owned()));
+        return Err(KeyringError::WrongRootKey(home.name()));
     }
     let unwrap_err = |source| KeyringError::Unwrap {
-        path: path.to_owned(),
+        path: home.name(),
         source,
     };
     let id = file.id;
@@ -201,47 +204,38 @@ pub fn change_root(
     }
     file.root_check = new.check_value();
     file.kdf = kdf;
-    write_private_atomically(path, file.render().as_bytes()).map_err(|source| KeyringError::Io {
-        path: path.to_owned(),
-        source,
-    })
+    home.replace(&file.render())
 }
 
 impl Keyring {
     /// Opens the keyring at `path`, creating it with a first KEK epoch when absent (recording
     /// `kdf` when the root key comes from a passphrase).
     pub fn open_or_create(
-        path: &Path,
+        home: impl Into<KeyringHome>,
         root: &RootKey,
         now: Millis,
         kdf: Option<KdfParams>,
     ) -> Result<Self, KeyringError> {
-        if path.exists() {
-            Self::open(path, root)
+        let home = home.into();
+        if home.exists()? {
+            Self::open(home, root)
         } else {
-            Self::create(path, root, now, kdf)
+            Self::create(home, root, now, kdf)
         }
     }
 
     /// Opens an existing keyring; a wrong root key is [`KeyringError::WrongRootKey`].
-    pub fn open(path: &Path, root: &RootKey) -> Result<Self, KeyringError> {
-        let io = |source| KeyringError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        let text = fs::read_to_string(path).map_err(io)?;
-        let mut file = KeyringFile::parse(&text).map_err(|reason| KeyringError::Malformed {
-            path: path.to_owned(),
-            reason,
-        })?;
+    pub fn open(home: impl Into<KeyringHome>, root: &RootKey) -> Result<Self, KeyringError> {
+        let home = home.into();
+        let mut file = read_file(&home)?;
         if !bool::from(subtle::ConstantTimeEq::ct_eq(
             &file.root_check[..],
             &root.check_value()[..],
         )) {
-            return Err(KeyringError::WrongRootKey(path.to_owned()));
+            return Err(KeyringError::WrongRootKey(home.name()));
         }
         let unwrap_err = |source| KeyringError::Unwrap {
-            path: path.to_owned(),
+            path: home.name(),
             source,
         };
         let mut keks = BTreeMap::new();
@@ -251,12 +245,12 @@ impl Keyring {
                     &entry.key.to_wrapped(),
                     &refs(&kek_context(&file.id, entry.epoch)),
                 )
-                .map_err(unwrap_err)?;
+                .map_err(&unwrap_err)?;
             keks.insert(entry.epoch, Arc::new(Kek::new(entry.epoch, &key)));
         }
         if !keks.contains_key(&file.current_epoch) {
             return Err(KeyringError::Malformed {
-                path: path.to_owned(),
+                path: home.name(),
                 reason: format!("current epoch {} has no key", file.current_epoch),
             });
         }
@@ -274,10 +268,10 @@ impl Keyring {
             unwrap_or_add(root, &mut file.lookup_key, &lookup_context(&file.id))
                 .map_err(unwrap_err)?;
         if added_audit || added_lookup {
-            write_private_atomically(path, file.render().as_bytes()).map_err(io)?;
+            home.replace(&file.render())?;
         }
         Ok(Self {
-            path: path.to_owned(),
+            home,
             root: root.duplicate()?,
             id: file.id,
             epochs: RwLock::new(Epochs {
@@ -292,7 +286,7 @@ impl Keyring {
 
     /// Creates a keyring with fresh keys, written atomically with mode 0600.
     pub fn create(
-        path: &Path,
+        home: impl Into<KeyringHome>,
         root: &RootKey,
         now: Millis,
         kdf: Option<KdfParams>,
@@ -322,16 +316,15 @@ impl Keyring {
             )),
             kdf,
         };
-        write_private_atomically(path, file.render().as_bytes()).map_err(|source| {
-            KeyringError::Io {
-                path: path.to_owned(),
-                source,
-            }
-        })?;
+        let home = home.into();
+        if !home.create(&file.render())? {
+            // Another node created the keyring between our look and our write: use that one.
+            return Self::open(home, root);
+        }
         let mut keks = BTreeMap::new();
         keks.insert(1, Arc::new(Kek::new(1, &kek)));
         Ok(Self {
-            path: path.to_owned(),
+            home,
             root: root.duplicate()?,
             id,
             epochs: RwLock::new(Epochs { current: 1, keks }),
@@ -341,9 +334,14 @@ impl Keyring {
         })
     }
 
-    /// The keyring file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where the keyring is kept.
+    pub fn home(&self) -> &KeyringHome {
+        &self.home
+    }
+
+    /// The keyring file; `None` when the keyring is in the database.
+    pub fn path(&self) -> Option<&Path> {
+        self.home.path()
     }
 
     /// The keyring's random id, which the database it is paired with records.
@@ -391,7 +389,7 @@ impl Keyring {
             .epochs
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut file = read_file(&self.path)?;
+        let mut file = read_file(&self.home)?;
         let epoch = file
             .epochs
             .iter()
@@ -421,7 +419,7 @@ impl Keyring {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let current = epochs.current;
-        let mut file = read_file(&self.path)?;
+        let mut file = read_file(&self.home)?;
         let destroyed: Vec<u32> = file
             .epochs
             .iter()
@@ -437,7 +435,7 @@ impl Keyring {
     /// When the current epoch was created.
     pub fn current_epoch_created_ms(&self) -> Result<Millis, KeyringError> {
         let current = self.current_epoch();
-        Ok(read_file(&self.path)?
+        Ok(read_file(&self.home)?
             .epochs
             .iter()
             .find(|e| e.epoch == current)
@@ -445,12 +443,7 @@ impl Keyring {
     }
 
     fn write(&self, file: &KeyringFile) -> Result<(), KeyringError> {
-        write_private_atomically(&self.path, file.render().as_bytes()).map_err(|source| {
-            KeyringError::Io {
-                path: self.path.clone(),
-                source,
-            }
-        })
+        self.home.replace(&file.render())
     }
 
     /// The subject index key.
@@ -514,7 +507,7 @@ mod tests {
         Keyring::create(&path, &RootKey::generate().unwrap(), 1, None).unwrap();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
-            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
     }

@@ -54,7 +54,15 @@ impl Vault {
     }
 
     fn take_backup(&self) -> Result<StagedBackup, VaultError> {
-        let data_dir = self.store.path().parent().unwrap_or(Path::new("."));
+        let (Some(db), Some(keyring)) = (self.store.path(), self.keyring.path()) else {
+            return Err(VaultError::FailedPrecondition(
+                "a vault on PostgreSQL is backed up with PostgreSQL's own tools (pg_basebackup \
+                 and WAL archiving for the data schema, pg_dump for the keys schema): see \
+                 docs/operations.md"
+                    .into(),
+            ));
+        };
+        let data_dir = db.parent().unwrap_or(Path::new("."));
         let staging = tempfile::Builder::new()
             .prefix(STAGING_PREFIX)
             .tempdir_in(data_dir)
@@ -67,7 +75,7 @@ impl Vault {
         let created = crate::clock::rfc3339(self.clock.now_ms());
         let manifest = backup::take(
             &self.store,
-            self.keyring.path(),
+            keyring,
             &staging.path().join("backup"),
             created,
         )

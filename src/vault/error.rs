@@ -102,6 +102,12 @@ impl From<StoreError> for VaultError {
         if matches!(e, StoreError::NotInMemory) {
             return Self::NeedsDisk;
         }
+        if let StoreError::Postgres { .. } = e {
+            // A database that is down, failing over or refusing: nothing was returned or changed
+            // unless the transaction committed, and the caller may retry.
+            tracing::error!(error = %e, "storage unavailable");
+            return Self::Unavailable("storage unavailable: try again".into());
+        }
         tracing::error!(error = %e, "storage error");
         Self::Internal("storage error".into())
     }

@@ -42,7 +42,7 @@ pub use extract::{
     Revocation, RevocationReason,
 };
 pub use hold::{HoldInfo, HoldReleased};
-pub use open::VaultConfig;
+pub use open::{StoreConfig, VaultConfig};
 pub use policy_admin::{DecisionChange, DryRun, Validation};
 pub use policy_versions::{DIR_AUTHOR, PolicyRecord, PolicyVersionInfo, ReloadError};
 pub use quarantine::{Maintenance, Quarantined};
@@ -167,7 +167,12 @@ impl Vault {
     }
 
     /// RocksDB's gauges, for the metrics endpoint.
-    pub fn store_stats(&self) -> crate::store::StoreStats {
+    pub fn reads_in_memory(&self) -> bool {
+        self.store.reads_in_memory()
+    }
+
+    /// RocksDB's gauges, for the metrics endpoint (none on PostgreSQL).
+    pub fn store_stats(&self) -> Option<crate::store::StoreStats> {
         self.store.stats()
     }
 

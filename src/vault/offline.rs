@@ -41,7 +41,7 @@ pub fn open_keyring(config: &VaultConfig) -> Result<Keyring, OpenError> {
             reason: "no keyring".into(),
         });
     }
-    let (root, _) = root_key(config)?;
+    let (root, _) = root_key(config, &config.keyring_file())?;
     Ok(Keyring::open(&config.keyring_path(), &root)?)
 }
 
@@ -54,7 +54,7 @@ pub fn change_passphrase(
     clock: &dyn Clock,
 ) -> Result<(), OpenError> {
     let audit = AuditLog::open(Arc::new(Store::open(&config.db_dir())?), config.audit, None)?;
-    let (old, _) = root_key(config)?;
+    let (old, _) = root_key(config, &config.keyring_file())?;
     let kdf = KdfParams::recommended().map_err(KeyringError::from)?;
     let new_root = RootKey::from_passphrase(new, &kdf).map_err(KeyringError::from)?;
     change_root(&config.keyring_path(), &old, &new_root, Some(kdf))?;

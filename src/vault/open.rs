@@ -10,11 +10,11 @@ use super::{Limits, OpenError, SUBJECT_STRIPES, Vault, keys::KeyCache};
 use crate::audit::{AuditLog, AuditOptions};
 use crate::clock::Clock;
 use crate::crypto::{KdfParams, Passphrase, RootKey};
-use crate::keyring::{Keyring, KeyringError, RootOrigin, keyfile, root_origin};
+use crate::keyring::{Keyring, KeyringError, KeyringHome, RootOrigin, keyfile, root_origin};
 use crate::ledger::Ledger;
 use crate::policy::{Policies, load_sources};
 use crate::store::keys::{FORMAT_KEY, KEYRING_ID_KEY};
-use crate::store::{Batch, Cf, Store};
+use crate::store::{Batch, Cf, PgConfig, PgStore, Store};
 
 /// The on-disk format this version writes: 2 wraps the audit pseudonym under the KEK, gives every
 /// subject an incarnation id, tags policy versions and consent records with a key from the
@@ -46,6 +46,23 @@ pub struct VaultConfig {
     pub limits: Limits,
     /// How the audit log is cut into segments.
     pub audit: AuditOptions,
+    /// Where the data is: RocksDB in `data_dir/db` or a PostgreSQL database.
+    pub store: StoreConfig,
+}
+
+/// The storage backend and how to reach it.
+#[derive(Debug, Clone, Default)]
+pub enum StoreConfig {
+    /// RocksDB in `data_dir/db`, the keyring and the ledger beside it (the default).
+    #[default]
+    Rocksdb,
+    /// A PostgreSQL database holding the data, the keyring and the ledger (in the keys schema).
+    Postgres {
+        /// How to reach it.
+        database: PgConfig,
+        /// This node's name, in its lease and its logs.
+        node_id: String,
+    },
 }
 
 impl VaultConfig {
@@ -59,7 +76,13 @@ impl VaultConfig {
             token: None,
             limits: Limits::default(),
             audit: AuditOptions::default(),
+            store: StoreConfig::default(),
         }
+    }
+
+    /// Where the keyring lives for this configuration on RocksDB: the file beside `db/`.
+    pub fn keyring_file(&self) -> KeyringHome {
+        KeyringHome::File(self.keyring_path())
     }
 
     /// The RocksDB directory.
@@ -93,8 +116,11 @@ fn data_dir_error(path: &Path, reason: impl Into<String>) -> OpenError {
 /// The root key from the configured passphrase, key file or development key, checked against how
 /// the existing keyring's root key was made; with the Argon2id parameters to record when a new
 /// keyring is created from a passphrase.
-pub(super) fn root_key(config: &VaultConfig) -> Result<(RootKey, Option<KdfParams>), OpenError> {
-    let origin = root_origin(&config.keyring_path())?;
+pub(super) fn root_key(
+    config: &VaultConfig,
+    home: &KeyringHome,
+) -> Result<(RootKey, Option<KdfParams>), OpenError> {
+    let origin = root_origin(home)?;
     if let Some(token) = &config.token {
         if config.passphrase.is_some() || config.key_file.is_some() {
             return Err(data_dir_error(
@@ -137,14 +163,23 @@ pub(super) fn root_key(config: &VaultConfig) -> Result<(RootKey, Option<KdfParam
             let root = RootKey::from_passphrase(passphrase, &kdf).map_err(KeyringError::from)?;
             Ok((root, Some(kdf)))
         }
-        (None, _, _) => Ok((key_file_root(config)?, None)),
+        (None, _, _) => Ok((key_file_root(config, home)?, None)),
     }
 }
 
 /// Reads the configured key file, or the development key, generating it on a first start.
-fn key_file_root(config: &VaultConfig) -> Result<RootKey, OpenError> {
+fn key_file_root(config: &VaultConfig, home: &KeyringHome) -> Result<RootKey, OpenError> {
     if let Some(path) = &config.key_file {
         return Ok(keyfile::read_key_file(path)?);
+    }
+    if let KeyringHome::Database(_) = home {
+        // Every node needs the same root key: a development key made on one would lock out the
+        // others, and would sit beside no data at all.
+        return Err(data_dir_error(
+            &config.data_dir,
+            "a vault on PostgreSQL needs its root key given: --key-file, a passphrase or a \
+             PKCS#11 token",
+        ));
     }
     let path = config.dev_key_path();
     if path.exists() {
@@ -172,13 +207,30 @@ impl Vault {
         let dir_files = load_sources(&config.policies_dir)?;
         let policies = Policies::from_sources(&dir_files)?;
         create_private_dir(&config.data_dir)?;
-        let (root, kdf) = root_key(config)?;
-        let keyring = Keyring::open_or_create(&config.keyring_path(), &root, clock.now_ms(), kdf)?;
+        // On RocksDB the keyring is checked before `db/` is created; on PostgreSQL the keyring
+        // is in the database, which is reached (and its schema migrated) first.
+        let database = match &config.store {
+            StoreConfig::Rocksdb => None,
+            StoreConfig::Postgres { database, node_id } => {
+                let pg = PgStore::connect(database, true)?;
+                pg.take_node_lease(node_id)?;
+                Some(Arc::new(Store::from(pg)))
+            }
+        };
+        let home = match &database {
+            None => config.keyring_file(),
+            Some(store) => KeyringHome::Database(Arc::clone(store)),
+        };
+        let (root, kdf) = root_key(config, &home)?;
+        let keyring = Keyring::open_or_create(&home, &root, clock.now_ms(), kdf)?;
         drop(root);
-        let store = Arc::new(Store::open_with_block_cache(
-            &config.db_dir(),
-            config.limits.block_cache_bytes,
-        )?);
+        let store = match database {
+            Some(store) => store,
+            None => Arc::new(Store::open_with_block_cache(
+                &config.db_dir(),
+                config.limits.block_cache_bytes,
+            )?),
+        };
         // The database lock is held: no backup of another process is being staged here.
         super::backup::remove_stale_staging(&config.data_dir);
         let format = check_pairing(&store, &keyring, config)?;
@@ -195,7 +247,10 @@ impl Vault {
             keyring_id: keyring.id(),
         };
         let audit = AuditLog::open(Arc::clone(&store), config.audit, Some(signer))?;
-        let ledger = Ledger::open(&config.ledger_path())?;
+        let ledger = match store.backend() {
+            crate::store::Backend::Rocksdb => Ledger::open(&config.ledger_path())?,
+            crate::store::Backend::Postgres => Ledger::in_database(Arc::clone(&store))?,
+        };
         let holds = ledger.holds()?;
         let wraps = super::wraps::WrapCounter::open(&store, keyring.current_epoch())?;
         let vault = Self {

@@ -1,5 +1,9 @@
-//! Starts a real privault server (RocksDB on a temp dir, gRPC on a loopback port) and hands out
-//! clients that call it as a given principal.
+//! Starts a real privault server (RocksDB on a temp dir, or with `PRIVAULT_TEST_STORE=postgres` a
+//! database of a real PostgreSQL server; gRPC on a loopback port) and hands out clients that call
+//! it as a given principal.
+
+#[path = "support/postgres.rs"]
+pub mod postgres;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,7 +16,7 @@ use privault::api::pb::vault_client::VaultClient;
 use privault::api::pb::{self, FieldResult, Outcome};
 use privault::api::{ServeOptions, serve_with};
 use privault::clock::SystemClock;
-use privault::vault::{OpenError, Vault, VaultConfig};
+use privault::vault::{OpenError, StoreConfig, Vault, VaultConfig};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -35,10 +39,42 @@ pub struct TestVault {
 }
 
 impl TestVault {
+    /// A vault on the backend the suite runs on.
     pub fn new() -> Self {
+        if postgres::enabled() {
+            Self::on_postgres(&postgres::shared().new_database())
+        } else {
+            Self::on_rocksdb()
+        }
+    }
+
+    /// A vault on RocksDB in a temp dir, whatever the suite runs on.
+    pub fn on_rocksdb() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = VaultConfig::new(dir.path().join("data"), shipped_policies());
         Self { dir, config }
+    }
+
+    /// A node of the vault in the PostgreSQL database at `url`, with a root key file of its own
+    /// (a second node is given the same file with [`TestVault::node_of`]).
+    pub fn on_postgres(url: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = VaultConfig::new(dir.path().join("data"), shipped_policies());
+        let key = dir.path().join("root.key");
+        privault::keyring::keyfile::create_key_file(&key).unwrap();
+        config.key_file = Some(key);
+        let mut database = privault::store::PgConfig::new(url);
+        database.pool_size = 4;
+        config.store = StoreConfig::Postgres {
+            database,
+            node_id: "node-1".into(),
+        };
+        Self { dir, config }
+    }
+
+    /// Whether this vault is on PostgreSQL.
+    pub fn on_pg(&self) -> bool {
+        matches!(self.config.store, StoreConfig::Postgres { .. })
     }
 
     pub fn data_dir(&self) -> &Path {

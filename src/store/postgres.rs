@@ -1,0 +1,683 @@
+//! The PostgreSQL backend: one table of `(k bytea, v bytea)` per [`Cf`] in the data schema
+//! `privault`, the keyring and the deletion ledger in the keys schema `privault_keys`, a pooled
+//! client (`deadpool-postgres` over `tokio-postgres`), versioned migrations, and the node lease.
+//!
+//! The vault calls storage from blocking threads. The pool and its connections live on a small
+//! runtime of their own, and a call waits for its future on a channel: that works from any
+//! thread, inside the server's runtime or outside any (the offline commands), without nesting
+//! runtimes.
+
+mod migrate;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::config::{Host, SslMode};
+
+pub use migrate::{MIGRATIONS, Migration, SCHEMA_VERSION};
+
+use super::{Batch, Cf, Engine, Entry, Op, StoreError, in_memory_only, keys::prefix_end};
+
+/// The data schema: one table per column family.
+pub const DATA_SCHEMA: &str = "privault";
+/// The keys schema: the keyring (KEK epochs, index, lookup and audit keys, wrapped by the root
+/// key) and the deletion ledger, apart from the data so that a dump of the data carries no KEK.
+pub const KEYS_SCHEMA: &str = "privault_keys";
+
+/// The advisory lock a serving node holds for its lifetime (one node per database until nodes
+/// keep their caches coherent), and the one migrations take.
+const NODE_LOCK: i64 = 0x7072_6976_6175_6c74; // "privault"
+const MIGRATE_LOCK: i64 = 0x7072_6976_6d69_6772; // "privmigr"
+
+/// How to reach the database.
+#[derive(Clone)]
+pub struct PgConfig {
+    /// A libpq-style URL or key=value string; several hosts and `target_session_attrs` are
+    /// honoured, and `sslmode=require` turns TLS on.
+    pub url: String,
+    /// PEM file of the CA certificates the server's certificate must chain to (TLS); the
+    /// system's roots when absent.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Connections in the pool.
+    pub pool_size: usize,
+    /// How long a call waits for a connection (a database that is down fails the call after it).
+    pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for PgConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password.
+        f.debug_struct("PgConfig")
+            .field("target", &target_of_url(&self.url))
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
+}
+
+impl PgConfig {
+    /// The defaults for `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            ca_file: None,
+            pool_size: 16,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The vault's PostgreSQL database.
+pub struct PgStore {
+    runtime: Option<tokio::runtime::Runtime>,
+    pool: Pool,
+    target: String,
+    lease: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("target", &self.target)
+            .finish()
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        // Dropping a runtime waits for its tasks, which the server's own runtime forbids.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// `host:port/db` of a URL or key=value string, for messages: never the password.
+fn target_of_url(url: &str) -> String {
+    match url.parse::<tokio_postgres::Config>() {
+        Ok(config) => target_of(&config),
+        Err(_) => "(unparsable database url)".into(),
+    }
+}
+
+fn target_of(config: &tokio_postgres::Config) -> String {
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .zip(config.get_ports().iter().chain(std::iter::repeat(&5432)))
+        .map(|(host, port)| match host {
+            Host::Tcp(name) => format!("{name}:{port}"),
+            Host::Unix(path) => format!("{}:{port}", path.display()),
+        })
+        .collect();
+    format!(
+        "{}/{}",
+        hosts.join(","),
+        config.get_dbname().unwrap_or("(default)")
+    )
+}
+
+fn pg_error(target: &str, e: &tokio_postgres::Error) -> StoreError {
+    // Only the code and the primary message: DETAIL may quote key bytes.
+    let message = match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    };
+    StoreError::Postgres {
+        target: target.to_owned(),
+        message,
+    }
+}
+
+fn pool_error(target: &str, e: &deadpool_postgres::PoolError) -> StoreError {
+    let message = match e {
+        deadpool_postgres::PoolError::Backend(e) => return pg_error(target, e),
+        deadpool_postgres::PoolError::Timeout(_) => "no connection within the timeout".into(),
+        other => other.to_string(),
+    };
+    StoreError::Postgres {
+        target: target.to_owned(),
+        message,
+    }
+}
+
+/// The table of `cf`.
+fn table(cf: Cf) -> String {
+    format!("{DATA_SCHEMA}.{}", cf.name())
+}
+
+fn tls_config(ca_file: Option<&Path>) -> Result<tokio_rustls::rustls::ClientConfig, String> {
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            for cert in CertificateDer::pem_slice_iter(&bytes) {
+                let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    Ok(tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+impl PgStore {
+    /// Connects the pool and checks that the schema is this version's; applies pending
+    /// migrations first when `migrate` (otherwise an older schema is refused).
+    pub fn connect(config: &PgConfig, migrate: bool) -> Result<Self, StoreError> {
+        let store = Self::pool(config)?;
+        let found = store.run(|pool, target| async move {
+            let mut client = pool.get().await.map_err(|e| pool_error(&target, &e))?;
+            if migrate {
+                migrate::apply(&mut client, &target).await
+            } else {
+                migrate::current(&client, &target).await
+            }
+        })?;
+        if found != SCHEMA_VERSION {
+            return Err(StoreError::Postgres {
+                target: store.target.clone(),
+                message: format!(
+                    "the schema is at version {found}, this version needs {SCHEMA_VERSION}: run \
+                     `privault db migrate`"
+                ),
+            });
+        }
+        Ok(store)
+    }
+
+    /// Applies every pending migration; returns the versions found before and after.
+    pub fn migrate(config: &PgConfig) -> Result<(u32, u32), StoreError> {
+        let store = Self::pool(config)?;
+        store.run(|pool, target| async move {
+            let mut client = pool.get().await.map_err(|e| pool_error(&target, &e))?;
+            let before = migrate::current(&client, &target).await?;
+            let after = migrate::apply(&mut client, &target).await?;
+            Ok((before, after))
+        })
+    }
+
+    /// The schema version the database is at (0 when empty).
+    pub fn schema_version(config: &PgConfig) -> Result<u32, StoreError> {
+        let store = Self::pool(config)?;
+        store.run(|pool, target| async move {
+            let client = pool.get().await.map_err(|e| pool_error(&target, &e))?;
+            migrate::current(&client, &target).await
+        })
+    }
+
+    /// The pool and its runtime; connections are made as calls need them.
+    fn pool(config: &PgConfig) -> Result<Self, StoreError> {
+        let failed = |message: String| StoreError::Postgres {
+            target: target_of_url(&config.url),
+            message,
+        };
+        let mut pg: tokio_postgres::Config = config
+            .url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| failed(format!("bad database url: {e}")))?;
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(config.connect_timeout);
+        }
+        if pg.get_application_name().is_none() {
+            pg.application_name("privault");
+        }
+        let target = target_of(&pg);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("privault-pg")
+            .enable_all()
+            .build()
+            .map_err(|e| failed(format!("cannot start the client runtime: {e}")))?;
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = if pg.get_ssl_mode() == SslMode::Disable {
+            Manager::from_config(pg, tokio_postgres::NoTls, manager_config)
+        } else {
+            let tls = tls_config(config.ca_file.as_deref()).map_err(&failed)?;
+            Manager::from_config(
+                pg,
+                tokio_postgres_rustls::MakeRustlsConnect::new(tls),
+                manager_config,
+            )
+        };
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(config.connect_timeout))
+            .create_timeout(Some(config.connect_timeout))
+            .recycle_timeout(Some(config.connect_timeout))
+            .build()
+            .map_err(|e| failed(e.to_string()))?;
+        Ok(Self {
+            runtime: Some(runtime),
+            pool,
+            target,
+            lease: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Where the database is (hosts and database name), for messages.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Runs `op` on the client runtime and waits for it on this thread.
+    fn run<T, F>(&self, op: impl FnOnce(Pool, String) -> F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let future = op(self.pool.clone(), self.target.clone());
+        let runtime = self.runtime.as_ref().expect("the runtime lives as long as the store");
+        runtime.spawn(async move {
+            let _ = tx.send(future.await);
+        });
+        rx.recv().unwrap_or_else(|_| {
+            Err(StoreError::Postgres {
+                target: self.target.clone(),
+                message: "the client runtime stopped".into(),
+            })
+        })
+    }
+
+    /// A read: refused inside [`super::memory_only`] (every read is a round trip), so that the
+    /// api runs it on the blocking pool.
+    fn read<T, F>(&self, op: impl FnOnce(Pool, String) -> F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        if in_memory_only() {
+            return Err(StoreError::NotInMemory);
+        }
+        self.run(op)
+    }
+
+    /// Takes the node lease: a session advisory lock held on a connection of its own for as long
+    /// as this store lives. Until nodes keep their caches coherent, a second node on the same
+    /// database is refused at start rather than serving stale keys or forking the audit chain.
+    pub fn take_node_lease(&self, node: &str) -> Result<(), StoreError> {
+        let lease = Arc::clone(&self.lease);
+        let node = node.to_owned();
+        self.run(|pool, target| async move {
+            let client = pool.get().await.map_err(|e| pool_error(&target, &e))?;
+            let taken: bool = client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&NODE_LOCK])
+                .await
+                .map_err(|e| pg_error(&target, &e))?
+                .get(0);
+            if !taken {
+                return Err(StoreError::Postgres {
+                    target,
+                    message: "another privault node serves this database (it holds the node \
+                              lease); one node per database is supported for now"
+                        .into(),
+                });
+            }
+            lease.store(true, Ordering::SeqCst);
+            // The lease's connection leaves the pool for good, and is held by this task.
+            let client = deadpool_postgres::Object::take(client);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if client.simple_query("SELECT 1").await.is_err() {
+                        lease.store(false, Ordering::SeqCst);
+                        tracing::error!(node, "lost the database connection holding the node lease");
+                        return;
+                    }
+                }
+            });
+            Ok(())
+        })
+    }
+
+    /// The keyring's text, if one was written.
+    pub fn read_keyring(&self) -> Result<Option<String>, StoreError> {
+        self.run(|pool, target| async move {
+            let client = pool.get().await.map_err(|e| pool_error(&target, &e))?;
+            let row = client
+                .query_opt(
+                    &format!("SELECT body FROM {KEYS_SCHEMA}.keyring WHERE id = 1"),
+                    &[],
+                )
+                .await
+                .map_err(|e| pg_error(&target, &e))?;
+            Ok(row.map(|r| r.get(0)))
+        })
+    }
+
+    /// Writes the keyring: `create` only when none exists (false when another node created one
+    /// first), otherwise replaces it.
+    pub fn write_keyring(&self, text: &str, create: bool) -> Result<bool, StoreError> {
+        let text = text.to_owned();
+        self.run(move |pool, target| async move {
+            let client = pool.get().await.map_err(|e| pool_error(&target, &e))?;
+            let sql = if create {
+                format!(
+                    "INSERT INTO {KEYS_SCHEMA}.keyring (id, body) VALUES (1, $1) \
+                     ON CONFLICT (id) DO NOTHING"
+                )
+            } else {
+                format!(
+                    "UPDATE {KEYS_SCHEMA}.keyring SET body = $1, updated_at = now() WHERE id = 1"
+                )
+            };
+            let changed = client
+                .execute(&sql, &[&text])
+                .await
+                .map_err(|e| pg_error(&target, &e))?;
+            Ok(changed == 1)
+        })
+    }
+
+    /// Every line of the deletion ledger, in order.
+    pub fn ledger_lines(&self) -> Result<Vec<String>, StoreError> {
+        self.run(|pool, target| async move {
+            let client = pool.get().await.map_err(|e| pool_error(&target, &e))?;
+            let rows = client
+                .query(
+                    &format!("SELECT line FROM {KEYS_SCHEMA}.ledger ORDER BY seq"),
+                    &[],
+                )
+                .await
+                .map_err(|e| pg_error(&target, &e))?;
+            Ok(rows.into_iter().map(|r| r.get(0)).collect())
+        })
+    }
+
+    /// Appends a line to the deletion ledger, committed before returning.
+    pub fn append_ledger(&self, line: &str) -> Result<(), StoreError> {
+        let line = line.to_owned();
+        self.run(move |pool, target| async move {
+            let client = pool.get().await.map_err(|e| pool_error(&target, &e))?;
+            client
+                .execute(
+                    &format!("INSERT INTO {KEYS_SCHEMA}.ledger (line) VALUES ($1)"),
+                    &[&line],
+                )
+                .await
+                .map_err(|e| pg_error(&target, &e))?;
+            Ok(())
+        })
+    }
+}
+
+fn scan_sql(cf: Cf, bounded: bool) -> String {
+    let t = table(cf);
+    if bounded {
+        format!("SELECT k, v FROM {t} WHERE k >= $1 AND k < $2 ORDER BY k")
+    } else {
+        format!("SELECT k, v FROM {t} WHERE k >= $1 ORDER BY k")
+    }
+}
+
+fn entries(rows: Vec<tokio_postgres::Row>) -> Vec<Entry> {
+    rows.into_iter().map(|r| (r.get(0), r.get(1))).collect()
+}
+
+/// A batch as statements: consecutive operations of one kind on one table become one statement,
+/// keeping the batch's order (a later change to a key wins, as in a RocksDB batch).
+enum Statement {
+    Put(Cf, Vec<Vec<u8>>, Vec<Vec<u8>>),
+    Delete(Cf, Vec<Vec<u8>>),
+    DeleteRange(Cf, Vec<u8>, Vec<u8>),
+}
+
+fn statements(batch: &Batch) -> Vec<Statement> {
+    let mut out: Vec<Statement> = Vec::new();
+    for op in &batch.ops {
+        match (op, out.last_mut()) {
+            (Op::Put(cf, k, v), Some(Statement::Put(last, keys, values))) if last == cf => {
+                // One INSERT may not change a row twice: the later value replaces the earlier.
+                match keys.iter().position(|existing| existing == k) {
+                    Some(i) => values[i] = v.clone(),
+                    None => {
+                        keys.push(k.clone());
+                        values.push(v.clone());
+                    }
+                }
+            }
+            (Op::Put(cf, k, v), _) => out.push(Statement::Put(*cf, vec![k.clone()], vec![v.clone()])),
+            (Op::Delete(cf, k), Some(Statement::Delete(last, keys))) if last == cf => {
+                keys.push(k.clone());
+            }
+            (Op::Delete(cf, k), _) => out.push(Statement::Delete(*cf, vec![k.clone()])),
+            (Op::DeleteRange(cf, from, to), _) => {
+                out.push(Statement::DeleteRange(*cf, from.clone(), to.clone()));
+            }
+        }
+    }
+    out
+}
+
+impl Engine for PgStore {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = key.to_vec();
+        self.read(move |pool, target| async move {
+            let client = pool.get().await.map_err(|e| pool_error(&target, &e))?;
+            let sql = format!("SELECT v FROM {} WHERE k = $1", table(cf));
+            let statement = client
+                .prepare_cached(&sql)
+                .await
+                .map_err(|e| pg_error(&target, &e))?;
+            let row = client
+                .query_opt(&statement, &[&key])
+                .await
+                .map_err(|e| pg_error(&target, &e))?;
+            Ok(row.map(|r| r.get(0)))
+        })
+    }
+
+    fn multi_get(&self, cf: Cf, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let wanted: Vec<Vec<u8>> = keys.iter().map(|k| k.to_vec()).collect();
+        let mut found = self.read(move |pool, target| async move {
+            let client = pool.get().await.map_err(|e| pool_error(&target, &e))?;
+            let sql = format!("SELECT k, v FROM {} WHERE k = ANY($1)", table(cf));
+            let statement = client
+                .prepare_cached(&sql)
+                .await
+                .map_err(|e| pg_error(&target, &e))?;
+            let rows = client
+                .query(&statement, &[&wanted])
+                .await
+                .map_err(|e| pg_error(&target, &e))?;
+            Ok(entries(rows).into_iter().collect::<HashMap<_, _>>())
+        })?;
+        Ok(keys
+            .iter()
+            .map(|k| found.get(*k).cloned().or_else(|| found.remove(*k)))
+            .collect())
+    }
+
+    fn scan_prefix(&self, cf: Cf, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
+        let start = prefix.to_vec();
+        let end = prefix_end(prefix);
+        let mut out = self.read(move |pool, target| async move {
+            let client = pool.get().await.map_err(|e| pool_error(&target, &e))?;
+            let statement = client
+                .prepare_cached(&scan_sql(cf, end.is_some()))
+                .await
+                .map_err(|e| pg_error(&target, &e))?;
+            let rows = match &end {
+                Some(end) => client.query(&statement, &[&start, end]).await,
+                None => client.query(&statement, &[&start]).await,
+            }
+            .map_err(|e| pg_error(&target, &e))?;
+            Ok(entries(rows))
+        })?;
+        out.retain(|(k, _)| k.starts_with(prefix));
+        Ok(out)
+    }
+
+    fn scan_from(&self, cf: Cf, start: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
+        let start = start.to_vec();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |pool, target| async move {
+            let client = pool.get().await.map_err(|e| pool_error(&target, &e))?;
+            let sql = format!(
+                "SELECT k, v FROM {} WHERE k >= $1 ORDER BY k LIMIT $2",
+                table(cf)
+            );
+            let statement = client
+                .prepare_cached(&sql)
+                .await
+                .map_err(|e| pg_error(&target, &e))?;
+            let rows = client
+                .query(&statement, &[&start, &limit])
+                .await
+                .map_err(|e| pg_error(&target, &e))?;
+            Ok(entries(rows))
+        })
+    }
+
+    fn scan_back(
+        &self,
+        cf: Cf,
+        start: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let start = start.map(<[u8]>::to_vec);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |pool, target| async move {
+            let client = pool.get().await.map_err(|e| pool_error(&target, &e))?;
+            let t = table(cf);
+            let rows = match &start {
+                Some(start) => {
+                    let sql = format!("SELECT k, v FROM {t} WHERE k <= $1 ORDER BY k DESC LIMIT $2");
+                    let statement = client
+                        .prepare_cached(&sql)
+                        .await
+                        .map_err(|e| pg_error(&target, &e))?;
+                    client.query(&statement, &[start, &limit]).await
+                }
+                None => {
+                    let sql = format!("SELECT k, v FROM {t} ORDER BY k DESC LIMIT $1");
+                    let statement = client
+                        .prepare_cached(&sql)
+                        .await
+                        .map_err(|e| pg_error(&target, &e))?;
+                    client.query(&statement, &[&limit]).await
+                }
+            }
+            .map_err(|e| pg_error(&target, &e))?;
+            Ok(entries(rows))
+        })
+    }
+
+    fn last(&self, cf: Cf) -> Result<Option<Entry>, StoreError> {
+        Ok(self.scan_back(cf, None, 1)?.into_iter().next())
+    }
+
+    fn write(&self, batch: &Batch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        fail::fail_point!("store-write", |_| Err(StoreError::Postgres {
+            target: self.target.clone(),
+            message: "write failed (injected)".into(),
+        }));
+        let statements = statements(batch);
+        self.run(move |pool, target| async move {
+            let mut client = pool.get().await.map_err(|e| pool_error(&target, &e))?;
+            let tx = client
+                .transaction()
+                .await
+                .map_err(|e| pg_error(&target, &e))?;
+            for statement in &statements {
+                let done = match statement {
+                    Statement::Put(cf, keys, values) => {
+                        let sql = format!(
+                            "INSERT INTO {} (k, v) SELECT * FROM unnest($1::bytea[], $2::bytea[]) \
+                             ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v",
+                            table(*cf)
+                        );
+                        let prepared = tx
+                            .prepare_cached(&sql)
+                            .await
+                            .map_err(|e| pg_error(&target, &e))?;
+                        tx.execute(&prepared, &[keys, values]).await
+                    }
+                    Statement::Delete(cf, keys) => {
+                        let sql = format!("DELETE FROM {} WHERE k = ANY($1)", table(*cf));
+                        let prepared = tx
+                            .prepare_cached(&sql)
+                            .await
+                            .map_err(|e| pg_error(&target, &e))?;
+                        tx.execute(&prepared, &[keys]).await
+                    }
+                    Statement::DeleteRange(cf, from, to) => {
+                        let sql = format!("DELETE FROM {} WHERE k >= $1 AND k < $2", table(*cf));
+                        let prepared = tx
+                            .prepare_cached(&sql)
+                            .await
+                            .map_err(|e| pg_error(&target, &e))?;
+                        tx.execute(&prepared, &[from, to]).await
+                    }
+                };
+                done.map_err(|e| pg_error(&target, &e))?;
+            }
+            tx.commit().await.map_err(|e| pg_error(&target, &e))
+        })
+    }
+
+    fn purge(&self, ranges: &[(Cf, Vec<u8>)]) -> Result<(), StoreError> {
+        fail::fail_point!("store-purge", |_| Err(StoreError::Postgres {
+            target: self.target.clone(),
+            message: "purge failed (injected)".into(),
+        }));
+        let mut tables: Vec<String> = ranges.iter().map(|(cf, _)| table(*cf)).collect();
+        tables.sort();
+        tables.dedup();
+        if tables.is_empty() {
+            return Ok(());
+        }
+        // VACUUM removes the deleted rows' tuples from the heap and their index entries; it runs
+        // outside a transaction, on a connection of the pool.
+        self.run(move |pool, target| async move {
+            let client = pool.get().await.map_err(|e| pool_error(&target, &e))?;
+            client
+                .batch_execute(&format!("VACUUM {}", tables.join(", ")))
+                .await
+                .map_err(|e| pg_error(&target, &e))
+        })
+    }
+
+    fn estimate_keys(&self, cf: Cf) -> u64 {
+        let name = table(cf);
+        self.run(move |pool, target| async move {
+            let client = pool.get().await.map_err(|e| pool_error(&target, &e))?;
+            let row = client
+                .query_one(
+                    "SELECT GREATEST(reltuples, 0)::bigint FROM pg_class WHERE oid = $1::text::regclass",
+                    &[&name],
+                )
+                .await
+                .map_err(|e| pg_error(&target, &e))?;
+            Ok(row.get::<_, i64>(0).max(0) as u64)
+        })
+        .unwrap_or(0)
+    }
+}
