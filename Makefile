@@ -7,7 +7,7 @@
 
 CARGO ?= cargo
 
-.PHONY: deps run test lint bench-build
+.PHONY: deps run test test-postgres lint bench-build
 
 deps:
 	@./scripts/install-deps
@@ -17,10 +17,16 @@ run: deps
 	$(CARGO) run --locked --profile test -- serve
 
 ## Run every test: unit, integration (real server, RocksDB on a temp dir), and the shipped
-## policies' own test cases (`privault policy test`, run by tests/it/policy_cli.rs).
+## policies' own test cases (`privault policy test`, run by tests/it/policy_cli.rs); then the
+## integration suite again on PostgreSQL (a real server the tests start on a temp directory).
 test: deps
 	$(CARGO) test --locked --all-targets
 	$(CARGO) test --locked --doc
+	PRIVAULT_TEST_STORE=postgres $(CARGO) test --locked --test it
+
+## Only the integration suite on PostgreSQL.
+test-postgres: deps
+	PRIVAULT_TEST_STORE=postgres $(CARGO) test --locked --test it
 
 ## Formatting and lints, as CI checks them.
 lint: deps

@@ -158,12 +158,7 @@ impl Ledger {
 
     /// The ledger in the keys schema of `store`'s PostgreSQL database.
     pub fn in_database(store: std::sync::Arc<crate::store::Store>) -> Result<Self, LedgerError> {
-        if store.postgres().is_none() {
-            return Err(LedgerError::Store(crate::store::StoreError::Unsupported {
-                backend: "rocksdb",
-                what: "a deletion ledger in the database (it is a file beside db/)",
-            }));
-        }
+        database(&store)?;
         Ok(Self {
             path: PathBuf::from("privault_keys.ledger"),
             backing: Backing::Database(store),
@@ -181,10 +176,7 @@ impl Ledger {
                 let reader = BufReader::new(File::open(&self.path).map_err(io)?);
                 reader.lines().collect::<Result<_, _>>().map_err(io)
             }
-            Backing::Database(store) => Ok(store
-                .postgres()
-                .expect("checked at open")
-                .ledger_lines()?),
+            Backing::Database(store) => Ok(database(store)?.ledger_lines()?),
         }
     }
 
@@ -331,16 +323,25 @@ impl Ledger {
         }));
         match &self.backing {
             Backing::File(file) => {
-                let mut file = file.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut file = file
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 file.write_all(format!("{line}\n").as_bytes()).map_err(io)?;
                 file.sync_data().map_err(io)
             }
-            Backing::Database(store) => Ok(store
-                .postgres()
-                .expect("checked at open")
-                .append_ledger(&line)?),
+            Backing::Database(store) => Ok(database(store)?.append_ledger(&line)?),
         }
     }
+}
+
+/// The PostgreSQL backend of `store`, which [`Ledger::in_database`] checked.
+fn database(store: &crate::store::Store) -> Result<&crate::store::PgStore, LedgerError> {
+    store
+        .postgres()
+        .ok_or(LedgerError::Store(crate::store::StoreError::Unsupported {
+            backend: "rocksdb",
+            what: "a deletion ledger in the database (it is a file beside db/)",
+        }))
 }
 
 /// Cuts a last line that has no newline (an append torn by a crash), keeping every whole line.

@@ -164,6 +164,11 @@ struct Shared {
     seal_wake: Condvar,
     /// Held while sealing: one sealer at a time.
     sealing: Mutex<()>,
+    /// Set when a group write failed: the write may have committed all the same (PostgreSQL
+    /// answers a connection lost during COMMIT with an error either way), so the next group first
+    /// reads the head and the open segment's dictionary back from the store.
+    stale: std::sync::atomic::AtomicBool,
+    sealed: Arc<Sealed>,
 }
 
 struct SealQueue {
@@ -295,6 +300,8 @@ impl AuditLog {
             }),
             seal_wake: Condvar::new(),
             sealing: Mutex::new(()),
+            stale: std::sync::atomic::AtomicBool::new(false),
+            sealed: Arc::clone(&sealed),
         });
         let sealer = match signer {
             None => None,
@@ -501,6 +508,19 @@ fn finish_writing(shared: &Shared) {
 /// Writes `pending` as one group after the current head and answers each caller. Only the holder
 /// of `writing` calls this, so groups are written one at a time, in order.
 fn write_and_answer(shared: &Shared, store: &Store, pending: Vec<Pending>) {
+    if shared.stale.load(std::sync::atomic::Ordering::SeqCst) {
+        if let Err(e) = resync(shared, store) {
+            shared.writable.send_replace(false);
+            let message = format!("the audit log cannot read its head back: {e}");
+            for p in pending {
+                p.reply.send(Err(message.clone()));
+            }
+            return;
+        }
+        shared
+            .stale
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
     let head = *lock(&shared.head);
     let (work, replies): (Vec<_>, Vec<_>) = pending
         .into_iter()
@@ -546,11 +566,36 @@ fn write_and_answer(shared: &Shared, store: &Store, pending: Vec<Pending>) {
             }
         }
         Err(message) => {
+            shared
+                .stale
+                .store(true, std::sync::atomic::Ordering::SeqCst);
             for reply in replies {
                 reply.send(Err(message.clone()));
             }
         }
     }
+}
+
+/// Reads the head and the open segment's dictionary back from the store after a failed group:
+/// the next record chains after what is durable, whether the failed group committed or not (its
+/// callers were answered with an error, so nothing it covered left the vault).
+fn resync(shared: &Shared, store: &Store) -> Result<(), AuditError> {
+    let log = Log {
+        store,
+        sealed: &shared.sealed,
+    };
+    let head = stored_head(log)?;
+    let dict = Interner::from_strings(load_segment_dictionary(log, head.segment)?);
+    let before = std::mem::replace(&mut *lock(&shared.head), head);
+    lock(&shared.encoder).dict = dict;
+    if head.seq != before.seq {
+        tracing::warn!(
+            seq = head.seq,
+            "a failed audit group had committed after all; the chain goes on after it"
+        );
+        shared.durable.send_replace(head.seq);
+    }
+    Ok(())
 }
 
 /// Chains the records of `pending` after `head` and writes them, with their callers' changes, as
@@ -611,7 +656,13 @@ fn write_group(
         ));
         store
             .write(&batch)
-            .map_err(|e| AuditError::Store(e).to_string())
+            .map_err(|e| AuditError::Store(e).to_string())?;
+        // The commit landed but its answer was lost on the way back (a database connection
+        // dropped during COMMIT): the caller sees a failure for a durable group.
+        fail::fail_point!("audit-write-answer-lost", |_| Err(
+            "audit write answer lost (injected)".into()
+        ));
+        Ok(())
     })();
     match written {
         Ok(()) => Ok((head, results)),

@@ -61,6 +61,12 @@ pub enum KeysCommand {
         #[arg(long)]
         new_passphrase_env: Option<String>,
     },
+    /// Write a new random root key file (64 hex digits, mode 0600) for --key-file: what every
+    /// node of a vault on PostgreSQL is given. Refuses to overwrite an existing file.
+    NewKeyFile {
+        /// Where to write it.
+        path: PathBuf,
+    },
 }
 
 pub fn run(command: KeysCommand) -> anyhow::Result<ExitCode> {
@@ -146,6 +152,15 @@ pub fn run(command: KeysCommand) -> anyhow::Result<ExitCode> {
             change_passphrase(&config, &new, &SystemClock)
                 .context("cannot change the passphrase (is the vault still running?)")?;
             println!("keyring re-wrapped under the new passphrase; no data was touched");
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysCommand::NewKeyFile { path } => {
+            if path.exists() {
+                anyhow::bail!("{} exists: a root key is never overwritten", path.display());
+            }
+            privault::keyring::keyfile::create_key_file(&path)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            println!("wrote a new root key to {} (mode 0600)", path.display());
             Ok(ExitCode::SUCCESS)
         }
     }

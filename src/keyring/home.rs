@@ -41,10 +41,12 @@ impl From<&KeyringHome> for KeyringHome {
 }
 
 fn database(store: &Store) -> Result<&crate::store::PgStore, KeyringError> {
-    store.postgres().ok_or(KeyringError::Store(StoreError::Unsupported {
-        backend: "rocksdb",
-        what: "a keyring in the database (it is a file beside db/)",
-    }))
+    store
+        .postgres()
+        .ok_or(KeyringError::Store(StoreError::Unsupported {
+            backend: "rocksdb",
+            what: "a keyring in the database (it is a file beside db/)",
+        }))
 }
 
 impl KeyringHome {
@@ -79,24 +81,28 @@ impl KeyringHome {
                 path: path.clone(),
                 source,
             }),
-            Self::Database(store) => database(store)?.read_keyring()?.ok_or_else(|| {
-                KeyringError::Io {
-                    path: self.name(),
-                    source: std::io::Error::from(std::io::ErrorKind::NotFound),
-                }
-            }),
+            Self::Database(store) => {
+                database(store)?
+                    .read_keyring()?
+                    .ok_or_else(|| KeyringError::Io {
+                        path: self.name(),
+                        source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                    })
+            }
         }
     }
 
     /// Replaces the keyring atomically and durably.
     pub fn replace(&self, text: &str) -> Result<(), KeyringError> {
         match self {
-            Self::File(path) => super::write_private_atomically(path, text.as_bytes()).map_err(
-                |source| KeyringError::Io {
-                    path: path.clone(),
-                    source,
-                },
-            ),
+            Self::File(path) => {
+                super::write_private_atomically(path, text.as_bytes()).map_err(|source| {
+                    KeyringError::Io {
+                        path: path.clone(),
+                        source,
+                    }
+                })
+            }
             Self::Database(store) => {
                 database(store)?.write_keyring(text, false)?;
                 Ok(())

@@ -16,8 +16,8 @@ use crate::crypto::{
 };
 
 pub use format::FORMAT_VERSION;
-pub use home::KeyringHome;
 use format::{EpochEntry, KeyringFile, WrappedEntry};
+pub use home::KeyringHome;
 
 /// What can go wrong loading or creating the keyring.
 #[derive(Debug, thiserror::Error)]

@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 pub use postgres::{PgConfig, PgStore};
 pub use rocks::{DEFAULT_BLOCK_CACHE_BYTES, RocksStore};
 
-
 /// The column families of the design's on-disk layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cf {
@@ -137,7 +136,6 @@ pub fn in_memory_only() -> bool {
     MEMORY_ONLY.get()
 }
 
-
 /// A stored key and its value.
 pub type Entry = (Vec<u8>, Vec<u8>);
 
@@ -198,8 +196,12 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
     /// Up to `limit` entries of `cf` from `start` on, in key order.
     fn scan_from(&self, cf: Cf, start: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError>;
     /// Up to `limit` entries of `cf` backwards, from `start` (inclusive) or from the last one.
-    fn scan_back(&self, cf: Cf, start: Option<&[u8]>, limit: usize)
-    -> Result<Vec<Entry>, StoreError>;
+    fn scan_back(
+        &self,
+        cf: Cf,
+        start: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError>;
     /// The last entry of `cf` in key order.
     fn last(&self, cf: Cf) -> Result<Option<Entry>, StoreError>;
     /// Applies `batch` atomically and durably.
@@ -499,7 +501,10 @@ mod tests {
             rocks::checked_in_memory(Some(Vec::new())).unwrap(),
             Some(Vec::new())
         );
-        assert_eq!(memory_only(|| rocks::checked_in_memory(None)).unwrap(), None);
+        assert_eq!(
+            memory_only(|| rocks::checked_in_memory(None)).unwrap(),
+            None
+        );
     }
 
     #[test]

@@ -171,11 +171,13 @@ fn tls_config(ca_file: Option<&Path>) -> Result<tokio_rustls::rustls::ClientConf
         }
     }
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    Ok(tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+    Ok(
+        tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
 }
 
 impl PgStore {
@@ -288,7 +290,12 @@ impl PgStore {
     {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let future = op(self.pool.clone(), self.target.clone());
-        let runtime = self.runtime.as_ref().expect("the runtime lives as long as the store");
+        let Some(runtime) = self.runtime.as_ref() else {
+            return Err(StoreError::Postgres {
+                target: self.target.clone(),
+                message: "the client runtime stopped".into(),
+            });
+        };
         runtime.spawn(async move {
             let _ = tx.send(future.await);
         });
@@ -342,7 +349,10 @@ impl PgStore {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     if client.simple_query("SELECT 1").await.is_err() {
                         lease.store(false, Ordering::SeqCst);
-                        tracing::error!(node, "lost the database connection holding the node lease");
+                        tracing::error!(
+                            node,
+                            "lost the database connection holding the node lease"
+                        );
                         return;
                     }
                 }
@@ -457,7 +467,9 @@ fn statements(batch: &Batch) -> Vec<Statement> {
                     }
                 }
             }
-            (Op::Put(cf, k, v), _) => out.push(Statement::Put(*cf, vec![k.clone()], vec![v.clone()])),
+            (Op::Put(cf, k, v), _) => {
+                out.push(Statement::Put(*cf, vec![k.clone()], vec![v.clone()]))
+            }
             (Op::Delete(cf, k), Some(Statement::Delete(last, keys))) if last == cf => {
                 keys.push(k.clone());
             }
@@ -566,7 +578,8 @@ impl Engine for PgStore {
             let t = table(cf);
             let rows = match &start {
                 Some(start) => {
-                    let sql = format!("SELECT k, v FROM {t} WHERE k <= $1 ORDER BY k DESC LIMIT $2");
+                    let sql =
+                        format!("SELECT k, v FROM {t} WHERE k <= $1 ORDER BY k DESC LIMIT $2");
                     let statement = client
                         .prepare_cached(&sql)
                         .await

@@ -41,10 +41,11 @@ pub struct RocksStore {
     _secondary: Option<tempfile::TempDir>,
 }
 
-
 impl std::fmt::Debug for RocksStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RocksStore").field("path", &self.path).finish()
+        f.debug_struct("RocksStore")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -245,7 +246,6 @@ impl RocksStore {
             block_cache_bytes: self.cache.get_usage() as u64,
         }
     }
-
 }
 
 impl Engine for RocksStore {
@@ -399,7 +399,6 @@ impl Engine for RocksStore {
         }
         Ok(())
     }
-
 }
 
 impl RocksStore {

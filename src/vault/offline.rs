@@ -42,7 +42,7 @@ pub fn open_keyring(config: &VaultConfig) -> Result<Keyring, OpenError> {
         });
     }
     let (root, _) = root_key(config, &config.keyring_file())?;
-    Ok(Keyring::open(&config.keyring_path(), &root)?)
+    Ok(Keyring::open(config.keyring_path(), &root)?)
 }
 
 /// Re-wraps the keyring of `config` (opened with its current root key) under a root key derived
@@ -57,7 +57,7 @@ pub fn change_passphrase(
     let (old, _) = root_key(config, &config.keyring_file())?;
     let kdf = KdfParams::recommended().map_err(KeyringError::from)?;
     let new_root = RootKey::from_passphrase(new, &kdf).map_err(KeyringError::from)?;
-    change_root(&config.keyring_path(), &old, &new_root, Some(kdf))?;
+    change_root(config.keyring_path(), &old, &new_root, Some(kdf))?;
     let event = AuditEvent {
         request_id: "offline".into(),
         ..AuditEvent::new(OFFLINE_PRINCIPAL, Action::KeyChangePassphrase)

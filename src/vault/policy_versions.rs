@@ -310,7 +310,11 @@ impl Vault {
     /// last read, in which case the directory becomes a new version.
     pub(super) fn init_policy_versions(&self, dir_files: Sources) -> Result<(), OpenError> {
         let to_open = |e: VaultError| OpenError::DataDir {
-            path: self.store.path().map(std::path::Path::to_owned).unwrap_or_default(),
+            path: self
+                .store
+                .path()
+                .map(std::path::Path::to_owned)
+                .unwrap_or_default(),
             reason: format!("policy versions: {e}"),
         };
         let active = self.active_number().map_err(to_open)?;

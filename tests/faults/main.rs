@@ -8,6 +8,7 @@
 #[path = "../it/support.rs"]
 mod support;
 
+mod lost_answer;
 mod purge;
 mod races;
 mod seal;

@@ -104,7 +104,7 @@ async fn a_response_past_the_byte_budget_is_refused_whole() {
     )
     .await;
     assert_eq!(results[0].value, big);
-    let store = privault::store::Store::open_read_only(&vault.data_dir().join("db")).unwrap();
+    let store = vault.store_view();
     let outcomes: Vec<String> = audit_views(&store)
         .into_iter()
         .filter(|r| r.outcome == "resource_exhausted")

@@ -2,12 +2,11 @@
 //! audit pseudonym and never holding a value.
 
 use privault::audit::{RecordView, verify};
-use privault::store::Store;
 
 use crate::support::*;
 
 fn records(vault: &TestVault) -> Vec<RecordView> {
-    let store = Store::open(&vault.data_dir().join("db")).unwrap();
+    let store = vault.store();
     verify(&store).unwrap();
     audit_views(&store).into_iter().collect()
 }
@@ -145,7 +144,7 @@ async fn a_call_refused_at_the_edge_for_bad_syntax_is_audited() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     server.stop().await;
-    let store = privault::store::Store::open(&vault.data_dir().join("db")).unwrap();
+    let store = vault.store();
     let refused: Vec<privault::audit::RecordView> = audit_views(&store)
         .into_iter()
         .filter(|r: &privault::audit::RecordView| r.outcome == "invalid_argument")

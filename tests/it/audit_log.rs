@@ -102,6 +102,9 @@ fn verify_output(vault: &TestVault) -> (bool, String) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn changed_removed_or_reordered_records_are_reported_at_their_seq() {
+    if skip_on_postgres("the offline audit tools read a RocksDB data directory") {
+        return;
+    }
     let vault = busy_vault().await;
     let (ok, out) = verify_output(&vault);
     assert!(ok, "{out}");
@@ -135,7 +138,7 @@ async fn changed_removed_or_reordered_records_are_reported_at_their_seq() {
     // Reordered: records 3 and 4 swapped.
     let vault = busy_vault().await;
     {
-        let store = Store::open(&vault.data_dir().join("db")).unwrap();
+        let store = vault.store();
         let (three, four) = (raw(&store, 3), raw(&store, 4));
         put_raw(&store, 3, &four);
         put_raw(&store, 4, &three);
@@ -169,6 +172,9 @@ fn rechain(store: &Store, from: u64) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn truncation_and_rewrites_are_found_against_an_earlier_signed_head() {
+    if skip_on_postgres("the offline audit tools read a RocksDB data directory") {
+        return;
+    }
     let vault = busy_vault().await;
     let head = audit_cli(&["head"], vault.data_dir());
     assert!(
@@ -332,6 +338,9 @@ async fn auditors_query_by_subject_until_the_subject_is_shredded() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn export_and_verify_work_beside_a_running_vault() {
+    if skip_on_postgres("the offline audit tools read a RocksDB data directory") {
+        return;
+    }
     let vault = TestVault::new();
     let server = vault.start().await;
     put_profile(&server, "cust-1").await;
@@ -384,6 +393,9 @@ async fn export_and_verify_work_beside_a_running_vault() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn offline_tools_read_a_consistent_view_beside_a_busy_vault() {
+    if skip_on_postgres("the offline audit tools read a RocksDB data directory") {
+        return;
+    }
     let vault = TestVault::new();
     let server = vault.start().await;
     put_profile(&server, "cust-0").await;
@@ -515,6 +527,9 @@ async fn a_tail_delivers_every_record_once_across_a_reconnect_and_follows_new_on
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_export_into_a_pipe_closed_early_ends_quietly() {
+    if skip_on_postgres("the offline audit tools read a RocksDB data directory") {
+        return;
+    }
     let vault = TestVault::new();
     let server = vault.start().await;
     let mut account = server.client(ACCOUNT).await;

@@ -102,6 +102,9 @@ fn restored_vault(original: &TestVault, data_dir: &Path) -> TestVault {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_backup_taken_under_load_restores_every_acknowledged_write_and_no_later_shred() {
+    if skip_on_postgres("backups copy db/; PostgreSQL is backed up with its own tools") {
+        return;
+    }
     let vault = TestVault::new();
     let server = vault.start().await;
     for i in 0..50 {
@@ -199,6 +202,9 @@ async fn a_backup_taken_under_load_restores_every_acknowledged_write_and_no_late
 
 #[tokio::test]
 async fn only_a_permitted_operator_takes_a_backup_and_every_attempt_is_audited() {
+    if skip_on_postgres("backups copy db/; PostgreSQL is backed up with its own tools") {
+        return;
+    }
     let vault = TestVault::new();
     let server = vault.start().await;
     put_account(&server, "cust-1", &[("email", "a@example.com")]).await;
@@ -267,6 +273,9 @@ async fn backed_up() -> (TestVault, TestServer, tempfile::TempDir, std::path::Pa
 
 #[tokio::test]
 async fn verify_fails_with_exit_3_on_a_changed_or_missing_file() {
+    if skip_on_postgres("backups copy db/; PostgreSQL is backed up with its own tools") {
+        return;
+    }
     let (vault, server, work, backup) = backed_up().await;
     server.stop().await;
     let out = privault(&["backup", "verify", backup.to_str().unwrap(), "--json"]);
@@ -301,6 +310,9 @@ async fn verify_fails_with_exit_3_on_a_changed_or_missing_file() {
 
 #[tokio::test]
 async fn a_restore_refuses_a_keyring_whose_epoch_roll_destroyed_the_backups_keys() {
+    if skip_on_postgres("backups copy db/; PostgreSQL is backed up with its own tools") {
+        return;
+    }
     let (vault, server, work, backup) = backed_up().await;
     let mut keys =
         KeyAdminClient::with_interceptor(server.channel().await, As::header(Some(SEC_LEAD)));
@@ -331,6 +343,9 @@ async fn a_restore_refuses_a_keyring_whose_epoch_roll_destroyed_the_backups_keys
 
 #[test]
 fn a_stopped_vault_is_backed_up_offline_and_a_running_one_is_refused() {
+    if skip_on_postgres("backups copy db/; PostgreSQL is backed up with its own tools") {
+        return;
+    }
     let vault = TestVault::new();
     drop(vault.open().unwrap());
     let work = tempfile::tempdir().unwrap();
@@ -381,6 +396,9 @@ fn a_stopped_vault_is_backed_up_offline_and_a_running_one_is_refused() {
 
 #[tokio::test]
 async fn a_backup_into_an_existing_directory_is_refused_and_leaves_it_alone() {
+    if skip_on_postgres("backups copy db/; PostgreSQL is backed up with its own tools") {
+        return;
+    }
     let (_vault, server, work, _) = backed_up().await;
     let existing = work.path().join("existing");
     std::fs::create_dir(&existing).unwrap();

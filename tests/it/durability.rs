@@ -108,6 +108,11 @@ async fn wrong_root_key_refuses_to_start_and_touches_nothing() {
 
 #[test]
 fn key_file_readable_by_others_is_refused() {
+    if skip_on_postgres(
+        "the development key lives beside db/; PostgreSQL nodes are given their root key",
+    ) {
+        return;
+    }
     let mut vault = TestVault::new();
     let key = vault.dir.path().join("root.key");
     keyfile::create_key_file(&key).unwrap();
@@ -119,6 +124,11 @@ fn key_file_readable_by_others_is_refused() {
 
 #[test]
 fn dev_key_is_generated_private_on_first_start() {
+    if skip_on_postgres(
+        "the development key lives beside db/; PostgreSQL nodes are given their root key",
+    ) {
+        return;
+    }
     let vault = TestVault::new();
     drop(vault.open().unwrap());
     let mode = std::fs::metadata(vault.data_dir().join("dev.key"))

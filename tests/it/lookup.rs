@@ -3,7 +3,7 @@
 //! clear.
 
 use privault::api::pb;
-use privault::store::{Cf, Store};
+use privault::store::Cf;
 use tonic::Code;
 
 use crate::support::*;
@@ -184,7 +184,7 @@ async fn rectification_deletion_and_shred_take_the_index_entry_with_them() {
     );
     server.stop().await;
 
-    let store = Store::open(&vault.data_dir().join("db")).unwrap();
+    let store = vault.store();
     assert!(store.scan_prefix(Cf::Lookup, &[]).unwrap().is_empty());
     assert!(store.scan_prefix(Cf::Keys, &[]).unwrap().is_empty());
     drop(store);

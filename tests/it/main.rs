@@ -26,6 +26,7 @@ mod outcomes;
 mod pki;
 mod policy_admin;
 mod policy_cli;
+mod postgres;
 mod receipts;
 mod rectification;
 mod retention;

@@ -314,7 +314,7 @@ async fn unauthorized_admin_calls_are_denied_and_audited() {
     assert_eq!(explained.policies[0].file, "shop.cedar");
     server.stop().await;
 
-    let store = privault::store::Store::open(&vault.data_dir().join("db")).unwrap();
+    let store = vault.store();
     let records: Vec<privault::audit::RecordView> = audit_views(&store).into_iter().collect();
     let admin: Vec<(&str, &str, &str)> = records
         .iter()

@@ -5,15 +5,15 @@
 use std::collections::BTreeMap;
 
 use privault::api::pb::{self, Outcome};
+use privault::store::Cf;
 use privault::store::keys::name_of;
 use privault::store::records::{FieldRecord, KeyRecord};
-use privault::store::{Cf, Store};
 
 use crate::support::*;
 
 /// The stored key records by class and field records by field (one subject in the store).
 fn stored(vault: &TestVault) -> (BTreeMap<String, KeyRecord>, BTreeMap<String, FieldRecord>) {
-    let store = Store::open(&vault.data_dir().join("db")).unwrap();
+    let store = vault.store();
     let keys = store
         .scan_prefix(Cf::Keys, &[])
         .unwrap()

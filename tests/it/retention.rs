@@ -185,8 +185,8 @@ fn a_subject_whose_last_field_expires_is_shredded_when_the_catalog_says_so() {
 /// Flips a byte in every wrapped DEK of the keys CF that is not in `spare` (the stopped vault's).
 fn corrupt_keys_except(vault: &TestVault, spare: &[Vec<u8>]) {
     use privault::store::records::KeyRecord;
-    use privault::store::{Batch, Cf, Store};
-    let store = Store::open(&vault.data_dir().join("db")).unwrap();
+    use privault::store::{Batch, Cf};
+    let store = vault.store();
     let mut batch = Batch::new();
     for (key, value) in store.scan_prefix(Cf::Keys, &[]).unwrap() {
         if spare.contains(&key) || key.get(32) == Some(&b'#') {
@@ -202,7 +202,7 @@ fn corrupt_keys_except(vault: &TestVault, spare: &[Vec<u8>]) {
 
 /// The keys of the keys CF of the stopped vault.
 fn key_entries(vault: &TestVault) -> Vec<Vec<u8>> {
-    let store = privault::store::Store::open(&vault.data_dir().join("db")).unwrap();
+    let store = vault.store();
     store
         .scan_prefix(privault::store::Cf::Keys, &[])
         .unwrap()

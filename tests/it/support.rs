@@ -27,6 +27,16 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
+/// True (and says so) when the suite runs on PostgreSQL and the test is about the RocksDB data
+/// directory itself: its files, copies of `db/`, the offline tools that read it.
+pub fn skip_on_postgres(why: &str) -> bool {
+    let skip = postgres::enabled();
+    if skip {
+        eprintln!("skipped on postgres: {why}");
+    }
+    skip
+}
+
 /// The example policies shipped in the repository.
 pub fn shipped_policies() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
@@ -72,9 +82,27 @@ impl TestVault {
         Self { dir, config }
     }
 
-    /// Whether this vault is on PostgreSQL.
-    pub fn on_pg(&self) -> bool {
-        matches!(self.config.store, StoreConfig::Postgres { .. })
+    /// The vault's storage, opened for writing (RocksDB: the server must be stopped), to look into
+    /// or to tamper with.
+    pub fn store(&self) -> privault::store::Store {
+        match &self.config.store {
+            StoreConfig::Rocksdb => privault::store::Store::open(&self.config.db_dir()).unwrap(),
+            StoreConfig::Postgres { database, .. } => {
+                privault::store::PgStore::connect(database, false)
+                    .unwrap()
+                    .into()
+            }
+        }
+    }
+
+    /// A read-only view of the vault's storage, beside a running server.
+    pub fn store_view(&self) -> privault::store::Store {
+        match &self.config.store {
+            StoreConfig::Rocksdb => {
+                privault::store::Store::open_snapshot(&self.config.db_dir()).unwrap()
+            }
+            StoreConfig::Postgres { .. } => self.store(),
+        }
     }
 
     pub fn data_dir(&self) -> &Path {

@@ -8,7 +8,7 @@ use crate::support::*;
 
 /// Runs `edit` on the stopped vault's database.
 fn edit_db(vault: &TestVault, edit: impl FnOnce(&Store)) {
-    let store = Store::open(&vault.data_dir().join("db")).unwrap();
+    let store = vault.store();
     edit(&store);
 }
 

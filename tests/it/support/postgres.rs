@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
 
 /// Whether the suite runs on PostgreSQL (`PRIVAULT_TEST_STORE=postgres`).
 pub fn enabled() -> bool {
@@ -28,7 +27,10 @@ pub fn bin_dir() -> PathBuf {
         })
         .collect();
     versions.sort();
-    versions.pop().expect("no PostgreSQL under /usr/lib/postgresql").1
+    versions
+        .pop()
+        .expect("no PostgreSQL under /usr/lib/postgresql")
+        .1
 }
 
 /// A running server.
@@ -137,7 +139,12 @@ impl Cluster {
         let _ = as_server_user(&mut Command::new(self.bin.join("pg_ctl")))
             .arg("-D")
             .arg(self.data())
-            .args(["-m", if immediate { "immediate" } else { "fast" }, "-w", "stop"])
+            .args([
+                "-m",
+                if immediate { "immediate" } else { "fast" },
+                "-w",
+                "stop",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
@@ -147,7 +154,14 @@ impl Cluster {
     pub fn psql(&self, db: &str, sql: &str) -> String {
         let out = Command::new(self.bin.join("psql"))
             .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1"])
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "privault"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "privault",
+            ])
             .args(["-d", db, "-c", sql])
             .output()
             .unwrap();
@@ -162,7 +176,11 @@ impl Cluster {
     /// A new, empty database; its URL.
     pub fn new_database(&self) -> String {
         static NEXT: AtomicU32 = AtomicU32::new(1);
-        let name = format!("t{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
+        let name = format!(
+            "t{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
         self.psql("postgres", &format!("CREATE DATABASE {name}"));
         self.url(&name)
     }
@@ -170,28 +188,6 @@ impl Cluster {
     /// The URL of database `name`.
     pub fn url(&self, name: &str) -> String {
         format!("postgresql://privault@127.0.0.1:{}/{name}", self.port)
-    }
-
-    /// Waits until the server accepts connections (after a restart or a promotion).
-    pub fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            let ok = Command::new(self.bin.join("pg_isready"))
-                .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if ok {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("PostgreSQL on port {} did not come up", self.port);
-    }
-
-    /// The server log, for failure messages.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
     }
 }
 
