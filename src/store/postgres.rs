@@ -396,6 +396,15 @@ impl PgStore {
                 .execute(&sql, &[&text])
                 .await
                 .map_err(|e| pg_error(&target, &e))?;
+            if !create {
+                // The replaced row version holds what the change removed (an epoch roll's
+                // destroyed KEK): VACUUM FULL rewrites the one-row table into a new file and
+                // unlinks the old one, rather than leaving the bytes in a page's free space.
+                client
+                    .batch_execute(&format!("VACUUM FULL {KEYS_SCHEMA}.keyring"))
+                    .await
+                    .map_err(|e| pg_error(&target, &e))?;
+            }
             Ok(changed == 1)
         })
     }
