@@ -183,12 +183,14 @@ impl Edge {
     ) -> Result<T, Status> {
         let vault = Arc::clone(&self.vault);
         let request_id = call.request_id.clone();
-        tokio::task::spawn_blocking(move || op(&vault, &call))
+        // Other nodes' changes first (PostgreSQL): no cache may answer what one of them forbids.
+        tokio::task::spawn_blocking(move || vault.catch_up().map(|()| op(&vault, &call)))
             .await
             .map_err(|e| {
                 tracing::error!(request_id, error = %e, "vault task failed");
                 Status::internal(format!("internal error (request id {request_id})"))
-            })
+            })?
+            .map_err(|e| to_status(e, &request_id))
     }
 
     /// Runs `op` on the blocking pool (RocksDB and fsync must not stall the runtime).

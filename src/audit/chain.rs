@@ -527,9 +527,29 @@ fn write_and_answer(shared: &Shared, store: &Store, pending: Vec<Pending>) {
         .map(|p| ((p.batch, p.event, p.now), p.reply))
         .unzip();
     let started = std::time::Instant::now();
-    let written = {
-        let mut encoder = lock(&shared.encoder);
-        write_group(store, head, &mut encoder, work)
+    let mut head = head;
+    let mut attempts = 0;
+    let written = loop {
+        let written = {
+            let mut encoder = lock(&shared.encoder);
+            write_group(store, head, &mut encoder, &work)
+        };
+        match written {
+            // Another node's group landed first (PostgreSQL, one chain shared by every node):
+            // chain after it and try again.
+            Err(GroupError::Conflict) if attempts < MAX_CONFLICTS => {
+                attempts += 1;
+                if let Err(e) = resync(shared, store) {
+                    break Err(format!("the audit log cannot read its head back: {e}"));
+                }
+                head = *lock(&shared.head);
+            }
+            Err(GroupError::Conflict) => {
+                break Err("the audit log's head kept moving under this node's writes".into());
+            }
+            Err(GroupError::Failed(message)) => break Err(message),
+            Ok(done) => break Ok(done),
+        }
     };
     let took = started.elapsed();
     if took >= SLOW_GROUP {
@@ -598,6 +618,17 @@ fn resync(shared: &Shared, store: &Store) -> Result<(), AuditError> {
     Ok(())
 }
 
+/// Why a group was not written.
+enum GroupError {
+    /// The head moved: another node wrote a group after the one this chained on.
+    Conflict,
+    /// Anything else, as told to the callers.
+    Failed(String),
+}
+
+/// How often a group is chained again after another node's group landed first.
+const MAX_CONFLICTS: u32 = 64;
+
 /// Chains the records of `pending` after `head` and writes them, with their callers' changes, as
 /// one synced batch: each record under its seq, its subject-index entry, a hint when it defines
 /// dictionary strings, and the segment table's entry when it opens a segment. Returns the new
@@ -606,14 +637,21 @@ fn write_group(
     store: &Store,
     before: Head,
     encoder: &mut Encoder,
-    pending: Vec<(Batch, AuditEvent, Millis)>,
-) -> Result<(Head, Vec<u64>), String> {
+    pending: &[(Batch, AuditEvent, Millis)],
+) -> Result<(Head, Vec<u64>), GroupError> {
     let mut head = before;
     let dict_before = encoder.dict.len();
     let mut replaced: Option<Interner> = None;
     let mut batch = Batch::new();
     let mut results = Vec::with_capacity(pending.len());
+    // Written only over the head it chains on: on PostgreSQL other nodes append to the chain too.
+    batch.expect(
+        Cf::Meta,
+        HEAD_KEY.to_vec(),
+        (before.seq > 0).then(|| encode_head(&before)),
+    );
     for (changes, event, now) in pending {
+        let (event, now) = (event, *now);
         let seq = head.seq + 1;
         if head.segment_bytes >= encoder.segment_bytes_limit || encoder.dict.len() >= MAX_DICTIONARY
         {
@@ -629,7 +667,7 @@ fn write_group(
             batch.put(Cf::Meta, audit_segment_key(head.segment), start.encode());
         }
         let defined = encoder.dict.len();
-        let mut bytes = codec::encode(seq, now, head.segment, &event, &mut encoder.dict);
+        let mut bytes = codec::encode(seq, now, head.segment, event, &mut encoder.dict);
         let hash = chain_hash(&head.hash, &bytes);
         bytes.extend_from_slice(&hash);
         if encoder.dict.len() > defined {
@@ -642,7 +680,7 @@ fn write_group(
                 Vec::new(),
             );
         }
-        batch.append(changes);
+        batch.append(changes.clone());
         head.segment_bytes += bytes.len() as u64;
         batch.put(Cf::Audit, audit_key(seq).to_vec(), bytes);
         head.seq = seq;
@@ -651,17 +689,20 @@ fn write_group(
     }
     batch.put(Cf::Meta, HEAD_KEY.to_vec(), encode_head(&head));
     let written = (|| {
-        fail::fail_point!("audit-write", |_| Err(
+        fail::fail_point!("audit-write", |_| Err(GroupError::Failed(
             "audit write failed (injected)".into()
-        ));
-        store
-            .write(&batch)
-            .map_err(|e| AuditError::Store(e).to_string())?;
+        )));
+        store.write(&batch).map_err(|e| match e {
+            crate::store::StoreError::Conflict(crate::store::Conflict::Changed) => {
+                GroupError::Conflict
+            }
+            e => GroupError::Failed(AuditError::Store(e).to_string()),
+        })?;
         // The commit landed but its answer was lost on the way back (a database connection
         // dropped during COMMIT): the caller sees a failure for a durable group.
-        fail::fail_point!("audit-write-answer-lost", |_| Err(
+        fail::fail_point!("audit-write-answer-lost", |_| Err(GroupError::Failed(
             "audit write answer lost (injected)".into()
-        ));
+        )));
         Ok(())
     })();
     match written {

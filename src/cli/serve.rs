@@ -630,7 +630,12 @@ async fn scheduled_epoch_roll(vault: Arc<Vault>, days: u64, stop: CancellationTo
             () = stop.cancelled() => return,
         }
         let v = Arc::clone(&vault);
-        match tokio::task::spawn_blocking(move || v.roll_epoch_if_older(max_age_ms)).await {
+        match tokio::task::spawn_blocking(move || {
+            v.catch_up()
+                .and_then(|()| v.roll_epoch_if_older(max_age_ms))
+        })
+        .await
+        {
             Ok(Ok(Some(done))) => tracing::info!(
                 epoch = done.epoch,
                 rewrapped = done.rewrapped,
@@ -656,7 +661,11 @@ async fn sweep_retention(vault: Arc<Vault>, stop: CancellationToken) {
             () = stop.cancelled() => return,
         }
         let v = Arc::clone(&vault);
-        match tokio::task::spawn_blocking(move || v.retire_lapsed_holds()).await {
+        match tokio::task::spawn_blocking(move || {
+            v.catch_up().and_then(|()| v.retire_lapsed_holds())
+        })
+        .await
+        {
             Ok(Ok(0)) => {}
             Ok(Ok(n)) => tracing::info!(holds = n, "legal holds lapsed and retired"),
             Ok(Err(e)) => tracing::error!("retiring lapsed legal holds failed: {e}"),

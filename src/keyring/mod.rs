@@ -432,6 +432,56 @@ impl Keyring {
         Ok(destroyed)
     }
 
+    /// Takes up the epochs as the keyring now holds them, after another node rolled: a new epoch
+    /// is unwrapped and becomes current, a destroyed one is dropped from memory. Returns whether
+    /// anything changed.
+    pub fn reload(&self) -> Result<bool, KeyringError> {
+        let file = read_file(&self.home)?;
+        if file.id != self.id {
+            return Err(KeyringError::Malformed {
+                path: self.home.name(),
+                reason: "the keyring was replaced by another vault's".into(),
+            });
+        }
+        let mut epochs = self
+            .epochs
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut changed = false;
+        for entry in &file.epochs {
+            if epochs.keks.contains_key(&entry.epoch) {
+                continue;
+            }
+            let key = self
+                .root
+                .unwrap(
+                    &entry.key.to_wrapped(),
+                    &refs(&kek_context(&self.id, entry.epoch)),
+                )
+                .map_err(|source| KeyringError::Unwrap {
+                    path: self.home.name(),
+                    source,
+                })?;
+            epochs
+                .keks
+                .insert(entry.epoch, Arc::new(Kek::new(entry.epoch, &key)));
+            changed = true;
+        }
+        let before = epochs.keks.len();
+        epochs
+            .keks
+            .retain(|e, _| file.epochs.iter().any(|f| f.epoch == *e));
+        changed |= epochs.keks.len() != before || epochs.current != file.current_epoch;
+        if !epochs.keks.contains_key(&file.current_epoch) {
+            return Err(KeyringError::Malformed {
+                path: self.home.name(),
+                reason: format!("current epoch {} has no key", file.current_epoch),
+            });
+        }
+        epochs.current = file.current_epoch;
+        Ok(changed)
+    }
+
     /// When the current epoch was created.
     pub fn current_epoch_created_ms(&self) -> Result<Millis, KeyringError> {
         let current = self.current_epoch();

@@ -88,6 +88,10 @@ pub enum StoreError {
         /// PostgreSQL's error code and message (never values: keys are hashed ids).
         message: String,
     },
+    /// What the batch was to apply over had changed (another node wrote first): nothing was
+    /// written.
+    #[error("another node changed what the write depended on ({0:?})")]
+    Conflict(Conflict),
     /// What only one backend offers was asked of the other.
     #[error("not on the {backend} backend: {what}")]
     Unsupported {
@@ -140,12 +144,19 @@ pub fn in_memory_only() -> bool {
 pub type Entry = (Vec<u8>, Vec<u8>);
 
 /// A set of changes applied atomically by [`Store::write`].
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Batch {
     pub(crate) ops: Vec<Op>,
+    /// Values the batch applies only over, checked in its transaction (PostgreSQL, where other
+    /// nodes write too). RocksDB has one writing process, which holds the database lock.
+    pub(crate) expects: Vec<(Cf, Vec<u8>, Option<Vec<u8>>)>,
+    /// The KEK epochs the batch's keys are wrapped under: on PostgreSQL the batch commits only
+    /// while each is still the keyring's current epoch, so no node wraps under an epoch another
+    /// node's roll has moved past (and will destroy).
+    pub(crate) wrapped_under: Vec<u32>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum Op {
     Put(Cf, Vec<u8>, Vec<u8>),
     Delete(Cf, Vec<u8>),
@@ -173,15 +184,41 @@ impl Batch {
         self.ops.push(Op::DeleteRange(cf, from.into(), to.into()));
     }
 
+    /// Applies the batch only if `key` of `cf` still holds `value` (`None`: absent); otherwise
+    /// the write fails with [`StoreError::Conflict`] and changes nothing.
+    pub fn expect(&mut self, cf: Cf, key: impl Into<Vec<u8>>, value: Option<Vec<u8>>) {
+        self.expects.push((cf, key.into(), value));
+    }
+
+    /// Records that the batch holds a key wrapped under KEK `epoch`.
+    pub fn wrapped_under(&mut self, epoch: u32) {
+        if !self.wrapped_under.contains(&epoch) {
+            self.wrapped_under.push(epoch);
+        }
+    }
+
     /// Moves every change of `other` to the end of this batch.
     pub fn append(&mut self, mut other: Batch) {
         self.ops.append(&mut other.ops);
+        self.expects.append(&mut other.expects);
+        for epoch in other.wrapped_under {
+            self.wrapped_under(epoch);
+        }
     }
 
     /// True when the batch changes nothing.
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
+}
+
+/// Which precondition of a batch failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conflict {
+    /// A value given to [`Batch::expect`] changed.
+    Changed,
+    /// A KEK epoch given to [`Batch::wrapped_under`] is no longer the current one.
+    EpochRolled,
 }
 
 /// The storage seam: what the vault needs of a backend. Keys are ordered bytewise; a batch is

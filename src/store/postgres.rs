@@ -29,10 +29,62 @@ pub const DATA_SCHEMA: &str = "privault";
 /// key) and the deletion ledger, apart from the data so that a dump of the data carries no KEK.
 pub const KEYS_SCHEMA: &str = "privault_keys";
 
-/// The advisory lock a serving node holds for its lifetime (one node per database until nodes
-/// keep their caches coherent), and the one migrations take.
-const NODE_LOCK: i64 = 0x7072_6976_6175_6c74; // "privault"
+/// Advisory locks: the node-id lease (with the node id's hash as the second key), migrations, the
+/// change log's order, and batches with preconditions (the shared audit chain's head).
+const NODE_LOCK: i32 = 0x7076_6e64; // "pvnd"
 const MIGRATE_LOCK: i64 = 0x7072_6976_6d69_6772; // "privmigr"
+const CHANGES_LOCK: i64 = 0x7072_6976_6368_6e67; // "privchng"
+const EXPECT_LOCK: i64 = 0x7072_6976_6578_7074; // "privexpt"
+const ROLL_LOCK: i64 = 0x7072_6976_726f_6c6c; // "privroll"
+
+/// The turn to roll the KEK epoch: one node at a time. Held as a session lock on a connection of
+/// its own, which closes (and so releases it) when this is dropped, or when the node dies.
+pub struct RollLease {
+    _client: deadpool_postgres::ClientWrapper,
+}
+
+impl std::fmt::Debug for RollLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RollLease")
+    }
+}
+
+/// Meta keys that no node caches (the audit chain's own entries): writing them logs no change.
+const UNCACHED_META: [&[u8]; 5] = [
+    b"audit_head",
+    super::keys::AUDIT_SEGMENT_PREFIX,
+    super::keys::AUDIT_DEFS_PREFIX,
+    super::keys::AUDIT_SEALED_PREFIX,
+    super::keys::AUDIT_DROPPED_PREFIX,
+];
+
+/// The change-log entry naming the keyring (it is outside the data tables).
+pub const KEYRING_CHANGED: &[u8] = b"#keyring";
+/// The change-log entry naming the deletion ledger (legal holds live in it).
+pub const LEDGER_CHANGED: &[u8] = b"#ledger";
+
+/// What another node committed, as the change log records it.
+#[derive(Debug, Clone, Default)]
+pub struct Change {
+    /// The subject handles whose keys, consents or receipts changed.
+    pub sids: Vec<Vec<u8>>,
+    /// The meta keys written, and [`KEYRING_CHANGED`] or [`LEDGER_CHANGED`].
+    pub meta: Vec<Vec<u8>>,
+}
+
+/// The changes other nodes committed after a point of the log.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// The last entry of the log read.
+    pub through: u64,
+    /// Other nodes' changes, in commit order.
+    pub changes: Vec<Change>,
+    /// More entries followed than one look reads: drop every cache.
+    pub overflowed: bool,
+}
+
+/// Entries one look at the change log reads at most.
+const CHANGES_PAGE: i64 = 10_000;
 
 /// How to reach the database.
 #[derive(Clone)]
@@ -77,6 +129,7 @@ pub struct PgStore {
     pool: Pool,
     target: String,
     lease: Arc<AtomicBool>,
+    node: std::sync::OnceLock<String>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -274,7 +327,13 @@ impl PgStore {
             pool,
             target,
             lease: Arc::new(AtomicBool::new(false)),
+            node: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The node this store writes for, in the change log ("" for offline tools).
+    fn node(&self) -> String {
+        self.node.get().cloned().unwrap_or_default()
     }
 
     /// Where the database is (hosts and database name), for messages.
@@ -320,44 +379,103 @@ impl PgStore {
         self.run(op)
     }
 
-    /// Takes the node lease: a session advisory lock held on a connection of its own for as long
-    /// as this store lives. Until nodes keep their caches coherent, a second node on the same
-    /// database is refused at start rather than serving stale keys or forking the audit chain.
+    /// Takes the lease on `node`'s id: a session advisory lock held on a connection of its own
+    /// for as long as this store lives, so that two processes never serve as one node (its
+    /// changes are told apart from the others' by the id). Other nodes, under other ids, run
+    /// beside it.
     pub fn take_node_lease(&self, node: &str) -> Result<(), StoreError> {
         let lease = Arc::clone(&self.lease);
-        let node = node.to_owned();
+        let id = node.to_owned();
+        self.run(|pool, target| async move {
+            let client = match lease_on(&pool, &target, &id).await? {
+                Some(client) => client,
+                None => {
+                    return Err(StoreError::Postgres {
+                        target,
+                        message: format!(
+                            "another privault process serves this database as node `{id}`: \
+                             give each node its own --node-id"
+                        ),
+                    });
+                }
+            };
+            lease.store(true, Ordering::SeqCst);
+            tokio::spawn(hold_lease(pool, target, id, client, lease));
+            Ok(())
+        })?;
+        let _ = self.node.set(node.to_owned());
+        Ok(())
+    }
+
+    /// The turn to roll the KEK epoch, or `None` while another node has it.
+    pub fn try_roll_lease(&self) -> Result<Option<RollLease>, StoreError> {
         self.run(|pool, target| async move {
             let client = pool.get().await.map_err(|e| pool_error(&target, &e))?;
             let taken: bool = client
-                .query_one("SELECT pg_try_advisory_lock($1)", &[&NODE_LOCK])
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&ROLL_LOCK])
                 .await
                 .map_err(|e| pg_error(&target, &e))?
                 .get(0);
             if !taken {
-                return Err(StoreError::Postgres {
-                    target,
-                    message: "another privault node serves this database (it holds the node \
-                              lease); one node per database is supported for now"
-                        .into(),
+                return Ok(None);
+            }
+            Ok(Some(RollLease {
+                _client: deadpool_postgres::Object::take(client),
+            }))
+        })
+    }
+
+    /// The last entry of the change log (0 when empty): where a new node starts reading it.
+    pub fn changes_head(&self) -> Result<u64, StoreError> {
+        self.run(|pool, target| async move {
+            let client = pool.get().await.map_err(|e| pool_error(&target, &e))?;
+            let seq: i64 = client
+                .query_one(
+                    &format!("SELECT COALESCE(max(seq), 0) FROM {DATA_SCHEMA}.changes"),
+                    &[],
+                )
+                .await
+                .map_err(|e| pg_error(&target, &e))?
+                .get(0);
+            Ok(seq.max(0) as u64)
+        })
+    }
+
+    /// The changes other nodes committed after entry `after` of the change log. Entries are
+    /// numbered in commit order (they are written under a lock held to the commit), so a
+    /// reader that saw entry n has seen every entry before it.
+    pub fn changes_since(&self, after: u64) -> Result<Changes, StoreError> {
+        let node = self.node();
+        self.run(move |pool, target| async move {
+            let client = pool.get().await.map_err(|e| pool_error(&target, &e))?;
+            let sql = format!(
+                "SELECT seq, node, sids, meta FROM {DATA_SCHEMA}.changes WHERE seq > $1 \
+                 ORDER BY seq LIMIT $2"
+            );
+            let statement = client
+                .prepare_cached(&sql)
+                .await
+                .map_err(|e| pg_error(&target, &e))?;
+            let rows = client
+                .query(&statement, &[&(after as i64), &CHANGES_PAGE])
+                .await
+                .map_err(|e| pg_error(&target, &e))?;
+            let mut out = Changes {
+                through: after,
+                overflowed: rows.len() as i64 >= CHANGES_PAGE,
+                ..Changes::default()
+            };
+            for row in rows {
+                out.through = row.get::<_, i64>(0) as u64;
+                if row.get::<_, &str>(1) == node {
+                    continue;
+                }
+                out.changes.push(Change {
+                    sids: row.get(2),
+                    meta: row.get(3),
                 });
             }
-            lease.store(true, Ordering::SeqCst);
-            // The lease's connection leaves the pool for good, and is held by this task.
-            let client = deadpool_postgres::Object::take(client);
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    if client.simple_query("SELECT 1").await.is_err() {
-                        lease.store(false, Ordering::SeqCst);
-                        tracing::error!(
-                            node,
-                            "lost the database connection holding the node lease"
-                        );
-                        return;
-                    }
-                }
-            });
-            Ok(())
+            Ok(out)
         })
     }
 
@@ -380,6 +498,7 @@ impl PgStore {
     /// first), otherwise replaces it.
     pub fn write_keyring(&self, text: &str, create: bool) -> Result<bool, StoreError> {
         let text = text.to_owned();
+        let node = self.node();
         self.run(move |pool, target| async move {
             let client = pool.get().await.map_err(|e| pool_error(&target, &e))?;
             let sql = if create {
@@ -396,6 +515,7 @@ impl PgStore {
                 .execute(&sql, &[&text])
                 .await
                 .map_err(|e| pg_error(&target, &e))?;
+            log_change(&client, &target, &node, &[], &[KEYRING_CHANGED.to_vec()]).await?;
             if !create {
                 // The replaced row version holds what the change removed (an epoch roll's
                 // destroyed KEK): VACUUM FULL rewrites the one-row table into a new file and
@@ -427,18 +547,133 @@ impl PgStore {
     /// Appends a line to the deletion ledger, committed before returning.
     pub fn append_ledger(&self, line: &str) -> Result<(), StoreError> {
         let line = line.to_owned();
+        let node = self.node();
         self.run(move |pool, target| async move {
-            let client = pool.get().await.map_err(|e| pool_error(&target, &e))?;
-            client
-                .execute(
-                    &format!("INSERT INTO {KEYS_SCHEMA}.ledger (line) VALUES ($1)"),
-                    &[&line],
-                )
+            let mut client = pool.get().await.map_err(|e| pool_error(&target, &e))?;
+            let tx = client
+                .transaction()
                 .await
                 .map_err(|e| pg_error(&target, &e))?;
-            Ok(())
+            tx.execute(
+                &format!("INSERT INTO {KEYS_SCHEMA}.ledger (line) VALUES ($1)"),
+                &[&line],
+            )
+            .await
+            .map_err(|e| pg_error(&target, &e))?;
+            log_change(&tx, &target, &node, &[], &[LEDGER_CHANGED.to_vec()]).await?;
+            tx.commit().await.map_err(|e| pg_error(&target, &e))
         })
     }
+}
+
+/// Takes the lease on node id `id` on a connection that leaves the pool for good; `None` when
+/// another process holds it.
+async fn lease_on(
+    pool: &Pool,
+    target: &str,
+    id: &str,
+) -> Result<Option<deadpool_postgres::ClientWrapper>, StoreError> {
+    let client = pool.get().await.map_err(|e| pool_error(target, &e))?;
+    let taken: bool = client
+        .query_one(
+            "SELECT pg_try_advisory_lock($1, hashtext($2))",
+            &[&NODE_LOCK, &id],
+        )
+        .await
+        .map_err(|e| pg_error(target, &e))?
+        .get(0);
+    Ok(taken.then(|| deadpool_postgres::Object::take(client)))
+}
+
+/// Keeps the node's lease: checks its connection every second and, once it is lost (the
+/// database restarted or failed over), takes the lease again on the database the URL now
+/// reaches.
+async fn hold_lease(
+    pool: Pool,
+    target: String,
+    id: String,
+    mut client: deadpool_postgres::ClientWrapper,
+    held: Arc<AtomicBool>,
+) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if client.simple_query("SELECT 1").await.is_ok() {
+            continue;
+        }
+        held.store(false, Ordering::SeqCst);
+        tracing::warn!(node = id, "lost the connection holding the node's lease");
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            match lease_on(&pool, &target, &id).await {
+                Ok(Some(again)) => {
+                    client = again;
+                    held.store(true, Ordering::SeqCst);
+                    tracing::info!(node = id, "took the node's lease again");
+                    break;
+                }
+                Ok(None) => {
+                    tracing::error!(
+                        node = id,
+                        "another process holds this node's lease: two processes share a node id"
+                    );
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// Appends an entry to the change log, in the caller's transaction: under a lock held to its
+/// commit, so that entries are numbered in commit order.
+async fn log_change(
+    client: &impl deadpool_postgres::GenericClient,
+    target: &str,
+    node: &str,
+    sids: &[Vec<u8>],
+    meta: &[Vec<u8>],
+) -> Result<(), StoreError> {
+    client
+        .execute("SELECT pg_advisory_xact_lock($1)", &[&CHANGES_LOCK])
+        .await
+        .map_err(|e| pg_error(target, &e))?;
+    client
+        .execute(
+            &format!(
+                "INSERT INTO {DATA_SCHEMA}.changes (seq, node, sids, meta) \
+                 SELECT COALESCE(max(seq), 0) + 1, $1, $2, $3 FROM {DATA_SCHEMA}.changes"
+            ),
+            &[&node, &sids, &meta],
+        )
+        .await
+        .map_err(|e| pg_error(target, &e))?;
+    Ok(())
+}
+
+/// What a batch changes that nodes cache: the subjects whose keys, consents or receipts it
+/// writes, and the meta keys (but the audit chain's own).
+fn cached_changes(batch: &Batch) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let mut sids: Vec<Vec<u8>> = Vec::new();
+    let mut meta: Vec<Vec<u8>> = Vec::new();
+    for op in &batch.ops {
+        let (cf, key) = match op {
+            Op::Put(cf, k, _) | Op::Delete(cf, k) | Op::DeleteRange(cf, k, _) => (*cf, k),
+        };
+        match cf {
+            Cf::Keys | Cf::Consent | Cf::Shredded if key.len() >= 32 => {
+                let sid = key[..32].to_vec();
+                if !sids.contains(&sid) {
+                    sids.push(sid);
+                }
+            }
+            Cf::Meta
+                if !UNCACHED_META.iter().any(|p| key.starts_with(p)) && !meta.contains(key) =>
+            {
+                meta.push(key.clone());
+            }
+            _ => {}
+        }
+    }
+    (sids, meta)
 }
 
 fn scan_sql(cf: Cf, bounded: bool) -> String {
@@ -622,12 +857,54 @@ impl Engine for PgStore {
             message: "write failed (injected)".into(),
         }));
         let statements = statements(batch);
+        let expects = batch.expects.clone();
+        let wrapped_under = batch.wrapped_under.clone();
+        let (sids, meta) = cached_changes(batch);
+        let node = self.node();
         self.run(move |pool, target| async move {
             let mut client = pool.get().await.map_err(|e| pool_error(&target, &e))?;
             let tx = client
                 .transaction()
                 .await
                 .map_err(|e| pg_error(&target, &e))?;
+            if !expects.is_empty() {
+                // Writers with preconditions take turns, so a value checked here stays until
+                // the commit.
+                tx.execute("SELECT pg_advisory_xact_lock($1)", &[&EXPECT_LOCK])
+                    .await
+                    .map_err(|e| pg_error(&target, &e))?;
+                for (cf, key, wanted) in &expects {
+                    let found: Option<Vec<u8>> = tx
+                        .query_opt(
+                            &format!("SELECT v FROM {} WHERE k = $1", table(*cf)),
+                            &[key],
+                        )
+                        .await
+                        .map_err(|e| pg_error(&target, &e))?
+                        .map(|r| r.get(0));
+                    if &found != wanted {
+                        return Err(StoreError::Conflict(super::Conflict::Changed));
+                    }
+                }
+            }
+            if !wrapped_under.is_empty() {
+                // FOR SHARE: a roll's keyring update waits for this commit, and once it has
+                // committed this reads the rolled keyring.
+                let current: i64 = tx
+                    .query_one(
+                        &format!(
+                            "SELECT (body::jsonb ->> 'current_epoch')::bigint FROM \
+                             {KEYS_SCHEMA}.keyring WHERE id = 1 FOR SHARE"
+                        ),
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| pg_error(&target, &e))?
+                    .get(0);
+                if wrapped_under.iter().any(|e| i64::from(*e) != current) {
+                    return Err(StoreError::Conflict(super::Conflict::EpochRolled));
+                }
+            }
             for statement in &statements {
                 let done = match statement {
                     Statement::Put(cf, keys, values) => {
@@ -660,6 +937,9 @@ impl Engine for PgStore {
                     }
                 };
                 done.map_err(|e| pg_error(&target, &e))?;
+            }
+            if !sids.is_empty() || !meta.is_empty() {
+                log_change(&tx, &target, &node, &sids, &meta).await?;
             }
             tx.commit().await.map_err(|e| pg_error(&target, &e))
         })

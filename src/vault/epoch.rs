@@ -53,6 +53,24 @@ impl Vault {
         self.keyring.epoch_numbers().len() > 1
     }
 
+    /// This node's turn to roll (on PostgreSQL, one node rolls at a time; RocksDB has one
+    /// process), with the keyring taken up as the last roll left it. `None` while another node
+    /// rolls.
+    fn roll_turn(&self) -> Result<Option<RollTurn>, VaultError> {
+        let Some(pg) = self.store.postgres() else {
+            return Ok(Some(RollTurn { _lease: None }));
+        };
+        let Some(lease) = pg.try_roll_lease()? else {
+            return Ok(None);
+        };
+        self.keyring
+            .reload()
+            .map_err(|e| VaultError::Unavailable(format!("cannot read the keyring: {e}")))?;
+        Ok(Some(RollTurn {
+            _lease: Some(lease),
+        }))
+    }
+
     /// The epochs the keyring holds and the current one, for `ctx` authorized as `key_manage`.
     pub fn key_status(&self, ctx: &CallContext) -> Result<(Vec<u32>, u32), VaultError> {
         let policies = self.policies();
@@ -83,6 +101,17 @@ impl Vault {
         if let Err(e) = require(decision, AdminAction::KeyManage.name()) {
             return self.fail(event, e);
         }
+        let _turn = match self.roll_turn() {
+            Ok(Some(turn)) => turn,
+            Ok(None) => {
+                let busy = VaultError::FailedPrecondition(
+                    "another node is rolling the KEK epoch: watch it with `privault keys status`"
+                        .into(),
+                );
+                return self.fail(event, busy);
+            }
+            Err(e) => return self.fail(event, e),
+        };
         let resumed = self.epoch_roll_pending();
         let epoch = if resumed {
             self.keyring.current_epoch()
@@ -105,8 +134,11 @@ impl Vault {
     /// Rolls the epoch as the system when the current one is older than `max_age_ms` (the
     /// `--epoch-roll-days` schedule). `None` when it is not due.
     pub fn roll_epoch_if_older(&self, max_age_ms: u64) -> Result<Option<RollProgress>, VaultError> {
+        let Some(_turn) = self.roll_turn()? else {
+            return Ok(None);
+        };
         if self.epoch_roll_pending() {
-            return self.resume_epoch_roll();
+            return self.continue_roll("privault", |_| {}).map(Some);
         }
         let created = self
             .keyring
@@ -135,6 +167,12 @@ impl Vault {
     /// Finishes an unfinished roll as the system (at start, after a crash). `None` when there was
     /// nothing to finish.
     pub fn resume_epoch_roll(&self) -> Result<Option<RollProgress>, VaultError> {
+        if !self.epoch_roll_pending() {
+            return Ok(None);
+        }
+        let Some(_turn) = self.roll_turn()? else {
+            return Ok(None);
+        };
         if !self.epoch_roll_pending() {
             return Ok(None);
         }
@@ -238,6 +276,7 @@ impl Vault {
             match self.rewrapped_entry(&sid, &key, &value, &current, now) {
                 Ok(Some(bytes)) => {
                     batch.put(Cf::Keys, key, bytes);
+                    batch.wrapped_under(current.epoch());
                     count += 1;
                 }
                 Ok(None) => {}
@@ -348,4 +387,9 @@ impl Vault {
         })();
         self.finish_staged(event, staged)
     }
+}
+
+/// Held while this node rolls the epoch: the PostgreSQL roll lease (none on RocksDB).
+struct RollTurn {
+    _lease: Option<crate::store::postgres::RollLease>,
 }

@@ -102,7 +102,7 @@ impl From<StoreError> for VaultError {
         if matches!(e, StoreError::NotInMemory) {
             return Self::NeedsDisk;
         }
-        if let StoreError::Postgres { .. } = e {
+        if let StoreError::Postgres { .. } | StoreError::Conflict(_) = e {
             // A database that is down, failing over or refusing: nothing was returned or changed
             // unless the transaction committed, and the caller may retry.
             tracing::error!(error = %e, "storage unavailable");

@@ -174,6 +174,14 @@ impl KeyCache {
         });
     }
 
+    /// Drops every subject's keys (another node changed more than one look at its log covers).
+    pub fn clear(&self) {
+        self.with(|c| {
+            c.generation = c.generation.wrapping_add(1);
+            c.lru.clear();
+        });
+    }
+
     /// Drops the subject's keys (a committed erasure), and every racing fill with them.
     pub fn evict(&self, sid: &Sid) {
         self.with(|c| {
@@ -380,6 +388,7 @@ impl Vault {
             seals: 0,
         };
         batch.put(Cf::Keys, subject_key(sid, class.as_str()), record.encode());
+        batch.wrapped_under(record.epoch);
         keys.ciphers
             .insert(class.clone(), Arc::new(DekCipher::new(&dek, version)));
         keys.records.insert(class.clone(), record);

@@ -63,6 +63,7 @@ impl Vault {
                 wrapped: wrapped.ciphertext,
             };
             batch.put(Cf::Keys, subject_id_key(sid), record.encode());
+            batch.wrapped_under(record.epoch);
         }
         Ok(())
     }

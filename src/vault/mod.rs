@@ -4,6 +4,7 @@
 mod audit_admin;
 mod backup;
 mod canary;
+mod coherence;
 mod consent;
 mod consent_cache;
 mod epoch;
@@ -141,6 +142,8 @@ pub struct Vault {
     audit_retention: crate::audit::LogRetention,
     /// The oldest segment past the log's retention bound that is not archived, if any.
     audit_blocked: tokio::sync::watch::Sender<Option<u64>>,
+    /// The last entry of the change log (PostgreSQL) this node has applied to its caches.
+    changes_seen: Mutex<u64>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -166,7 +169,7 @@ impl Vault {
         self.limits
     }
 
-    /// RocksDB's gauges, for the metrics endpoint.
+    /// Whether a read can be served from memory alone (RocksDB), or always needs a round trip.
     pub fn reads_in_memory(&self) -> bool {
         self.store.reads_in_memory()
     }

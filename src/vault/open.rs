@@ -253,6 +253,8 @@ impl Vault {
         };
         let holds = ledger.holds()?;
         let wraps = super::wraps::WrapCounter::open(&store, keyring.current_epoch())?;
+        // Read before anything is cached: every change after it is taken up by the next call.
+        let changes_seen = Vault::changes_head(&store)?;
         let vault = Self {
             store,
             ledger,
@@ -271,6 +273,7 @@ impl Vault {
             policies_dir: config.policies_dir.clone(),
             audit_retention: config.audit.retention,
             audit_blocked: tokio::sync::watch::channel(None).0,
+            changes_seen: Mutex::new(changes_seen),
         };
         if format == FORMAT_CLEAR_PSEUDONYMS {
             vault

@@ -16,7 +16,7 @@ use crate::crypto::RecordKind;
 use crate::policy::{Policies, PolicyError, Sources, load_sources};
 use crate::store::{Batch, Cf};
 
-const ACTIVE_KEY: &[u8] = b"policy_active";
+pub(super) const ACTIVE_KEY: &[u8] = b"policy_active";
 const DIR_HASH_KEY: &[u8] = b"policy_dir_hash";
 /// The author of sets read from the policy directory.
 pub const DIR_AUTHOR: &str = "policies-dir";
@@ -308,6 +308,28 @@ impl Vault {
 
     /// At open: keep the stored active version unless the policy directory changed since it was
     /// last read, in which case the directory becomes a new version.
+    /// Takes up the active version as stored (another node applied or rolled back a set).
+    pub(super) fn load_active_policies(&self) -> Result<(), VaultError> {
+        let Some(number) = self.active_number()? else {
+            return Ok(());
+        };
+        if number == self.policies().number() {
+            return Ok(());
+        }
+        let record = self.policy_record(number)?.ok_or_else(|| {
+            VaultError::DataLoss(format!("active policy version {number} is missing"))
+        })?;
+        let mut set = Policies::from_sources(&record.files)
+            .map_err(|e| VaultError::DataLoss(format!("active policy version {number}: {e}")))?;
+        set.set_number(number);
+        self.swap_policies(Arc::new(set));
+        tracing::info!(
+            policy_version = number,
+            "took up the policy set another node activated"
+        );
+        Ok(())
+    }
+
     pub(super) fn init_policy_versions(&self, dir_files: Sources) -> Result<(), OpenError> {
         let to_open = |e: VaultError| OpenError::DataDir {
             path: self

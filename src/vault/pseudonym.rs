@@ -37,6 +37,7 @@ impl Vault {
         random_bytes(&mut incarnation).map_err(internal)?;
         let record = self.wrap_pseudonym(sid, &Pseudonym(pseudonym), incarnation, now)?;
         batch.put(Cf::Keys, pseudonym_key(sid), record.encode());
+        batch.wrapped_under(record.epoch);
         Ok(Pseudonym(pseudonym))
     }
 

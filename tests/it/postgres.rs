@@ -1,5 +1,5 @@
-//! The PostgreSQL backend itself: migrations through the binary, the node lease, the keys schema
-//! kept apart from the data schema. Runs against a real server in both passes of the suite.
+//! The PostgreSQL backend itself: migrations through the binary, the node-id lease, the keys
+//! schema kept apart from the data schema. Runs against a real server in both passes of the suite.
 
 use std::process::Command;
 
@@ -32,7 +32,7 @@ fn db_migrate_creates_both_schemas_once_and_status_tells_the_version() {
 
     let (code, out, err) = db(&["migrate"], &url);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("applied 1:"), "{out}");
+    assert!(out.contains("applied 1:") && out.contains("applied 2:"), "{out}");
     let (code, out, _) = db(&["migrate"], &url);
     assert_eq!(code, 0);
     assert!(out.contains("nothing to apply"), "{out}");
@@ -47,7 +47,7 @@ fn db_migrate_creates_both_schemas_once_and_status_tells_the_version() {
     );
     assert_eq!(schemas, "privault,privault_keys");
     let versions = cluster.psql(name, "SELECT count(*) FROM privault_keys.schema_version");
-    assert_eq!(versions, "1");
+    assert_eq!(versions, "2");
 
     // A URL that reaches nothing fails clearly, and never echoes a password.
     let (code, _, err) = db(
@@ -60,17 +60,22 @@ fn db_migrate_creates_both_schemas_once_and_status_tells_the_version() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_second_node_is_refused_while_the_first_holds_the_lease_and_takes_over_after() {
+async fn a_second_process_under_the_same_node_id_is_refused_and_takes_over_after() {
     let url = shared().new_database();
     let first = TestVault::on_postgres(&url);
     let server = first.start().await;
     put_profile(&server, "cust-lease").await;
 
-    let mut second = TestVault::on_postgres(&url);
-    second.config.key_file = first.config.key_file.clone();
+    let second = first.another_node("node-1");
     let refused = second.open().unwrap_err().to_string();
-    assert!(refused.contains("another privault node"), "{refused}");
+    assert!(
+        refused.contains("another privault process serves this database as node `node-1`"),
+        "{refused}"
+    );
     assert!(!refused.contains("cust-lease"));
+    // Under an id of its own, a node runs beside it.
+    let third = first.another_node("node-3");
+    drop(third.open().unwrap());
 
     server.stop().await;
     let server = second.start().await;

@@ -82,6 +82,18 @@ impl TestVault {
         Self { dir, config }
     }
 
+    /// Another node of this vault's PostgreSQL database: its own (empty) data directory and
+    /// node id, the same root key.
+    pub fn another_node(&self, node: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = self.config.clone();
+        config.data_dir = dir.path().join("data");
+        if let StoreConfig::Postgres { node_id, .. } = &mut config.store {
+            *node_id = node.to_owned();
+        }
+        Self { dir, config }
+    }
+
     /// The vault's storage, opened for writing (RocksDB: the server must be stopped), to look into
     /// or to tamper with.
     pub fn store(&self) -> privault::store::Store {

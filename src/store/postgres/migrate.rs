@@ -18,10 +18,11 @@ pub struct Migration {
 }
 
 /// Every migration, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "data tables per column family; keyring and deletion ledger in the keys schema",
-    sql: r"
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "data tables per column family; keyring and deletion ledger in the keys schema",
+        sql: r"
 CREATE SCHEMA IF NOT EXISTS privault;
 CREATE TABLE privault.keys (k bytea PRIMARY KEY, v bytea NOT NULL);
 CREATE TABLE privault.fields (k bytea PRIMARY KEY, v bytea NOT NULL);
@@ -43,7 +44,21 @@ CREATE TABLE privault_keys.ledger (
     written_at timestamptz NOT NULL DEFAULT now()
 );
 ",
-}];
+    },
+    Migration {
+        version: 2,
+        name: "the change log nodes read to keep their caches coherent",
+        sql: r"
+CREATE TABLE privault.changes (
+    seq bigint PRIMARY KEY,
+    node text NOT NULL,
+    sids bytea[] NOT NULL,
+    meta bytea[] NOT NULL,
+    at timestamptz NOT NULL DEFAULT now()
+);
+",
+    },
+];
 
 /// The schema version this build needs.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS[MIGRATIONS.len() - 1].version;

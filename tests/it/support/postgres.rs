@@ -98,6 +98,7 @@ impl Cluster {
             String::from_utf8_lossy(&out.stderr)
         );
         cluster.run(settings);
+        spawn_watchdog(&cluster.bin, &cluster.data(), &cluster.dir);
         cluster
     }
 
@@ -148,6 +149,62 @@ impl Cluster {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+    }
+
+    /// A streaming standby of `primary` (pg_basebackup -R), started on a port of its own with
+    /// `settings`.
+    pub fn standby_of(primary: &Cluster, settings: &[&str]) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("privault-pg-standby-")
+            .tempdir()
+            .unwrap()
+            .keep();
+        let cluster = Cluster {
+            port: free_port(),
+            dir,
+            bin: bin_dir(),
+        };
+        if rustix::process::geteuid().is_root() {
+            let (uid, gid) = postgres_ids();
+            std::os::unix::fs::chown(&cluster.dir, Some(uid), Some(gid)).unwrap();
+        }
+        let out = as_server_user(&mut Command::new(cluster.bin.join("pg_basebackup")))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary.port.to_string(),
+                "-U",
+                "privault",
+            ])
+            .arg("-D")
+            .arg(cluster.data())
+            .args(["-R", "-X", "stream", "--no-sync"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_basebackup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cluster.run(settings);
+        spawn_watchdog(&cluster.bin, &cluster.data(), &cluster.dir);
+        cluster
+    }
+
+    /// Promotes a standby to primary, waiting until it accepts writes.
+    pub fn promote(&self) {
+        let out = as_server_user(&mut Command::new(self.bin.join("pg_ctl")))
+            .arg("-D")
+            .arg(self.data())
+            .args(["-w", "promote"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl promote: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Runs `sql` in database `db` with psql, returning its output.
@@ -202,19 +259,12 @@ impl Drop for Cluster {
 /// when the process exits).
 pub fn shared() -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-    CLUSTER.get_or_init(|| {
-        let cluster = Cluster::start(&[]);
-        let (port, dir) = (cluster.port, cluster.dir.clone());
-        // The server outlives this process unless told otherwise: a watchdog stops it when the
-        // test binary exits (its pipe closes), however the binary ends.
-        spawn_watchdog(&cluster.bin, &cluster.data(), &dir);
-        let _ = port;
-        cluster
-    })
+    CLUSTER.get_or_init(|| Cluster::start(&[]))
 }
 
-/// Starts a shell that waits for its stdin to close (this process exiting) and then stops the
-/// server and removes its directory.
+/// A server outlives the test process unless told otherwise: this starts a shell that waits for
+/// its stdin to close (the process exiting, however it ends) and then stops the server and
+/// removes its directory.
 fn spawn_watchdog(bin: &Path, data: &Path, dir: &Path) {
     let script = format!(
         "cat >/dev/null; {} {} -D {} -m immediate stop >/dev/null 2>&1; rm -rf {}",

@@ -1,0 +1,209 @@
+//! Two nodes over one PostgreSQL database: a change committed through one is seen by the other's
+//! very next call (a write, a shred, a consent withdrawal, a policy apply, an epoch roll), and
+//! the one audit chain they share verifies.
+
+use privault::api::pb::key_admin_client::KeyAdminClient;
+use privault::api::pb::{self, Outcome};
+
+use crate::support::postgres::shared;
+use crate::support::*;
+
+const SEC_LEAD: &str = "Operator::\"sec-lead\"";
+
+fn two_nodes() -> (TestVault, TestVault) {
+    let first = TestVault::on_postgres(&shared().new_database());
+    let second = first.another_node("node-2");
+    (first, second)
+}
+
+async fn recommender_reads(server: &TestServer, subject: &str) -> Outcome {
+    let mut recommender = server.client(RECOMMENDER).await;
+    get(
+        &mut recommender,
+        subject,
+        "personalization",
+        &["favorite_categories"],
+    )
+    .await[0]
+        .outcome()
+}
+
+async fn mailer_reads(server: &TestServer, subject: &str) -> Outcome {
+    let mut mailer = server.client(MAILER).await;
+    get(&mut mailer, subject, "email_marketing", &["email"]).await[0].outcome()
+}
+
+async fn set_consent(server: &TestServer, subject: &str, purpose: &str, granted: bool) {
+    let mut account = server.client(ACCOUNT).await;
+    account
+        .set_consent(pb::SetConsentRequest {
+            subject_id: subject.into(),
+            purpose: purpose.into(),
+            granted,
+            source: 0,
+        })
+        .await
+        .unwrap();
+}
+
+fn assert_chain_verifies(vault: &TestVault) {
+    let store = vault.store();
+    let (verified, _) = privault::audit::verify(&store).unwrap();
+    let views = audit_views(&store);
+    assert_eq!(views.len() as u64, verified, "every record reads once");
+    assert!(views.windows(2).all(|w| w[0].seq + 1 == w[1].seq));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_on_one_node_reads_on_the_other_and_a_shred_there_binds_it_at_once() {
+    let (first, second) = two_nodes();
+    let a = first.start().await;
+    let b = second.start().await;
+    put_profile(&a, "cust-1").await;
+    put_profile(&a, "cust-2").await;
+    // The second node reads, and so caches the subject's keys.
+    assert_eq!(recommender_reads(&b, "cust-1").await, Outcome::Value);
+    assert_eq!(recommender_reads(&b, "cust-2").await, Outcome::Value);
+
+    let mut dpo = a.client(DPO).await;
+    dpo.shred_subject(pb::ShredSubjectRequest {
+        subject_id: "cust-1".into(),
+        reason: "ticket 7".into(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        recommender_reads(&b, "cust-1").await,
+        Outcome::Absent,
+        "no cached DEK outlives the shred on the other node"
+    );
+    assert_eq!(recommender_reads(&b, "cust-2").await, Outcome::Value);
+    // The customer comes back through the second node: a new key, not the erased one it cached.
+    put_profile(&b, "cust-1").await;
+    assert_eq!(recommender_reads(&a, "cust-1").await, Outcome::Value);
+
+    // Writes through the second node read back on the first, both ways.
+    put_profile(&b, "cust-3").await;
+    assert_eq!(recommender_reads(&a, "cust-3").await, Outcome::Value);
+    a.stop().await;
+    b.stop().await;
+    assert_chain_verifies(&first);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_consent_withdrawal_and_a_policy_apply_on_one_node_bind_the_others_next_call() {
+    let (first, second) = two_nodes();
+    let a = first.start().await;
+    let b = second.start().await;
+    put_profile(&a, "cust-1").await;
+    set_consent(&a, "cust-1", "marketing", true).await;
+    assert_eq!(mailer_reads(&b, "cust-1").await, Outcome::Value);
+    set_consent(&a, "cust-1", "marketing", false).await;
+    assert_eq!(
+        mailer_reads(&b, "cust-1").await,
+        Outcome::Denied,
+        "the withdrawal binds the other node's next read"
+    );
+
+    assert_eq!(recommender_reads(&b, "cust-1").await, Outcome::Value);
+    let mut files = shipped_files();
+    let shop = files.policies.get_mut("shop.cedar").unwrap();
+    let start = shop.find("@id(\"recommender-personalization\")").unwrap();
+    let end = start + shop[start..].find("};").unwrap() + 2;
+    shop.replace_range(start..end, "");
+    let mut admin = a.admin(ALICE).await;
+    let active = admin
+        .get_active_policies(pb::GetActivePoliciesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .version
+        .unwrap()
+        .version;
+    admin
+        .apply_policies(pb::ApplyPoliciesRequest {
+            files: Some(files),
+            base_version: active,
+            comment: "no more recommendations".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        recommender_reads(&b, "cust-1").await,
+        Outcome::Denied,
+        "the applied set decides the other node's next read"
+    );
+    let mut admin_b = b.admin(ALICE).await;
+    let applied = admin_b
+        .get_active_policies(pb::GetActivePoliciesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .version
+        .unwrap()
+        .version;
+    assert!(
+        applied > active,
+        "the other node reports the applied set as active"
+    );
+    admin_b
+        .rollback_policies(pb::RollbackPoliciesRequest {
+            to_version: active,
+            base_version: applied,
+            comment: "back".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(recommender_reads(&a, "cust-1").await, Outcome::Value);
+    a.stop().await;
+    b.stop().await;
+    assert_chain_verifies(&first);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_epoch_roll_on_one_node_is_taken_up_by_the_other_which_drops_the_old_kek() {
+    let (first, second) = two_nodes();
+    let a = first.start().await;
+    let b = second.start().await;
+    for i in 0..20 {
+        put_profile(&a, &format!("cust-{i}")).await;
+    }
+    assert_eq!(recommender_reads(&b, "cust-3").await, Outcome::Value);
+
+    let mut keys = KeyAdminClient::with_interceptor(a.channel().await, As::header(Some(SEC_LEAD)));
+    let mut stream = keys
+        .roll_epoch(pb::RollEpochRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    while let Some(p) = stream.message().await.unwrap() {
+        last = Some(p);
+    }
+    let last = last.unwrap();
+    assert!(last.done && last.epoch == 2 && last.destroyed_epochs == vec![1]);
+
+    let mut keys_b =
+        KeyAdminClient::with_interceptor(b.channel().await, As::header(Some(SEC_LEAD)));
+    let status = keys_b
+        .key_status(pb::KeyStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (status.current_epoch, status.epochs),
+        (2, vec![2]),
+        "the other node took up the new epoch and dropped the destroyed one"
+    );
+    assert_eq!(recommender_reads(&b, "cust-3").await, Outcome::Value);
+    // A subject created through the second node is wrapped under the new epoch and reads back
+    // after both nodes restart.
+    put_profile(&b, "cust-new").await;
+    a.stop().await;
+    b.stop().await;
+    let b = second.start().await;
+    assert_eq!(recommender_reads(&b, "cust-new").await, Outcome::Value);
+    assert_eq!(recommender_reads(&b, "cust-7").await, Outcome::Value);
+    b.stop().await;
+    assert_chain_verifies(&first);
+}
