@@ -45,7 +45,8 @@ pub enum Workload {
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// A running vault in development mode (e.g. http://127.0.0.1:50051); default: start one.
+    /// A running vault in development mode (e.g. http://127.0.0.1:50051), or several nodes of one
+    /// vault, comma-separated (the connections alternate between them); default: start one.
     #[arg(long)]
     target: Option<String>,
     /// Policy directory for the vault this tool starts.
@@ -360,9 +361,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        // Several targets (nodes of one vault, comma-separated) share the connections in turn.
+        let urls: Vec<&str> = server.url.split(',').map(str::trim).collect();
         let mut channels = Vec::new();
-        for _ in 0..args.connections.max(1) {
-            channels.push(Channel::from_shared(server.url.clone())?.connect().await?);
+        for i in 0..args.connections.max(urls.len()) {
+            let url = urls[i % urls.len()].to_owned();
+            channels.push(Channel::from_shared(url)?.connect().await?);
         }
         let c = args.concurrency.max(1);
         println!(

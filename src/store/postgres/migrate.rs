@@ -102,7 +102,8 @@ pub async fn apply(client: &mut Client, target: &str) -> Result<u32, StoreError>
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK])
         .await
         .map_err(|e| pg_error(target, &e))?;
-    tx.batch_execute(VERSION_TABLE)
+    // "already exists, skipping" notices at every start are noise.
+    tx.batch_execute(&format!("SET LOCAL client_min_messages = warning; {VERSION_TABLE}"))
         .await
         .map_err(|e| pg_error(target, &e))?;
     let found: Option<i32> = tx
