@@ -15,7 +15,7 @@ use privault::audit::{
 };
 use privault::clock::{SystemClock, parse_rfc3339};
 use privault::domain::Pseudonym;
-use privault::vault::offline::{open_keyring, open_store_read_only, sign_head};
+use privault::vault::offline::{open_keyring, open_store_for, open_store_read_only, sign_head};
 use privault::vault::{SignedHead, check_signed_head};
 
 use super::remote::Remote;
@@ -56,6 +56,10 @@ pub enum AuditCommand {
         /// The vault's data directory.
         #[arg(long, env = "PRIVAULT_DATA_DIR", default_value = "./privault-data")]
         data_dir: PathBuf,
+        /// The vault's PostgreSQL database instead (as for `serve --database-url`): the log of
+        /// every node.
+        #[arg(long, env = "PRIVAULT_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
         /// A signed head saved earlier (`privault audit head`), to detect truncation.
         #[arg(long)]
         head: Option<PathBuf>,
@@ -90,6 +94,10 @@ pub enum AuditCommand {
         /// The vault's data directory.
         #[arg(long, env = "PRIVAULT_DATA_DIR", default_value = "./privault-data")]
         data_dir: PathBuf,
+        /// The vault's PostgreSQL database instead (as for `serve --database-url`): the log of
+        /// every node.
+        #[arg(long, env = "PRIVAULT_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
         /// Only this subject's records, by audit pseudonym (32 hex digits; `privault audit query
         /// --subject-id` maps a customer id to it on a running vault).
         #[arg(long, alias = "subject")]
@@ -105,6 +113,10 @@ pub enum AuditCommand {
         /// The vault's data directory.
         #[arg(long, env = "PRIVAULT_DATA_DIR", default_value = "./privault-data")]
         data_dir: PathBuf,
+        /// The vault's PostgreSQL database instead (as for `serve --database-url`): the log of
+        /// every node.
+        #[arg(long, env = "PRIVAULT_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
         #[command(flatten)]
         root: super::root::RootArgs,
     },
@@ -114,6 +126,10 @@ pub enum AuditCommand {
         /// The vault's data directory.
         #[arg(long, env = "PRIVAULT_DATA_DIR", default_value = "./privault-data")]
         data_dir: PathBuf,
+        /// The vault's PostgreSQL database instead (as for `serve --database-url`): the log of
+        /// every node.
+        #[arg(long, env = "PRIVAULT_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
         #[command(flatten)]
         root: super::root::RootArgs,
     },
@@ -179,17 +195,37 @@ pub fn offline_config(
     Ok(config)
 }
 
+/// [`offline_config`] for a vault in `data_dir`, or in the PostgreSQL database at `database_url`.
+fn source_config(
+    data_dir: &std::path::Path,
+    database_url: Option<&str>,
+    root: &super::root::RootArgs,
+) -> anyhow::Result<privault::vault::VaultConfig> {
+    let mut config = offline_config(data_dir, root)?;
+    if let Some(url) = database_url {
+        let mut database = privault::store::PgConfig::new(url);
+        database.pool_size = 2;
+        config.store = privault::vault::StoreConfig::Postgres {
+            database,
+            node_id: String::new(),
+        };
+    }
+    Ok(config)
+}
+
 pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
     match command {
         AuditCommand::Verify {
             data_dir,
+            database_url,
             head,
             root,
             from_seq,
             to_seq,
             archive,
         } => {
-            let store = open_store_read_only(&data_dir)?;
+            let config = source_config(&data_dir, database_url.as_deref(), &root)?;
+            let store = open_store_for(&config)?;
             let sealed = sealed_with(&store, archive.as_deref())?;
             let log = Log {
                 store: &store,
@@ -221,7 +257,7 @@ pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
                     .with_context(|| format!("cannot read {}", path.display()))?;
                 let signed: SignedHead =
                     serde_json::from_str(&text).context("not a signed head")?;
-                let keyring = open_keyring(&offline_config(&data_dir, &root)?)?;
+                let keyring = open_keyring(&config)?;
                 if let Err(e) = check_signed_head(&store, &keyring, &signed) {
                     eprintln!("{e}");
                     return Ok(super::check_failed());
@@ -267,11 +303,17 @@ pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
         }
         AuditCommand::Export {
             data_dir,
+            database_url,
             pseudonym,
             filters,
             archive,
         } => {
-            let store = open_store_read_only(&data_dir)?;
+            let config = source_config(
+                &data_dir,
+                database_url.as_deref(),
+                &super::root::RootArgs::default(),
+            )?;
+            let store = open_store_for(&config)?;
             let sealed = sealed_with(&store, archive.as_deref())?;
             let log = Log {
                 store: &store,
@@ -292,8 +334,12 @@ pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        AuditCommand::PublicKey { data_dir, root } => {
-            let keyring = open_keyring(&offline_config(&data_dir, &root)?)?;
+        AuditCommand::PublicKey {
+            data_dir,
+            database_url,
+            root,
+        } => {
+            let keyring = open_keyring(&source_config(&data_dir, database_url.as_deref(), &root)?)?;
             let key = hex::encode(keyring.audit_signer().public_key());
             if super::json() {
                 super::print_json(&serde_json::json!({ "public_key": key }))?;
@@ -302,9 +348,14 @@ pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        AuditCommand::Head { data_dir, root } => {
-            let store = open_store_read_only(&data_dir)?;
-            let keyring = open_keyring(&offline_config(&data_dir, &root)?)?;
+        AuditCommand::Head {
+            data_dir,
+            database_url,
+            root,
+        } => {
+            let config = source_config(&data_dir, database_url.as_deref(), &root)?;
+            let store = open_store_for(&config)?;
+            let keyring = open_keyring(&config)?;
             println!(
                 "{}",
                 serde_json::to_string_pretty(&sign_head(&store, &keyring, &SystemClock)?)?

@@ -33,8 +33,29 @@ pub fn open_store_read_only(data_dir: &Path) -> Result<Store, OpenError> {
     Ok(store)
 }
 
-/// Opens the keyring of `config` with its root key (key file, passphrase or `dev.key`).
+/// Opens `config`'s storage to read: a consistent view of `data_dir/db` on RocksDB, the
+/// database itself on PostgreSQL (which every node writes meanwhile; the audit tools read a
+/// prefix of the chain that ends at the head they read first).
+pub fn open_store_for(config: &VaultConfig) -> Result<Store, OpenError> {
+    match &config.store {
+        super::StoreConfig::Rocksdb => open_store_read_only(&config.data_dir),
+        super::StoreConfig::Postgres { database, .. } => {
+            Ok(crate::store::PgStore::connect(database, false)?.into())
+        }
+    }
+}
+
+/// Opens the keyring of `config` with its root key (key file, passphrase or `dev.key`; on
+/// PostgreSQL, the keyring in the keys schema).
 pub fn open_keyring(config: &VaultConfig) -> Result<Keyring, OpenError> {
+    if let super::StoreConfig::Postgres { database, .. } = &config.store {
+        let store = Arc::new(Store::from(crate::store::PgStore::connect(
+            database, false,
+        )?));
+        let home = crate::keyring::KeyringHome::Database(store);
+        let (root, _) = root_key(config, &home)?;
+        return Ok(Keyring::open(home, &root)?);
+    }
     if !config.keyring_path().exists() {
         return Err(OpenError::DataDir {
             path: config.data_dir.clone(),

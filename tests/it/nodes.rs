@@ -46,6 +46,27 @@ async fn set_consent(server: &TestServer, subject: &str, purpose: &str, granted:
         .unwrap();
 }
 
+const BIN: &str = env!("CARGO_BIN_EXE_privault");
+
+/// `privault audit ARGS --database-url` for `vault`'s database, with its root key.
+fn audit_tool(vault: &TestVault, args: &[&str]) -> (bool, String, String) {
+    let privault::vault::StoreConfig::Postgres { database, .. } = &vault.config.store else {
+        panic!("not on PostgreSQL");
+    };
+    let out = std::process::Command::new(BIN)
+        .arg("audit")
+        .args(args)
+        .env("PRIVAULT_DATABASE_URL", &database.url)
+        .env("PRIVAULT_KEY_FILE", vault.config.key_file.as_ref().unwrap())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 fn assert_chain_verifies(vault: &TestVault) {
     let store = vault.store();
     let (verified, _) = privault::audit::verify(&store).unwrap();
@@ -85,6 +106,20 @@ async fn a_write_on_one_node_reads_on_the_other_and_a_shred_there_binds_it_at_on
     // Writes through the second node read back on the first, both ways.
     put_profile(&b, "cust-3").await;
     assert_eq!(recommender_reads(&a, "cust-3").await, Outcome::Value);
+    // The auditors' tools read the one chain of both nodes from the database: a signed head taken
+    // now is found in the log later, and the export names both nodes' calls.
+    let (ok, signed, err) = audit_tool(&first, &["head"]);
+    assert!(ok, "{err}");
+    let head_file = first.dir.path().join("head.json");
+    std::fs::write(&head_file, &signed).unwrap();
+    put_profile(&b, "cust-4").await;
+    let (ok, out, err) = audit_tool(&first, &["verify", "--head", head_file.to_str().unwrap()]);
+    assert!(ok, "{out} {err}");
+    assert!(out.contains("is in the log"), "{out}");
+    let (ok, exported, err) = audit_tool(&first, &["export", "--action", "shred"]);
+    assert!(ok, "{err}");
+    assert_eq!(exported.lines().count(), 1, "{exported}");
+    assert!(!exported.contains("cust-1"), "no raw subject id in the log");
     a.stop().await;
     b.stop().await;
     assert_chain_verifies(&first);

@@ -32,7 +32,10 @@ fn db_migrate_creates_both_schemas_once_and_status_tells_the_version() {
 
     let (code, out, err) = db(&["migrate"], &url);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("applied 1:") && out.contains("applied 2:"), "{out}");
+    assert!(
+        out.contains("applied 1:") && out.contains("applied 2:"),
+        "{out}"
+    );
     let (code, out, _) = db(&["migrate"], &url);
     assert_eq!(code, 0);
     assert!(out.contains("nothing to apply"), "{out}");

@@ -103,9 +103,11 @@ pub async fn apply(client: &mut Client, target: &str) -> Result<u32, StoreError>
         .await
         .map_err(|e| pg_error(target, &e))?;
     // "already exists, skipping" notices at every start are noise.
-    tx.batch_execute(&format!("SET LOCAL client_min_messages = warning; {VERSION_TABLE}"))
-        .await
-        .map_err(|e| pg_error(target, &e))?;
+    tx.batch_execute(&format!(
+        "SET LOCAL client_min_messages = warning; {VERSION_TABLE}"
+    ))
+    .await
+    .map_err(|e| pg_error(target, &e))?;
     let found: Option<i32> = tx
         .query_one("SELECT max(version) FROM privault_keys.schema_version", &[])
         .await
