@@ -689,40 +689,76 @@ fn entries(rows: Vec<tokio_postgres::Row>) -> Vec<Entry> {
     rows.into_iter().map(|r| (r.get(0), r.get(1))).collect()
 }
 
-/// A batch as statements: consecutive operations of one kind on one table become one statement,
-/// keeping the batch's order (a later change to a key wins, as in a RocksDB batch).
+/// A batch as statements: a statement per table and kind of change, so that a group of a few
+/// hundred changes costs a few statements, not one each. Changes to distinct keys commute, so
+/// within a stretch of the batch without range deletes only the last change to each key is kept;
+/// a range delete ends the stretch and keeps its place, so a key written after it survives, as
+/// in a RocksDB batch.
 enum Statement {
     Put(Cf, Vec<Vec<u8>>, Vec<Vec<u8>>),
     Delete(Cf, Vec<Vec<u8>>),
     DeleteRange(Cf, Vec<u8>, Vec<u8>),
 }
 
+impl Statement {
+    fn sql(&self) -> String {
+        match self {
+            Statement::Put(cf, _, _) => format!(
+                "INSERT INTO {} (k, v) SELECT * FROM unnest($1::bytea[], $2::bytea[]) \
+                 ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v",
+                table(*cf)
+            ),
+            Statement::Delete(cf, _) => format!("DELETE FROM {} WHERE k = ANY($1)", table(*cf)),
+            Statement::DeleteRange(cf, _, _) => {
+                format!("DELETE FROM {} WHERE k >= $1 AND k < $2", table(*cf))
+            }
+        }
+    }
+}
+
 fn statements(batch: &Batch) -> Vec<Statement> {
-    let mut out: Vec<Statement> = Vec::new();
-    for op in &batch.ops {
-        match (op, out.last_mut()) {
-            (Op::Put(cf, k, v), Some(Statement::Put(last, keys, values))) if last == cf => {
-                // One INSERT may not change a row twice: the later value replaces the earlier.
-                match keys.iter().position(|existing| existing == k) {
-                    Some(i) => values[i] = v.clone(),
-                    None => {
-                        keys.push(k.clone());
-                        values.push(v.clone());
+    // Per column family (in `Cf::ALL` order), the last change to each key of the stretch.
+    type Stretch = Vec<std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>>;
+    fn flush(stretch: &mut Stretch, out: &mut Vec<Statement>) {
+        for (cf, changes) in Cf::ALL.iter().zip(stretch.iter_mut()) {
+            let mut keys = Vec::new();
+            let mut values = Vec::new();
+            let mut deleted = Vec::new();
+            for (key, change) in std::mem::take(changes) {
+                match change {
+                    Some(value) => {
+                        keys.push(key);
+                        values.push(value);
                     }
+                    None => deleted.push(key),
                 }
             }
-            (Op::Put(cf, k, v), _) => {
-                out.push(Statement::Put(*cf, vec![k.clone()], vec![v.clone()]))
+            if !deleted.is_empty() {
+                out.push(Statement::Delete(*cf, deleted));
             }
-            (Op::Delete(cf, k), Some(Statement::Delete(last, keys))) if last == cf => {
-                keys.push(k.clone());
+            if !keys.is_empty() {
+                out.push(Statement::Put(*cf, keys, values));
             }
-            (Op::Delete(cf, k), _) => out.push(Statement::Delete(*cf, vec![k.clone()])),
-            (Op::DeleteRange(cf, from, to), _) => {
+        }
+    }
+    let index = |cf: &Cf| Cf::ALL.iter().position(|c| c == cf).unwrap_or(0);
+    let mut stretch: Stretch = vec![Default::default(); Cf::ALL.len()];
+    let mut out = Vec::new();
+    for op in &batch.ops {
+        match op {
+            Op::Put(cf, k, v) => {
+                stretch[index(cf)].insert(k.clone(), Some(v.clone()));
+            }
+            Op::Delete(cf, k) => {
+                stretch[index(cf)].insert(k.clone(), None);
+            }
+            Op::DeleteRange(cf, from, to) => {
+                flush(&mut stretch, &mut out);
                 out.push(Statement::DeleteRange(*cf, from.clone(), to.clone()));
             }
         }
     }
+    flush(&mut stretch, &mut out);
     out
 }
 
@@ -905,39 +941,36 @@ impl Engine for PgStore {
                     return Err(StoreError::Conflict(super::Conflict::EpochRolled));
                 }
             }
+            let mut prepared = Vec::with_capacity(statements.len());
             for statement in &statements {
-                let done = match statement {
-                    Statement::Put(cf, keys, values) => {
-                        let sql = format!(
-                            "INSERT INTO {} (k, v) SELECT * FROM unnest($1::bytea[], $2::bytea[]) \
-                             ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v",
-                            table(*cf)
-                        );
-                        let prepared = tx
-                            .prepare_cached(&sql)
-                            .await
-                            .map_err(|e| pg_error(&target, &e))?;
-                        tx.execute(&prepared, &[keys, values]).await
-                    }
-                    Statement::Delete(cf, keys) => {
-                        let sql = format!("DELETE FROM {} WHERE k = ANY($1)", table(*cf));
-                        let prepared = tx
-                            .prepare_cached(&sql)
-                            .await
-                            .map_err(|e| pg_error(&target, &e))?;
-                        tx.execute(&prepared, &[keys]).await
-                    }
-                    Statement::DeleteRange(cf, from, to) => {
-                        let sql = format!("DELETE FROM {} WHERE k >= $1 AND k < $2", table(*cf));
-                        let prepared = tx
-                            .prepare_cached(&sql)
-                            .await
-                            .map_err(|e| pg_error(&target, &e))?;
-                        tx.execute(&prepared, &[from, to]).await
-                    }
-                };
-                done.map_err(|e| pg_error(&target, &e))?;
+                prepared.push(
+                    tx.prepare_cached(&statement.sql())
+                        .await
+                        .map_err(|e| pg_error(&target, &e))?,
+                );
             }
+            // Sent together (pipelined on the connection) and run in order by the server: one
+            // round trip for the whole batch.
+            let runs = statements
+                .iter()
+                .zip(&prepared)
+                .map(|(statement, prepared)| {
+                    let tx = &tx;
+                    async move {
+                        match statement {
+                            Statement::Put(_, keys, values) => {
+                                tx.execute(prepared, &[keys, values]).await
+                            }
+                            Statement::Delete(_, keys) => tx.execute(prepared, &[keys]).await,
+                            Statement::DeleteRange(_, from, to) => {
+                                tx.execute(prepared, &[from, to]).await
+                            }
+                        }
+                    }
+                });
+            futures_util::future::try_join_all(runs)
+                .await
+                .map_err(|e| pg_error(&target, &e))?;
             if !sids.is_empty() || !meta.is_empty() {
                 log_change(&tx, &target, &node, &sids, &meta).await?;
             }
@@ -981,5 +1014,77 @@ impl Engine for PgStore {
             Ok(row.get::<_, i64>(0).max(0) as u64)
         })
         .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(batch: &Batch) -> Vec<String> {
+        statements(batch)
+            .iter()
+            .map(|s| match s {
+                Statement::Put(cf, keys, values) => format!(
+                    "put {} {}",
+                    cf.name(),
+                    keys.iter()
+                        .zip(values)
+                        .map(|(k, v)| format!("{}={}", hex::encode(k), hex::encode(v)))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+                Statement::Delete(cf, keys) => format!(
+                    "delete {} {}",
+                    cf.name(),
+                    keys.iter().map(hex::encode).collect::<Vec<_>>().join(",")
+                ),
+                Statement::DeleteRange(cf, from, to) => {
+                    format!(
+                        "range {} {}..{}",
+                        cf.name(),
+                        hex::encode(from),
+                        hex::encode(to)
+                    )
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_becomes_a_statement_per_table_and_kind_keeping_the_last_change_to_each_key() {
+        let mut batch = Batch::new();
+        batch.put(Cf::Audit, [1], [1]);
+        batch.put(Cf::AuditIndex, [1], []);
+        batch.put(Cf::Audit, [2], [2]);
+        batch.put(Cf::Fields, [9], [1]);
+        batch.delete(Cf::Fields, [9]);
+        batch.delete(Cf::Keys, [5]);
+        batch.put(Cf::Keys, [5], [7]);
+        assert_eq!(
+            shape(&batch),
+            [
+                "put keys 05=07",
+                "delete fields 09",
+                "put audit 01=01,02=02",
+                "put audit_index 01=",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_range_delete_keeps_its_place_between_the_changes_around_it() {
+        let mut batch = Batch::new();
+        batch.put(Cf::Fields, [1, 1], [1]);
+        batch.delete_range(Cf::Fields, [1], [2]);
+        batch.put(Cf::Fields, [1, 2], [2]);
+        assert_eq!(
+            shape(&batch),
+            [
+                "put fields 0101=01",
+                "range fields 01..02",
+                "put fields 0102=02"
+            ]
+        );
     }
 }
