@@ -1,34 +1,18 @@
 //! The domain: put, get, delete and shred, each decided by policy and audited. Orchestrates
 //! catalog, policy, crypto, store and audit; knows nothing of gRPC.
 
-mod audit_admin;
-mod backup;
-mod canary;
-mod coherence;
-mod consent;
-mod consent_cache;
-mod epoch;
+mod admin;
 mod error;
-mod export;
-mod extract;
-mod hold;
-mod keys;
-mod lookup;
-pub mod offline;
-mod open;
-mod policy_admin;
-mod policy_versions;
-mod pseudonym;
-mod purge;
-mod quarantine;
-mod read;
-mod read_budget;
-mod receipt;
-mod rekey;
-mod retention;
-mod shred;
-mod wraps;
-mod write;
+mod lifecycle;
+mod ops;
+mod subjects;
+
+// Each part keeps its old path (`crate::vault::keys`...), so a helper is found by its name.
+use admin::{audit_admin, backup, epoch, policy_admin, policy_versions};
+pub use lifecycle::offline;
+use lifecycle::open;
+use ops::{consent, export, extract, hold, read, receipt, retention, shred, write};
+use subjects::{consent_cache, keys, pseudonym, quarantine, read_budget, wraps};
 
 use std::sync::{Arc, Mutex, RwLock};
 

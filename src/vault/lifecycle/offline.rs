@@ -5,14 +5,14 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::audit_admin::SignedHead;
-use super::open::root_key;
-use super::{OpenError, VaultConfig};
 use crate::audit::{Action, AuditEvent, AuditLog};
 use crate::clock::Clock;
 use crate::crypto::{KdfParams, Passphrase, RootKey};
 use crate::keyring::{Keyring, KeyringError, change_root};
 use crate::store::{Batch, Store};
+use crate::vault::audit_admin::SignedHead;
+use crate::vault::open::root_key;
+use crate::vault::{OpenError, VaultConfig};
 
 /// Opens a consistent read-only view of `data_dir/db`, beside a running vault or on a stopped one.
 pub fn open_store_read_only(data_dir: &Path) -> Result<Store, OpenError> {
@@ -38,8 +38,8 @@ pub fn open_store_read_only(data_dir: &Path) -> Result<Store, OpenError> {
 /// prefix of the chain that ends at the head they read first).
 pub fn open_store_for(config: &VaultConfig) -> Result<Store, OpenError> {
     match &config.store {
-        super::StoreConfig::Rocksdb => open_store_read_only(&config.data_dir),
-        super::StoreConfig::Postgres { database, .. } => {
+        crate::vault::StoreConfig::Rocksdb => open_store_read_only(&config.data_dir),
+        crate::vault::StoreConfig::Postgres { database, .. } => {
             Ok(crate::store::PgStore::connect(database, false)?.into())
         }
     }
@@ -48,7 +48,7 @@ pub fn open_store_for(config: &VaultConfig) -> Result<Store, OpenError> {
 /// Opens the keyring of `config` with its root key (key file, passphrase or `dev.key`; on
 /// PostgreSQL, the keyring in the keys schema).
 pub fn open_keyring(config: &VaultConfig) -> Result<Keyring, OpenError> {
-    if let super::StoreConfig::Postgres { database, .. } = &config.store {
+    if let crate::vault::StoreConfig::Postgres { database, .. } = &config.store {
         let store = Arc::new(Store::from(crate::store::PgStore::connect(
             database, false,
         )?));

@@ -6,8 +6,6 @@ use std::sync::Arc;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::keys::{MAX_SEALS_PER_DEK, SubjectKeys};
-use super::{CallContext, Vault, VaultError, field_audit};
 use crate::audit::{Action, AuditEvent, FieldOutcome};
 use crate::crypto::FieldTimes;
 use crate::domain::{FieldName, KeyClass, Purpose, Sid, SubjectId};
@@ -15,6 +13,8 @@ use crate::policy::{FieldAction, FieldContext, Policies};
 use crate::store::keys::subject_key;
 use crate::store::records::FieldRecord;
 use crate::store::{Batch, Cf};
+use crate::vault::keys::{MAX_SEALS_PER_DEK, SubjectKeys};
+use crate::vault::{CallContext, Vault, VaultError, field_audit};
 
 impl Vault {
     /// Decides `action` on every field; fails with PERMISSION_DENIED (auditing each field's
@@ -73,7 +73,7 @@ impl Vault {
 
     /// After a committed change of `fields`: a field that gives a policy attribute makes every
     /// cached attribute stale (they are cached with the consents).
-    pub(super) fn attributes_changed(&self, policies: &Policies, fields: &[FieldName]) {
+    pub(in crate::vault) fn attributes_changed(&self, policies: &Policies, fields: &[FieldName]) {
         let catalog = policies.catalog();
         if fields.iter().any(|f| {
             catalog
@@ -284,7 +284,7 @@ impl Vault {
 
     /// For fields being removed from storage: rotates the DEKs of their classes, so that the
     /// removed ciphertexts keep no live key. Returns the new keys to publish after the commit.
-    pub(super) fn rotate_away(
+    pub(in crate::vault) fn rotate_away(
         &self,
         sid: &Sid,
         removed: &[FieldName],
@@ -307,7 +307,7 @@ impl Vault {
 
     /// Commits a staged change with its audit record, then publishes the keys it changed: only
     /// once they are durable may readers see them.
-    pub(super) fn finish_staged<T>(
+    pub(in crate::vault) fn finish_staged<T>(
         &self,
         event: AuditEvent,
         staged: Result<Staged<T>, VaultError>,
@@ -326,7 +326,7 @@ impl Vault {
 }
 
 /// A change ready to commit: the batch, what the call returns, and the subject keys it changed.
-pub(super) struct Staged<T> {
+pub(in crate::vault) struct Staged<T> {
     pub batch: Batch,
     pub value: T,
     pub keys: Option<(Sid, SubjectKeys)>,

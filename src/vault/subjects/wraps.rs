@@ -9,15 +9,15 @@ use std::sync::Mutex;
 
 use std::sync::Arc;
 
-use super::Vault;
 use crate::crypto::Kek;
 use crate::store::{Batch, Cf, Store};
+use crate::vault::Vault;
 
 const KEY: &[u8] = b"kek_wraps";
 /// Wraps between two writes of the count.
 const PERSIST_EVERY: u64 = 4096;
 /// Wraps after which the current epoch must be rolled.
-pub(super) const ROLL_AT_WRAPS: u64 = 1 << 31;
+pub(in crate::vault) const ROLL_AT_WRAPS: u64 = 1 << 31;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Count {
@@ -27,7 +27,7 @@ struct Count {
 }
 
 /// The wrap count of the current epoch.
-pub(super) struct WrapCounter {
+pub(in crate::vault) struct WrapCounter {
     inner: Mutex<Count>,
 }
 
@@ -100,7 +100,7 @@ impl WrapCounter {
 
 impl Vault {
     /// The current KEK, for `n` wraps counted against its bound.
-    pub(super) fn kek_for_wraps(&self, n: u64) -> Arc<Kek> {
+    pub(in crate::vault) fn kek_for_wraps(&self, n: u64) -> Arc<Kek> {
         let kek = self.keyring.current_kek();
         self.wraps.count(&self.store, kek.epoch(), n);
         kek

@@ -4,9 +4,6 @@
 
 use std::sync::Arc;
 
-use super::consent_cache::Recorded;
-use super::keys::{StaleKeys, decode_field};
-use super::{CallContext, Vault, VaultError, require};
 use crate::audit::{Action, Detail, FieldAudit, FieldOutcome};
 use crate::catalog::{
     EffectiveConsents, PolicyAttribute, SubjectAttributes, utc_date, utc_midnight_ms,
@@ -18,6 +15,9 @@ use crate::domain::{ConsentSource, OptOutSignal, Purpose, Sid, SubjectId};
 use crate::policy::Policies;
 use crate::store::keys::{name_of, subject_key};
 use crate::store::records::ConsentRecord;
+use crate::vault::consent_cache::Recorded;
+use crate::vault::keys::{StaleKeys, decode_field};
+use crate::vault::{CallContext, Vault, VaultError, require};
 use strum::VariantArray;
 
 /// First byte of a tagged consent record.
@@ -69,14 +69,17 @@ pub struct SignalState {
 
 /// Everything in the consent column family for one subject.
 #[derive(Debug, Default)]
-pub(super) struct ConsentEntries {
+pub(in crate::vault) struct ConsentEntries {
     pub consents: Vec<ConsentState>,
     pub signals: Vec<SignalState>,
 }
 
 impl Vault {
     /// Every consent and signal recorded for `sid`, each checked against its tag.
-    pub(super) fn consent_entries(&self, sid: &Sid) -> Result<ConsentEntries, VaultError> {
+    pub(in crate::vault) fn consent_entries(
+        &self,
+        sid: &Sid,
+    ) -> Result<ConsentEntries, VaultError> {
         let mut out = ConsentEntries::default();
         for (key, value) in self.store.scan_prefix(Cf::Consent, &sid.0)? {
             let Some(name) = name_of(&key) else { continue };
@@ -108,7 +111,7 @@ impl Vault {
     }
 
     /// Every consent recorded for `sid`, each checked against its tag.
-    pub(super) fn consents_of(&self, sid: &Sid) -> Result<Vec<ConsentState>, VaultError> {
+    pub(in crate::vault) fn consents_of(&self, sid: &Sid) -> Result<Vec<ConsentState>, VaultError> {
         Ok(self.consent_entries(sid)?.consents)
     }
 
@@ -151,7 +154,7 @@ impl Vault {
 
     /// Data format 1 kept consent records untagged: tags them once, trusting them as format 1 did.
     /// Idempotent.
-    pub(super) fn tag_format1_consents(&self) -> Result<(), VaultError> {
+    pub(in crate::vault) fn tag_format1_consents(&self) -> Result<(), VaultError> {
         let mut cursor = Vec::new();
         loop {
             let entries = self.store.scan_from(Cf::Consent, &cursor, 1000)?;
@@ -187,7 +190,7 @@ impl Vault {
 
     /// `sid`'s consents made effective over `policies`' purpose hierarchy, as the context of its
     /// decisions.
-    pub(super) fn effective_consents(
+    pub(in crate::vault) fn effective_consents(
         &self,
         sid: &Sid,
         policies: &Policies,

@@ -9,14 +9,14 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{OpenError, Vault, VaultError};
 use crate::audit::{Action, AuditEvent, Detail, Outcome};
 use crate::clock::{Millis, rfc3339};
 use crate::crypto::RecordKind;
 use crate::policy::{Policies, PolicyError, Sources, load_sources};
 use crate::store::{Batch, Cf};
+use crate::vault::{OpenError, Vault, VaultError};
 
-pub(super) const ACTIVE_KEY: &[u8] = b"policy_active";
+pub(in crate::vault) const ACTIVE_KEY: &[u8] = b"policy_active";
 const DIR_HASH_KEY: &[u8] = b"policy_dir_hash";
 /// The author of sets read from the policy directory.
 pub const DIR_AUTHOR: &str = "policies-dir";
@@ -60,7 +60,7 @@ pub struct PolicyVersionInfo {
 }
 
 impl PolicyRecord {
-    pub(super) fn info(&self, active: u64) -> PolicyVersionInfo {
+    pub(in crate::vault) fn info(&self, active: u64) -> PolicyVersionInfo {
         PolicyVersionInfo {
             number: self.number,
             hash: self.hash.clone(),
@@ -161,7 +161,7 @@ impl Vault {
 
     /// Data format 1 kept policy versions and the active pointer untagged: tags them, trusting
     /// them as format 1 did, once. Idempotent (a tagged record is left as it is).
-    pub(super) fn tag_format1_policy_records(&self) -> Result<(), VaultError> {
+    pub(in crate::vault) fn tag_format1_policy_records(&self) -> Result<(), VaultError> {
         let mut batch = Batch::new();
         for (key, value) in self.store.scan_prefix(Cf::Policies, &[])? {
             let Some(number) = decode_number(&key) else {
@@ -183,7 +183,10 @@ impl Vault {
     }
 
     /// The stored record of version `number`.
-    pub(super) fn policy_record(&self, number: u64) -> Result<Option<PolicyRecord>, VaultError> {
+    pub(in crate::vault) fn policy_record(
+        &self,
+        number: u64,
+    ) -> Result<Option<PolicyRecord>, VaultError> {
         match self.store.get(Cf::Policies, &number.to_be_bytes())? {
             None => Ok(None),
             Some(bytes) => self.decode_policy_record(number, &bytes).map(Some),
@@ -191,7 +194,7 @@ impl Vault {
     }
 
     /// Every stored version, newest first.
-    pub(super) fn policy_records(&self) -> Result<Vec<PolicyRecord>, VaultError> {
+    pub(in crate::vault) fn policy_records(&self) -> Result<Vec<PolicyRecord>, VaultError> {
         self.store
             .scan_back(Cf::Policies, None, usize::MAX)?
             .into_iter()
@@ -213,7 +216,7 @@ impl Vault {
 
     /// Stores `set` (loaded from `files`) as a new version, with `event` in the same batch, and
     /// makes it active. Call under the writer lock.
-    pub(super) fn activate(
+    pub(in crate::vault) fn activate(
         &self,
         mut set: Policies,
         files: Sources,
@@ -309,7 +312,7 @@ impl Vault {
     /// At open: keep the stored active version unless the policy directory changed since it was
     /// last read, in which case the directory becomes a new version.
     /// Takes up the active version as stored (another node applied or rolled back a set).
-    pub(super) fn load_active_policies(&self) -> Result<(), VaultError> {
+    pub(in crate::vault) fn load_active_policies(&self) -> Result<(), VaultError> {
         let Some(number) = self.active_number()? else {
             return Ok(());
         };
@@ -330,7 +333,10 @@ impl Vault {
         Ok(())
     }
 
-    pub(super) fn init_policy_versions(&self, dir_files: Sources) -> Result<(), OpenError> {
+    pub(in crate::vault) fn init_policy_versions(
+        &self,
+        dir_files: Sources,
+    ) -> Result<(), OpenError> {
         let to_open = |e: VaultError| OpenError::DataDir {
             path: self
                 .store

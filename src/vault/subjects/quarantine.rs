@@ -7,12 +7,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Vault, VaultError};
 use crate::audit::{Action, AuditEvent, Detail};
 use crate::clock::{Millis, rfc3339};
 use crate::domain::Sid;
 use crate::store::keys::pseudonym_key;
 use crate::store::{Batch, Cf};
+use crate::vault::{Vault, VaultError};
 
 const PREFIX: &[u8] = b"quarantine/";
 
@@ -68,13 +68,13 @@ fn mark_key(sid: &Sid) -> Vec<u8> {
 
 impl Vault {
     /// Whether `sid` is quarantined.
-    pub(super) fn is_quarantined(&self, sid: &Sid) -> Result<bool, VaultError> {
+    pub(in crate::vault) fn is_quarantined(&self, sid: &Sid) -> Result<bool, VaultError> {
         Ok(self.store.get(Cf::Meta, &mark_key(sid))?.is_some())
     }
 
     /// Sets `sid` aside after `found_by` met `error` (an integrity failure) on it: marked, audited
     /// and logged once; maintenance skips it from now on.
-    pub(super) fn quarantine(
+    pub(in crate::vault) fn quarantine(
         &self,
         sid: &Sid,
         found_by: Maintenance,
@@ -110,12 +110,15 @@ impl Vault {
     }
 
     /// Stages the removal of `sid`'s mark, with its erasure.
-    pub(super) fn stage_release(&self, sid: &Sid, batch: &mut Batch) {
+    pub(in crate::vault) fn stage_release(&self, sid: &Sid, batch: &mut Batch) {
         batch.delete(Cf::Meta, mark_key(sid));
     }
 
     /// The subject's pseudonym if its entry still opens, for naming it in the audit log.
-    pub(super) fn readable_pseudonym(&self, sid: &Sid) -> Option<crate::domain::Pseudonym> {
+    pub(in crate::vault) fn readable_pseudonym(
+        &self,
+        sid: &Sid,
+    ) -> Option<crate::domain::Pseudonym> {
         let bytes = self.store.get(Cf::Keys, &pseudonym_key(sid)).ok()??;
         self.open_pseudonym(sid, &bytes).ok()
     }

@@ -7,11 +7,11 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{CallContext, Vault, VaultError, require};
 use crate::audit::{Action, Outcome};
 use crate::backup::{self, BackupError, Manifest};
 use crate::policy::AdminAction;
 use crate::store::Batch;
+use crate::vault::{CallContext, Vault, VaultError, require};
 
 /// The name prefix of a backup's staging directory in the data directory.
 pub const STAGING_PREFIX: &str = ".backup-";
@@ -85,7 +85,7 @@ impl Vault {
 }
 
 /// Removes the staging directories a crash left in `data_dir`.
-pub(super) fn remove_stale_staging(data_dir: &Path) {
+pub(in crate::vault) fn remove_stale_staging(data_dir: &Path) {
     let Ok(entries) = std::fs::read_dir(data_dir) else {
         return;
     };

@@ -5,8 +5,6 @@
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::keys::decode_field;
-use super::{CallContext, Vault, VaultError, field_audit};
 use crate::audit::{Action, AuditEvent, FieldOutcome};
 use crate::catalog::FieldSpec;
 use crate::crypto::{SubjectSecret, TAG_LEN};
@@ -18,6 +16,8 @@ use crate::store::keys::{
 };
 use crate::store::records::SubjectIdRecord;
 use crate::store::{Batch, Cf};
+use crate::vault::keys::decode_field;
+use crate::vault::{CallContext, Vault, VaultError, field_audit};
 
 /// Most subjects one lookup returns (a shared household phone number, not a scan).
 pub const MAX_FIND_MATCHES: usize = 100;
@@ -32,7 +32,7 @@ struct Match {
 impl Vault {
     /// Stages the index entries of `field` = `value` for `subject`, replacing the entry of its
     /// previous value, and the wrapped subject id that lookups answer with.
-    pub(super) fn stage_index(
+    pub(in crate::vault) fn stage_index(
         &self,
         sid: &Sid,
         subject: &SubjectId,
@@ -69,7 +69,7 @@ impl Vault {
     }
 
     /// Stages the removal of `field`'s index entries, if it has any.
-    pub(super) fn stage_unindex(
+    pub(in crate::vault) fn stage_unindex(
         &self,
         sid: &Sid,
         field: &FieldName,
@@ -88,7 +88,7 @@ impl Vault {
 
     /// Stages the removal of every index entry of the subject; returns the lookup-CF prefixes that
     /// held them, for the physical purge.
-    pub(super) fn stage_unindex_all(
+    pub(in crate::vault) fn stage_unindex_all(
         &self,
         sid: &Sid,
         batch: &mut Batch,

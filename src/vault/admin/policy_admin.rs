@@ -3,8 +3,6 @@
 
 use std::sync::Arc;
 
-use super::policy_versions::PolicyVersionInfo;
-use super::{CallContext, Vault, VaultError, require};
 use crate::audit::{Action, AuditEvent, FieldOutcome};
 use crate::diagnostic::{SourceError, SourcePos};
 use crate::domain::{FieldName, Principal, Purpose};
@@ -12,6 +10,8 @@ use crate::policy::{
     AccessRequest, AdminAction, Decision, Policies, PolicyError, ReadDecision, Sources,
 };
 use crate::store::Batch;
+use crate::vault::policy_versions::PolicyVersionInfo;
+use crate::vault::{CallContext, Vault, VaultError, require};
 
 /// Longest comment accepted on apply or rollback.
 const MAX_COMMENT_BYTES: usize = 1024;

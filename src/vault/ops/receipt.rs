@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{CallContext, Vault, VaultError, require};
 use crate::audit::Action;
 use crate::clock::{Millis, rfc3339};
 use crate::crypto::random_bytes;
@@ -14,13 +13,14 @@ use crate::domain::{KeyClass, Sid};
 use crate::policy::AdminAction;
 use crate::receipt::{Horizons, KeptClass, ReceiptBody, SignedReceipt};
 use crate::store::{Batch, Cf};
+use crate::vault::{CallContext, Vault, VaultError, require};
 
 const PREFIX: &[u8] = b"erasure-receipt/";
 
 /// What a shred erased, kept so that its receipt can be issued again.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct ErasureRecord {
+pub(in crate::vault) struct ErasureRecord {
     /// The erased subject's sid (hex): only to look up its pending purge; never in a receipt.
     sid: String,
     shredded_ms: Millis,
@@ -40,7 +40,7 @@ fn record_key(receipt_id: &str) -> Vec<u8> {
 }
 
 /// A receipt or extract id from a caller (`name` in the error): 32 hex digits, lowercased.
-pub(super) fn parse_id(id: &str, name: &str) -> Result<String, VaultError> {
+pub(in crate::vault) fn parse_id(id: &str, name: &str) -> Result<String, VaultError> {
     if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(VaultError::InvalidArgument(format!(
             "{name} is 32 hex digits"
@@ -50,7 +50,7 @@ pub(super) fn parse_id(id: &str, name: &str) -> Result<String, VaultError> {
 }
 
 /// A fresh receipt id: 32 hex digits.
-pub(super) fn new_receipt_id() -> Result<String, VaultError> {
+pub(in crate::vault) fn new_receipt_id() -> Result<String, VaultError> {
     let mut id = [0u8; 16];
     random_bytes(&mut id).map_err(|e| VaultError::Unavailable(e.to_string()))?;
     Ok(hex::encode(id))
@@ -59,7 +59,7 @@ pub(super) fn new_receipt_id() -> Result<String, VaultError> {
 impl Vault {
     /// Stages the record of an erasure of `sid` into its batch: the key classes and epochs of
     /// the DEKs it destroys, and the classes a legal hold keeps.
-    pub(super) fn stage_erasure_record(
+    pub(in crate::vault) fn stage_erasure_record(
         &self,
         receipt_id: &str,
         sid: &Sid,
@@ -105,7 +105,7 @@ impl Vault {
     /// Stages the update of erasure receipt `receipt_id` once what a hold kept is erased too:
     /// `classes` move from kept to erased, with the epochs that wrapped them (`epochs`). A
     /// missing or unreadable record (a ledger replay names none) changes nothing.
-    pub(super) fn stage_held_erased(
+    pub(in crate::vault) fn stage_held_erased(
         &self,
         receipt_id: &str,
         classes: &[KeyClass],
@@ -142,7 +142,7 @@ impl Vault {
     }
 
     /// Once the shred is committed: records its audit seq and issues the receipt.
-    pub(super) fn issue_receipt(
+    pub(in crate::vault) fn issue_receipt(
         &self,
         receipt_id: &str,
         mut record: ErasureRecord,

@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
 
-use super::{Vault, VaultError};
 use crate::audit::AuditEvent;
 use crate::clock::Millis;
+use crate::vault::{Vault, VaultError};
 use zeroize::Zeroizing;
 
 use crate::crypto::{DekCipher, Kek, Key256, Sealed, WrappedDek};
@@ -21,7 +21,7 @@ use crate::store::records::{FieldRecord, KeyRecord};
 use crate::store::{Batch, Cf};
 
 /// Everything needed to open a subject's fields, and to name it in the audit log.
-pub(super) struct SubjectKeys {
+pub(in crate::vault) struct SubjectKeys {
     pub pseudonym: Pseudonym,
     pub records: BTreeMap<KeyClass, KeyRecord>,
     pub ciphers: BTreeMap<KeyClass, Arc<DekCipher>>,
@@ -80,11 +80,11 @@ impl SubjectKeys {
 }
 
 /// A read that found a record sealed under a DEK version its keys do not hold.
-pub(super) struct StaleKeys;
+pub(in crate::vault) struct StaleKeys;
 
 /// The key class and record of a keys-CF entry, or `None` for a subject-level entry (pseudonym,
 /// wrapped id). A malformed entry is DATA_LOSS.
-pub(super) fn dek_entry(
+pub(in crate::vault) fn dek_entry(
     key: &[u8],
     value: &[u8],
 ) -> Result<Option<(KeyClass, KeyRecord)>, VaultError> {
@@ -99,7 +99,7 @@ pub(super) fn dek_entry(
 }
 
 /// Decodes a stored field record; a malformed one is DATA_LOSS.
-pub(super) fn decode_field(bytes: &[u8]) -> Result<FieldRecord, VaultError> {
+pub(in crate::vault) fn decode_field(bytes: &[u8]) -> Result<FieldRecord, VaultError> {
     FieldRecord::decode(bytes).map_err(|e| VaultError::DataLoss(e.to_string()))
 }
 
@@ -111,7 +111,7 @@ pub(super) fn decode_field(bytes: &[u8]) -> Result<FieldRecord, VaultError> {
 /// mutex, and a reader's fill is dropped unless the generation is still the one it read before
 /// loading. A read that loaded keys before a shred committed can thus never put them back after
 /// the shred evicted them, nor can keys a rotation replaced come back over the new ones.
-pub(super) struct KeyCache {
+pub(in crate::vault) struct KeyCache {
     inner: Mutex<Entries>,
 }
 
@@ -206,7 +206,7 @@ impl Vault {
 
     /// The KEK of `epoch`; DATA_LOSS naming `what` when the keyring no longer has it (destroyed
     /// by a roll: the entry is from a stale copy).
-    pub(super) fn kek_of(&self, epoch: u32, what: &str) -> Result<Arc<Kek>, VaultError> {
+    pub(in crate::vault) fn kek_of(&self, epoch: u32, what: &str) -> Result<Arc<Kek>, VaultError> {
         self.keyring.kek(epoch).ok_or_else(|| {
             VaultError::DataLoss(format!(
                 "{what} is wrapped under epoch {epoch}, which this keyring lacks"
@@ -215,7 +215,7 @@ impl Vault {
     }
 
     /// The DEK in `record`, unwrapped under its epoch.
-    pub(super) fn unwrap_dek_key(
+    pub(in crate::vault) fn unwrap_dek_key(
         &self,
         sid: &Sid,
         class: &KeyClass,
@@ -233,7 +233,10 @@ impl Vault {
     }
 
     /// The subject's keys, from the cache or the store; `None` when the subject has none.
-    pub(super) fn subject_keys(&self, sid: &Sid) -> Result<Option<Arc<SubjectKeys>>, VaultError> {
+    pub(in crate::vault) fn subject_keys(
+        &self,
+        sid: &Sid,
+    ) -> Result<Option<Arc<SubjectKeys>>, VaultError> {
         match self.keys.get(sid) {
             Some(keys) => Ok(Some(keys)),
             None => self.reload_keys(sid),
@@ -242,7 +245,10 @@ impl Vault {
 
     /// The subject's keys read from the store, refreshing the cache unless a change was published
     /// meanwhile.
-    pub(super) fn reload_keys(&self, sid: &Sid) -> Result<Option<Arc<SubjectKeys>>, VaultError> {
+    pub(in crate::vault) fn reload_keys(
+        &self,
+        sid: &Sid,
+    ) -> Result<Option<Arc<SubjectKeys>>, VaultError> {
         let generation = self.keys.generation();
         let keys = self.load_keys(sid)?.map(Arc::new);
         fail::fail_point!("keys-loaded");
@@ -252,7 +258,7 @@ impl Vault {
 
     /// Runs `read` with the subject's keys; when it meets a record sealed under a DEK version the
     /// keys lack (a rotation committed in between), reloads the keys and reads again.
-    pub(super) fn with_current_keys<T>(
+    pub(in crate::vault) fn with_current_keys<T>(
         &self,
         sid: &Sid,
         keys: Option<Arc<SubjectKeys>>,
@@ -271,7 +277,7 @@ impl Vault {
     }
 
     /// The subject's keys as stored, unwrapped; `None` when the subject has none.
-    pub(super) fn load_keys(&self, sid: &Sid) -> Result<Option<SubjectKeys>, VaultError> {
+    pub(in crate::vault) fn load_keys(&self, sid: &Sid) -> Result<Option<SubjectKeys>, VaultError> {
         let mut pseudonym = None;
         let mut records = BTreeMap::new();
         let mut ciphers = BTreeMap::new();
@@ -310,7 +316,7 @@ impl Vault {
 
     /// The subject's sid and keys, naming its pseudonym in `event` so that even a refused call is
     /// attributable to the subject it targeted.
-    pub(super) fn locate(
+    pub(in crate::vault) fn locate(
         &self,
         subject: &SubjectId,
         event: &mut AuditEvent,
@@ -331,7 +337,7 @@ impl Vault {
     /// `classes`, creating the pseudonym and missing DEKs into `batch`. Read from the store, not
     /// the cache, which a reader may have refilled with keys a rotation has since replaced. The
     /// cache is updated by the caller once the batch is durable.
-    pub(super) fn keys_for_write(
+    pub(in crate::vault) fn keys_for_write(
         &self,
         sid: &Sid,
         classes: &BTreeSet<KeyClass>,
@@ -365,7 +371,7 @@ impl Vault {
 
     /// Generates version `version` of the subject's DEK in `class`, wrapped under the current
     /// epoch, replacing any older one in `keys` and staging its record into `batch`.
-    pub(super) fn new_dek(
+    pub(in crate::vault) fn new_dek(
         &self,
         sid: &Sid,
         keys: &mut SubjectKeys,
@@ -396,7 +402,7 @@ impl Vault {
     }
 
     /// Counts `seals` new encryptions under `class` and stages the updated key record.
-    pub(super) fn count_seals(
+    pub(in crate::vault) fn count_seals(
         &self,
         sid: &Sid,
         keys: &mut SubjectKeys,
@@ -413,4 +419,4 @@ impl Vault {
 
 /// Seals one DEK may make before it is rotated: far below the 2^32 random-nonce bound of
 /// NIST SP 800-38D §8.3.
-pub(super) const MAX_SEALS_PER_DEK: u64 = 1 << 31;
+pub(in crate::vault) const MAX_SEALS_PER_DEK: u64 = 1 << 31;

@@ -9,9 +9,6 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::read::{Asked, FieldRead, Queued, ReadBudget, ReadOutcome};
-use super::receipt::{new_receipt_id, parse_id};
-use super::{CallContext, Vault, VaultError};
 use crate::audit::{Action, CommitTicket};
 use crate::clock::{Millis, parse_rfc3339, rfc3339};
 use crate::domain::{FieldName, Purpose, Sid, SubjectId};
@@ -20,6 +17,9 @@ use crate::policy::AdminAction;
 use crate::store::keys::is_pseudonym_key;
 use crate::store::records::ShredReceipt;
 use crate::store::{Batch, Cf};
+use crate::vault::read::{Asked, FieldRead, Queued, ReadBudget, ReadOutcome};
+use crate::vault::receipt::{new_receipt_id, parse_id};
+use crate::vault::{CallContext, Vault, VaultError};
 
 /// Most subjects one `Extract` call reads.
 pub const MAX_EXTRACT_SUBJECTS: usize = 1000;
@@ -318,7 +318,7 @@ impl Vault {
         limit: usize,
     ) -> Result<
         (
-            Vec<(Sid, Option<Arc<super::keys::SubjectKeys>>)>,
+            Vec<(Sid, Option<Arc<crate::vault::keys::SubjectKeys>>)>,
             Option<String>,
         ),
         VaultError,
@@ -403,7 +403,10 @@ impl Vault {
     }
 
     /// The extracts `sid` has a row in (GDPR Art. 15(1)(c): the recipients of its data).
-    pub(super) fn extracts_of(&self, sid: &Sid) -> Result<Vec<ExtractMembership>, VaultError> {
+    pub(in crate::vault) fn extracts_of(
+        &self,
+        sid: &Sid,
+    ) -> Result<Vec<ExtractMembership>, VaultError> {
         let prefix = subject_prefix(sid);
         let mut out = Vec::new();
         for (key, _) in self.store.scan_prefix(Cf::Meta, &prefix)? {

@@ -5,8 +5,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use super::consent_cache::ConsentCache;
-use super::{Limits, OpenError, SUBJECT_STRIPES, Vault, keys::KeyCache};
 use crate::audit::{AuditLog, AuditOptions};
 use crate::clock::Clock;
 use crate::crypto::{KdfParams, Passphrase, RootKey};
@@ -15,6 +13,8 @@ use crate::ledger::Ledger;
 use crate::policy::{Policies, load_sources};
 use crate::store::keys::{FORMAT_KEY, KEYRING_ID_KEY};
 use crate::store::{Batch, Cf, PgConfig, PgStore, Store};
+use crate::vault::consent_cache::ConsentCache;
+use crate::vault::{Limits, OpenError, SUBJECT_STRIPES, Vault, keys::KeyCache};
 
 /// The on-disk format this version writes: 2 wraps the audit pseudonym under the KEK, gives every
 /// subject an incarnation id, tags policy versions and consent records with a key from the
@@ -116,7 +116,7 @@ fn data_dir_error(path: &Path, reason: impl Into<String>) -> OpenError {
 /// The root key from the configured passphrase, key file or development key, checked against how
 /// the existing keyring's root key was made; with the Argon2id parameters to record when a new
 /// keyring is created from a passphrase.
-pub(super) fn root_key(
+pub(in crate::vault) fn root_key(
     config: &VaultConfig,
     home: &KeyringHome,
 ) -> Result<(RootKey, Option<KdfParams>), OpenError> {
@@ -232,7 +232,7 @@ impl Vault {
             )?),
         };
         // The database lock is held: no backup of another process is being staged here.
-        super::backup::remove_stale_staging(&config.data_dir);
+        crate::vault::backup::remove_stale_staging(&config.data_dir);
         let format = check_pairing(&store, &keyring, config)?;
         if format < DATA_FORMAT_VERSION {
             let indexed = crate::audit::index_json_records(&store)
@@ -252,7 +252,7 @@ impl Vault {
             crate::store::Backend::Postgres => Ledger::in_database(Arc::clone(&store))?,
         };
         let holds = ledger.holds()?;
-        let wraps = super::wraps::WrapCounter::open(&store, keyring.current_epoch())?;
+        let wraps = crate::vault::wraps::WrapCounter::open(&store, keyring.current_epoch())?;
         // Read before anything is cached: every change after it is taken up by the next call.
         let changes_seen = Vault::changes_head(&store)?;
         let vault = Self {

@@ -11,14 +11,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use lru::LruCache;
 
-use super::VaultError;
 use crate::catalog::SubjectAttributes;
 use crate::clock::Millis;
 use crate::domain::{OptOutSignal, Purpose, Sid};
+use crate::vault::VaultError;
 
 /// A subject's recorded consents and signals.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(super) struct Recorded {
+pub(in crate::vault) struct Recorded {
     /// Each purpose with a record, with whether it is granted.
     pub purposes: Vec<(Purpose, bool)>,
     /// The opt-out signals it sent, sorted.
@@ -34,7 +34,7 @@ pub(super) struct Recorded {
 type Entry = (u64, Arc<Recorded>);
 
 /// Recorded consents per subject, least recently used evicted first.
-pub(super) struct ConsentCache {
+pub(in crate::vault) struct ConsentCache {
     entries: Mutex<LruCache<Sid, Entry>>,
     generation: AtomicU64,
 }

@@ -4,12 +4,12 @@
 
 use std::sync::Arc;
 
-use super::{CallContext, Vault, VaultError, require};
 use crate::audit::{Action, AuditEvent, Outcome};
 use crate::domain::{Purpose, SubjectId};
 use crate::policy::AdminAction;
 use crate::store::keys::canary_key;
 use crate::store::{Batch, Cf};
+use crate::vault::{CallContext, Vault, VaultError, require};
 
 impl Vault {
     /// Marks `subject` as a canary (creating its keys when it has none yet), as `key_manage`:
@@ -40,7 +40,12 @@ impl Vault {
 
     /// Raises the alarm for a read of a canary: the loud log line and the metric now, the audit
     /// outcome `canary` on the read's record.
-    pub(super) fn canary_read(&self, ctx: &CallContext, purpose: &Purpose, event: &mut AuditEvent) {
+    pub(in crate::vault) fn canary_read(
+        &self,
+        ctx: &CallContext,
+        purpose: &Purpose,
+        event: &mut AuditEvent,
+    ) {
         crate::metrics::metrics().canary_reads.inc();
         tracing::error!(
             principal = %ctx.principal,

@@ -7,9 +7,6 @@
 
 use std::collections::BTreeSet;
 
-use super::keys::dek_entry;
-use super::quarantine::Maintenance;
-use super::{CallContext, Vault, VaultError, require};
 use crate::audit::{Action, AuditEvent, Detail, Outcome};
 use crate::crypto::{Kek, SubjectSecret};
 use crate::domain::{KeyClass, Sid, SubjectId};
@@ -17,6 +14,9 @@ use crate::policy::AdminAction;
 use crate::store::keys::{pseudonym_key, subject_id_key};
 use crate::store::records::{KeyRecord, SubjectIdRecord};
 use crate::store::{Batch, Cf};
+use crate::vault::keys::dek_entry;
+use crate::vault::quarantine::Maintenance;
+use crate::vault::{CallContext, Vault, VaultError, require};
 
 /// Entries of the keys column family examined per slice of a roll.
 pub const ROLL_SLICE: usize = 1000;
@@ -40,7 +40,7 @@ pub struct RollProgress {
 }
 
 impl Vault {
-    pub(super) fn key_event(&self, principal: &str, action: Action) -> AuditEvent {
+    pub(in crate::vault) fn key_event(&self, principal: &str, action: Action) -> AuditEvent {
         AuditEvent {
             request_id: "keys".into(),
             policy_version: self.policies().version(),
@@ -363,7 +363,7 @@ impl Vault {
             )?;
             let mut batch = Batch::new();
             let Some(mut keys) = self.load_keys(&sid)? else {
-                return Ok(super::write::Staged {
+                return Ok(crate::vault::write::Staged {
                     batch,
                     value: (0, 0),
                     keys: None,
@@ -379,7 +379,7 @@ impl Vault {
                 &mut batch,
                 self.clock.now_ms(),
             )?;
-            Ok(super::write::Staged {
+            Ok(crate::vault::write::Staged {
                 batch,
                 value: (classes.len(), resealed),
                 keys: Some((sid, keys)),

@@ -5,8 +5,6 @@
 use std::collections::BTreeSet;
 use std::sync::{RwLockReadGuard, RwLockWriteGuard};
 
-use super::keys::dek_entry;
-use super::{CallContext, Vault, VaultError, require};
 use crate::audit::{Action, AuditEvent, FieldAudit, FieldOutcome};
 use crate::clock::Millis;
 use crate::domain::{FieldName, KeyClass, Purpose, Sid, SubjectId};
@@ -14,6 +12,8 @@ use crate::hold::{Hold, HoldBook, HoldScope};
 use crate::policy::Policies;
 use crate::store::keys::erased_key;
 use crate::store::{Batch, Cf};
+use crate::vault::keys::dek_entry;
+use crate::vault::{CallContext, Vault, VaultError, require};
 
 /// The principal of the records the vault makes itself (a hold that lapsed).
 const SYSTEM: &str = "privault";
@@ -37,7 +37,7 @@ pub struct HoldReleased {
 }
 
 /// A key class as a pseudo-field `key_class:<name>` of an audit record.
-pub(super) fn class_audit(class: &str, outcome: FieldOutcome) -> FieldAudit {
+pub(in crate::vault) fn class_audit(class: &str, outcome: FieldOutcome) -> FieldAudit {
     FieldAudit {
         field: format!("key_class:{class}"),
         outcome,
@@ -46,7 +46,7 @@ pub(super) fn class_audit(class: &str, outcome: FieldOutcome) -> FieldAudit {
 }
 
 impl Vault {
-    pub(super) fn read_holds(&self) -> RwLockReadGuard<'_, HoldBook> {
+    pub(in crate::vault) fn read_holds(&self) -> RwLockReadGuard<'_, HoldBook> {
         self.holds
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -59,7 +59,7 @@ impl Vault {
     }
 
     /// The holds on `sid` that bind now.
-    pub(super) fn holds_of(&self, sid: &Sid) -> Vec<HoldInfo> {
+    pub(in crate::vault) fn holds_of(&self, sid: &Sid) -> Vec<HoldInfo> {
         let now = self.clock.now_ms();
         self.read_holds()
             .of(sid)
@@ -77,7 +77,12 @@ impl Vault {
     }
 
     /// Whether a hold keeps `field` of `sid` now.
-    pub(super) fn is_held(&self, sid: &Sid, policies: &Policies, field: &FieldName) -> bool {
+    pub(in crate::vault) fn is_held(
+        &self,
+        sid: &Sid,
+        policies: &Policies,
+        field: &FieldName,
+    ) -> bool {
         let class = policies.catalog().key_class_of(field);
         self.read_holds()
             .holding(sid, &class, self.clock.now_ms())
@@ -85,7 +90,7 @@ impl Vault {
     }
 
     /// Refuses (FAILED_PRECONDITION) a delete of any of `fields` a legal hold keeps.
-    pub(super) fn refuse_held(
+    pub(in crate::vault) fn refuse_held(
         &self,
         sid: &Sid,
         policies: &Policies,
@@ -101,7 +106,7 @@ impl Vault {
 
     /// Whether a read of an erased subject's held remains for `purpose` is refused: only a purpose
     /// the catalog marks `legal_claims` reads them (GDPR Art. 17(3)(e), 18(2)).
-    pub(super) fn held_read_refused(policies: &Policies, purpose: &Purpose) -> bool {
+    pub(in crate::vault) fn held_read_refused(policies: &Policies, purpose: &Purpose) -> bool {
         !policies.catalog().is_legal_claims(purpose)
     }
 

@@ -3,7 +3,6 @@
 //! `db/` stops linking a shredded customer to the audit trail once the epoch is destroyed), and
 //! the upgrade of data format 1, which kept the pseudonym in clear.
 
-use super::{Vault, VaultError};
 use crate::audit::{Action, Detail};
 use crate::clock::Millis;
 use crate::crypto::{SubjectSecret, WrappedDek, random_bytes};
@@ -11,9 +10,10 @@ use crate::domain::{Pseudonym, Sid};
 use crate::store::keys::{is_pseudonym_key, pseudonym_key};
 use crate::store::records::{PseudonymRecord, StoredPseudonym, SubjectIdRecord};
 use crate::store::{Batch, Cf};
+use crate::vault::{Vault, VaultError};
 
 /// A random id per subject incarnation: a customer shredded and created again is a new one.
-pub(super) type Incarnation = [u8; 16];
+pub(in crate::vault) type Incarnation = [u8; 16];
 
 /// Entries of the keys column family examined per slice of the format-1 upgrade.
 const UPGRADE_SLICE: usize = 1000;
@@ -24,7 +24,7 @@ fn data_loss(what: &str) -> impl Fn(crate::store::records::DecodeError) -> Vault
 
 impl Vault {
     /// A new subject's pseudonym and incarnation, staged into `batch`.
-    pub(super) fn stage_new_pseudonym(
+    pub(in crate::vault) fn stage_new_pseudonym(
         &self,
         sid: &Sid,
         batch: &mut Batch,
@@ -62,7 +62,11 @@ impl Vault {
     }
 
     /// The pseudonym in a stored pseudonym entry of `sid`.
-    pub(super) fn open_pseudonym(&self, sid: &Sid, bytes: &[u8]) -> Result<Pseudonym, VaultError> {
+    pub(in crate::vault) fn open_pseudonym(
+        &self,
+        sid: &Sid,
+        bytes: &[u8],
+    ) -> Result<Pseudonym, VaultError> {
         match StoredPseudonym::decode(bytes).map_err(data_loss("audit pseudonym"))? {
             StoredPseudonym::Clear(clear) => Ok(Pseudonym(clear)),
             StoredPseudonym::Wrapped(record) => {
@@ -86,7 +90,7 @@ impl Vault {
 
     /// The stored incarnation of `sid` and when it was created: `None` when the subject has no
     /// pseudonym; a format-1 entry has no incarnation (`Some(None)`).
-    pub(super) fn incarnation_of(
+    pub(in crate::vault) fn incarnation_of(
         &self,
         sid: &Sid,
     ) -> Result<Option<Option<(Incarnation, Millis)>>, VaultError> {
@@ -102,7 +106,7 @@ impl Vault {
     }
 
     /// A pseudonym entry re-wrapped under the current epoch, or `None` when it already is.
-    pub(super) fn rewrap_pseudonym(
+    pub(in crate::vault) fn rewrap_pseudonym(
         &self,
         sid: &Sid,
         bytes: &[u8],
@@ -128,10 +132,13 @@ impl Vault {
     }
 
     /// When the oldest of `sid`'s DEKs was created: a format-1 subject's best creation time.
-    pub(super) fn first_key_created(&self, sid: &Sid) -> Result<Option<Millis>, VaultError> {
+    pub(in crate::vault) fn first_key_created(
+        &self,
+        sid: &Sid,
+    ) -> Result<Option<Millis>, VaultError> {
         let mut first = None;
         for (key, value) in self.store.scan_prefix(Cf::Keys, &sid.0)? {
-            if let Some((_, record)) = super::keys::dek_entry(&key, &value)? {
+            if let Some((_, record)) = crate::vault::keys::dek_entry(&key, &value)? {
                 first = Some(first.map_or(record.created_ms, |f: Millis| f.min(record.created_ms)));
             }
         }
@@ -140,7 +147,7 @@ impl Vault {
 
     /// A secret of `sid` unwrapped under its epoch; DATA_LOSS naming `what` when the epoch is gone
     /// or the secret fails to authenticate.
-    pub(super) fn unwrap_secret(
+    pub(in crate::vault) fn unwrap_secret(
         &self,
         kind: SubjectSecret,
         sid: &Sid,
@@ -153,7 +160,7 @@ impl Vault {
     }
 
     /// The raw subject id in `record`, unwrapped under its epoch.
-    pub(super) fn unwrap_subject_id(
+    pub(in crate::vault) fn unwrap_subject_id(
         &self,
         sid: &Sid,
         record: &SubjectIdRecord,
@@ -172,7 +179,7 @@ impl Vault {
 
     /// Upgrades data format 1: wraps every pseudonym kept in clear, in audited slices under the
     /// writer lock. Returns how many were wrapped.
-    pub(super) fn upgrade_clear_pseudonyms(&self) -> Result<u64, VaultError> {
+    pub(in crate::vault) fn upgrade_clear_pseudonyms(&self) -> Result<u64, VaultError> {
         let mut cursor = Vec::new();
         let mut total = 0;
         loop {

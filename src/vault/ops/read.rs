@@ -6,14 +6,14 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
-use super::keys::{StaleKeys, SubjectKeys, decode_field};
-use super::{CallContext, Vault, VaultError, field_audit};
 use crate::audit::{Action, AuditEvent, CommitTicket, FieldOutcome, Outcome};
 use crate::catalog::{Resolved, utc_date};
 use crate::domain::{FieldName, PrincipalKind, Purpose, Sid, SubjectId};
 use crate::policy::{Permit, Policies, PolicyIds, ReadDecision};
 use crate::store::keys::subject_key;
 use crate::store::{Batch, Cf};
+use crate::vault::keys::{StaleKeys, SubjectKeys, decode_field};
+use crate::vault::{CallContext, Vault, VaultError, field_audit};
 
 /// What a read returns for one field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,14 +66,14 @@ const RUNTIME_OPEN_BYTES: usize = 64 * 1024;
 
 /// What one call asks of every subject it reads.
 #[derive(Clone, Copy)]
-pub(super) struct Asked<'a> {
+pub(in crate::vault) struct Asked<'a> {
     purpose: &'a Purpose,
     fields: &'a [FieldName],
     budget: &'a ReadBudget,
 }
 
 impl<'a> Asked<'a> {
-    pub(super) fn new(
+    pub(in crate::vault) fn new(
         purpose: &'a Purpose,
         fields: &'a [FieldName],
         budget: &'a ReadBudget,
@@ -87,13 +87,13 @@ impl<'a> Asked<'a> {
 }
 
 /// The bytes of values one call has taken so far, against the per-call budget.
-pub(super) struct ReadBudget {
+pub(in crate::vault) struct ReadBudget {
     limit: usize,
     used: std::cell::Cell<usize>,
 }
 
 impl ReadBudget {
-    pub(super) fn new(limit: usize) -> Self {
+    pub(in crate::vault) fn new(limit: usize) -> Self {
         Self {
             limit,
             used: std::cell::Cell::new(0),
@@ -274,7 +274,7 @@ impl Vault {
     }
 
     /// Queues the audit record of a staged read; the result may leave once the ticket resolves.
-    pub(super) fn queue_read<T>(
+    pub(in crate::vault) fn queue_read<T>(
         &self,
         batch: Batch,
         (mut event, result): (AuditEvent, Result<T, VaultError>),
@@ -304,7 +304,7 @@ impl Vault {
     }
 
     /// [`Vault::get_inner`] for a subject already located: its sid and keys.
-    pub(super) fn read_located(
+    pub(in crate::vault) fn read_located(
         &self,
         ctx: &CallContext,
         policies: &Policies,

@@ -6,10 +6,6 @@
 
 use std::collections::BTreeMap;
 
-use super::hold::class_audit;
-use super::keys::dek_entry;
-use super::receipt::new_receipt_id;
-use super::{CallContext, OpenError, Vault, VaultError, require};
 use crate::audit::{Action, AuditEvent, FieldOutcome};
 use crate::domain::{FieldName, KeyClass, Sid, SubjectId};
 use crate::policy::Policies;
@@ -17,13 +13,17 @@ use crate::receipt::SignedReceipt;
 use crate::store::keys::{canary_key, erased_key, is_subject_entry, name_of};
 use crate::store::records::ShredReceipt;
 use crate::store::{Batch, Cf};
+use crate::vault::hold::class_audit;
+use crate::vault::keys::dek_entry;
+use crate::vault::receipt::new_receipt_id;
+use crate::vault::{CallContext, OpenError, Vault, VaultError, require};
 
 /// Column families that hold per-subject entries under the sid prefix.
 const SUBJECT_CFS: [Cf; 3] = [Cf::Keys, Cf::Fields, Cf::Consent];
 
 /// What an erase staged.
 #[derive(Debug, Default)]
-pub(super) struct Erased {
+pub(in crate::vault) struct Erased {
     /// Anything was deleted.
     pub existed: bool,
     /// The `(cf, prefix)` ranges to purge once committed.
@@ -144,7 +144,7 @@ impl Vault {
     /// Stages the deletion of everything stored under `sid` that no legal hold keeps, and its
     /// shred receipt; returns what it deleted, what it kept and the ranges to purge once
     /// committed. `receipt_id` is the erasure receipt that will tell what was kept.
-    pub(super) fn stage_erase(
+    pub(in crate::vault) fn stage_erase(
         &self,
         sid: &Sid,
         principal: &str,
@@ -181,7 +181,7 @@ impl Vault {
 
     /// Drops what is cached of an erased subject (its unwrapped keys, its consents); called once
     /// the erasure is committed.
-    pub(super) fn forget_subject(&self, sid: &Sid) {
+    pub(in crate::vault) fn forget_subject(&self, sid: &Sid) {
         self.keys.evict(sid);
         self.consents.changed();
     }
@@ -191,7 +191,7 @@ impl Vault {
     /// purge once committed. When a hold keeps anything, the DEKs and fields of the kept classes
     /// stay with the pseudonym and wrapped id, and the subject is marked erased (the marker's value
     /// names the erasure receipt, `receipt_id`).
-    pub(super) fn stage_subject_deletion(
+    pub(in crate::vault) fn stage_subject_deletion(
         &self,
         sid: &Sid,
         now: crate::clock::Millis,
@@ -263,7 +263,7 @@ impl Vault {
     /// Re-shreds every incarnation the deletion ledger says was shredded that is still in the
     /// database (a backup restored from before its shred), and nothing created after the shred.
     /// Returns how many were re-shredded.
-    pub(super) fn replay_ledger(&self) -> Result<usize, OpenError> {
+    pub(in crate::vault) fn replay_ledger(&self) -> Result<usize, OpenError> {
         let replay = |e: VaultError| OpenError::Replay(e.to_string());
         let mut count = 0;
         for (sid, shreds) in self.ledger.entries()? {

@@ -6,14 +6,14 @@
 
 use std::collections::BTreeMap;
 
-use super::quarantine::Maintenance;
-use super::write::Staged;
-use super::{Vault, VaultError, field_audit};
 use crate::audit::{Action, AuditEvent, FieldOutcome};
 use crate::domain::{FieldName, Sid};
 use crate::store::keys::name_of;
 use crate::store::records::FieldRecord;
 use crate::store::{Batch, Cf};
+use crate::vault::quarantine::Maintenance;
+use crate::vault::write::Staged;
+use crate::vault::{Vault, VaultError, field_audit};
 
 /// The principal of the sweeper's records.
 const SYSTEM: &str = "privault";

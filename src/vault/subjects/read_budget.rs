@@ -22,7 +22,7 @@ struct Window {
 
 /// Every service and purpose's current window.
 #[derive(Default)]
-pub(super) struct ReadBudgets {
+pub(in crate::vault) struct ReadBudgets {
     windows: Mutex<HashMap<(Principal, Purpose), Window>>,
 }
 

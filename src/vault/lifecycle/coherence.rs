@@ -10,9 +10,9 @@
 
 use std::sync::PoisonError;
 
-use super::{Vault, VaultError};
 use crate::store::StoreError;
 use crate::store::postgres::{KEYRING_CHANGED, LEDGER_CHANGED};
+use crate::vault::{Vault, VaultError};
 
 impl Vault {
     /// Applies the changes other nodes committed since the last look (nothing on RocksDB, where
@@ -55,7 +55,7 @@ impl Vault {
                 match key.as_slice() {
                     k if k == KEYRING_CHANGED => keyring = true,
                     k if k == LEDGER_CHANGED => ledger = true,
-                    k if k == super::policy_versions::ACTIVE_KEY => policy = true,
+                    k if k == crate::vault::policy_versions::ACTIVE_KEY => policy = true,
                     _ => {}
                 }
             }
@@ -81,7 +81,7 @@ impl Vault {
     }
 
     /// Where this node starts reading the change log: its end when the vault opens.
-    pub(super) fn changes_head(store: &crate::store::Store) -> Result<u64, StoreError> {
+    pub(in crate::vault) fn changes_head(store: &crate::store::Store) -> Result<u64, StoreError> {
         match store.postgres() {
             Some(pg) => pg.changes_head(),
             None => Ok(0),

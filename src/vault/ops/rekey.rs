@@ -7,14 +7,14 @@ use std::collections::BTreeSet;
 
 use zeroize::Zeroizing;
 
-use super::keys::{SubjectKeys, decode_field};
-use super::{Vault, VaultError};
 use crate::catalog::Catalog;
 use crate::clock::Millis;
 use crate::domain::{FieldName, KeyClass, Sid};
 use crate::store::keys::{name_of, subject_key};
 use crate::store::records::FieldRecord;
 use crate::store::{Batch, Cf};
+use crate::vault::keys::{SubjectKeys, decode_field};
+use crate::vault::{Vault, VaultError};
 
 /// A stored field kept across a rotation: opened under the old DEK, sealed again under the new.
 struct Kept {
@@ -29,7 +29,7 @@ impl Vault {
     /// classes except `dropped` (fields the caller overwrites or deletes in the same batch).
     /// Runs under the writer lock with keys read from the store. Returns how many were re-sealed.
     #[expect(clippy::too_many_arguments, reason = "one staged change, spelled out")]
-    pub(super) fn rotate_deks(
+    pub(in crate::vault) fn rotate_deks(
         &self,
         sid: &Sid,
         keys: &mut SubjectKeys,

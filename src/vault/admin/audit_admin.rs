@@ -3,7 +3,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{CallContext, Vault, VaultError, require};
 use crate::audit::{
     Action, AuditFilter, AuditRecord, Log, Sealed, VerifyError, query, verify_range,
 };
@@ -11,6 +10,7 @@ use crate::clock::rfc3339;
 use crate::domain::SubjectId;
 use crate::policy::AdminAction;
 use crate::store::Batch;
+use crate::vault::{CallContext, Vault, VaultError, require};
 
 /// The audit log's head signed with the keyring's Ed25519 audit key. Keep one: a later log that
 /// does not contain this exact `(seq, hash)` was truncated or rewritten.

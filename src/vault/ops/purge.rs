@@ -10,10 +10,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::pseudonym::Incarnation;
-use super::{Vault, VaultError};
 use crate::domain::Sid;
 use crate::store::{Batch, Cf};
+use crate::vault::pseudonym::Incarnation;
+use crate::vault::{Vault, VaultError};
 
 const PREFIX: &[u8] = b"purge/";
 
@@ -31,7 +31,7 @@ fn pending_key(sid: &Sid) -> Vec<u8> {
 
 impl Vault {
     /// Records, inside the erasure's batch, that `ranges` of `sid` must be purged.
-    pub(super) fn stage_pending_purge(
+    pub(in crate::vault) fn stage_pending_purge(
         &self,
         sid: &Sid,
         incarnation: Option<&Incarnation>,
@@ -53,7 +53,7 @@ impl Vault {
 
     /// Purges `sid`'s pending ranges and checks the result; clears the record once checked.
     /// Returns whether the bytes are known to have left the live store.
-    pub(super) fn finish_purge(&self, sid: &Sid) -> bool {
+    pub(in crate::vault) fn finish_purge(&self, sid: &Sid) -> bool {
         match self.try_purge(sid) {
             Ok(done) => done,
             Err(e) => {
@@ -117,7 +117,7 @@ impl Vault {
     }
 
     /// At start: redoes every purge a crash or a failure left pending. Returns how many are done.
-    pub(super) fn redo_pending_purges(&self) -> Result<usize, VaultError> {
+    pub(in crate::vault) fn redo_pending_purges(&self) -> Result<usize, VaultError> {
         let mut done = 0;
         for (key, _) in self.store.scan_prefix(Cf::Meta, PREFIX)? {
             let Some(sid) = key
@@ -134,7 +134,7 @@ impl Vault {
     }
 
     /// Whether `sid`'s erasure still waits for its physical purge.
-    pub(super) fn purge_pending(&self, sid: &Sid) -> Result<bool, VaultError> {
+    pub(in crate::vault) fn purge_pending(&self, sid: &Sid) -> Result<bool, VaultError> {
         Ok(self.store.get(Cf::Meta, &pending_key(sid))?.is_some())
     }
 

@@ -6,14 +6,14 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
-use super::consent::ConsentState;
-use super::keys::{StaleKeys, SubjectKeys, decode_field};
-use super::{CallContext, Vault, VaultError, require};
 use crate::audit::{Action, AuditFilter, MAX_PAGE, Outcome, query};
 use crate::clock::rfc3339;
 use crate::domain::{FieldName, Sid};
 use crate::store::keys::name_of;
 use crate::store::{Batch, Cf};
+use crate::vault::consent::ConsentState;
+use crate::vault::keys::{StaleKeys, SubjectKeys, decode_field};
+use crate::vault::{CallContext, Vault, VaultError, require};
 
 /// Most access-history entries one export carries.
 const MAX_HISTORY: usize = 100_000;
@@ -61,13 +61,13 @@ pub struct SubjectExport {
     /// Every recorded consent.
     pub consents: Vec<ConsentState>,
     /// Every opt-out signal sent.
-    pub signals: Vec<super::SignalState>,
+    pub signals: Vec<crate::vault::SignalState>,
     /// The legal holds in force on the subject.
-    pub holds: Vec<super::HoldInfo>,
+    pub holds: Vec<crate::vault::HoldInfo>,
     /// The subject was erased and what is exported is what legal holds keep.
     pub erased: bool,
     /// The training-set extracts the subject has a row in.
-    pub extracts: Vec<super::ExtractMembership>,
+    pub extracts: Vec<crate::vault::ExtractMembership>,
     /// Every audited call about the subject, oldest first.
     pub history: Vec<AccessEvent>,
     /// When the export was made.
