@@ -529,6 +529,17 @@ fn write_and_answer(shared: &Shared, store: &Store, pending: Vec<Pending>) {
     let started = std::time::Instant::now();
     let mut head = head;
     let mut attempts = 0;
+    // On PostgreSQL the nodes append to one chain: one node at a time, so that a group rarely
+    // finds the head moved (only when another node wrote since this one's last group).
+    let turn = store.postgres().map(|pg| (pg, pg.begin_audit_turn()));
+    if let Some((_, Err(e))) = &turn {
+        let message = format!("the audit log cannot take its turn: {e}");
+        for reply in replies {
+            reply.send(Err(message.clone()));
+        }
+        shared.writable.send_replace(false);
+        return;
+    }
     let written = loop {
         let written = {
             let mut encoder = lock(&shared.encoder);
@@ -551,6 +562,11 @@ fn write_and_answer(shared: &Shared, store: &Store, pending: Vec<Pending>) {
             Ok(done) => break Ok(done),
         }
     };
+    if let Some((pg, Ok(()))) = &turn
+        && let Err(e) = pg.end_audit_turn()
+    {
+        tracing::warn!(error = %e, "could not end the audit turn; its session is dropped");
+    }
     let took = started.elapsed();
     if took >= SLOW_GROUP {
         // Every caller of the group waited this long: a slow disk shows here first.

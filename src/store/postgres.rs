@@ -36,6 +36,7 @@ const MIGRATE_LOCK: i64 = 0x7072_6976_6d69_6772; // "privmigr"
 const CHANGES_LOCK: i64 = 0x7072_6976_6368_6e67; // "privchng"
 const EXPECT_LOCK: i64 = 0x7072_6976_6578_7074; // "privexpt"
 const ROLL_LOCK: i64 = 0x7072_6976_726f_6c6c; // "privroll"
+const AUDIT_TURN_LOCK: i64 = 0x7072_6976_6175_6474; // "privaudt"
 
 /// The turn to roll the KEK epoch: one node at a time. Held as a session lock on a connection of
 /// its own, which closes (and so releases it) when this is dropped, or when the node dies.
@@ -130,6 +131,8 @@ pub struct PgStore {
     target: String,
     lease: Arc<AtomicBool>,
     node: std::sync::OnceLock<String>,
+    // The connection holding the audit turn between `begin_audit_turn` and `end_audit_turn`.
+    audit_turn: Arc<tokio::sync::Mutex<Option<deadpool_postgres::ClientWrapper>>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -328,6 +331,53 @@ impl PgStore {
             target,
             lease: Arc::new(AtomicBool::new(false)),
             node: std::sync::OnceLock::new(),
+            audit_turn: Arc::default(),
+        })
+    }
+
+    /// Waits for this node's turn to append to the audit chain the nodes share: a session lock on
+    /// a connection kept for it, so that groups of different nodes never chain on the same head
+    /// (they would conflict and chain again). Held until [`PgStore::end_audit_turn`], or until the
+    /// connection is lost.
+    pub fn begin_audit_turn(&self) -> Result<(), StoreError> {
+        let turn = Arc::clone(&self.audit_turn);
+        self.run(move |pool, target| async move {
+            let mut held = turn.lock().await;
+            if held.as_ref().is_none_or(|c| c.is_closed()) {
+                let client = pool.get().await.map_err(|e| pool_error(&target, &e))?;
+                *held = Some(deadpool_postgres::Object::take(client));
+            }
+            let Some(client) = held.as_ref() else {
+                return Ok(());
+            };
+            if let Err(e) = client
+                .execute("SELECT pg_advisory_lock($1)", &[&AUDIT_TURN_LOCK])
+                .await
+            {
+                *held = None;
+                return Err(pg_error(&target, &e));
+            }
+            Ok(())
+        })
+    }
+
+    /// Ends the turn [`PgStore::begin_audit_turn`] began.
+    pub fn end_audit_turn(&self) -> Result<(), StoreError> {
+        let turn = Arc::clone(&self.audit_turn);
+        self.run(move |_, target| async move {
+            let mut held = turn.lock().await;
+            let Some(client) = held.as_ref() else {
+                return Ok(());
+            };
+            if let Err(e) = client
+                .execute("SELECT pg_advisory_unlock($1)", &[&AUDIT_TURN_LOCK])
+                .await
+            {
+                // A lost session holds no lock; the next turn takes a new connection.
+                *held = None;
+                return Err(pg_error(&target, &e));
+            }
+            Ok(())
         })
     }
 

@@ -242,3 +242,47 @@ async fn an_epoch_roll_on_one_node_is_taken_up_by_the_other_which_drops_the_old_
     b.stop().await;
     assert_chain_verifies(&first);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn both_nodes_under_concurrent_load_fail_no_call_and_keep_one_chain() {
+    let (first, second) = two_nodes();
+    let a = first.start().await;
+    let b = second.start().await;
+    let mut tasks = Vec::new();
+    for (n, server) in [&a, &b].into_iter().cycle().take(16).enumerate() {
+        let mut account = server.client(ACCOUNT).await;
+        let mut recommender = server.client(RECOMMENDER).await;
+        tasks.push(tokio::spawn(async move {
+            for i in 0..20 {
+                let id = format!("cust-{n}-{i}");
+                account
+                    .put_fields(put_request(
+                        &id,
+                        "account",
+                        &[("email", "x@example.com"), ("favorite_categories", "books")],
+                    ))
+                    .await
+                    .unwrap();
+                let read = get(
+                    &mut recommender,
+                    &id,
+                    "personalization",
+                    &["favorite_categories"],
+                )
+                .await;
+                assert_eq!(read[0].outcome(), Outcome::Value);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    a.stop().await;
+    b.stop().await;
+    assert_chain_verifies(&first);
+    let writes = audit_views(&first.store())
+        .into_iter()
+        .filter(|r| r.action == "write")
+        .count();
+    assert_eq!(writes, 16 * 20, "one record per write, from both nodes");
+}
