@@ -3,7 +3,10 @@
 //! such encryptions; the vault rolls the epoch long before (at 2^31). The count is kept in memory
 //! and written to the meta column family every [`PERSIST_EVERY`] wraps (it reaches the disk with
 //! the next synced commit); at open the stored count is raised by as much, since a crash may have
-//! lost that many. It only ever over-counts.
+//! lost that many. It only ever over-counts on one node. Nodes on one PostgreSQL database share
+//! the stored count: each write adds the node's wraps since its last write to what is stored (and
+//! the node takes up the total), so the count falls short only by what two nodes writing at the
+//! same moment lose of each other's last few thousand wraps.
 
 use std::sync::Mutex;
 
@@ -72,15 +75,37 @@ impl WrapCounter {
             }
             c.wraps = c.wraps.saturating_add(n);
             if c.wraps - c.persisted >= PERSIST_EVERY {
+                let prior = c.persisted;
                 c.persisted = c.wraps;
-                Some(*c)
+                Some((*c, prior))
             } else {
                 None
             }
         };
-        if let Some(c) = due {
+        if let Some((c, prior)) = due {
+            // What other nodes stored since is added, never lost: the total is at least this
+            // node's own count, and at least the stored count plus this node's wraps since.
+            let stored = store
+                .get(Cf::Meta, KEY)
+                .ok()
+                .flatten()
+                .as_deref()
+                .and_then(decode)
+                .filter(|(e, _)| *e == c.epoch)
+                .map_or(0, |(_, wraps)| wraps);
+            let total = c.wraps.max(stored.saturating_add(c.wraps - prior));
+            if total > c.wraps {
+                let mut now = self
+                    .inner
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if now.epoch == c.epoch {
+                    now.wraps = now.wraps.saturating_add(total - c.wraps);
+                    now.persisted = now.persisted.saturating_add(total - c.wraps);
+                }
+            }
             let mut batch = Batch::new();
-            let value = [c.epoch.to_be_bytes().as_slice(), &c.wraps.to_be_bytes()].concat();
+            let value = [c.epoch.to_be_bytes().as_slice(), &total.to_be_bytes()].concat();
             batch.put(Cf::Meta, KEY.to_vec(), value);
             if let Err(e) = store.write(&batch) {
                 tracing::warn!(error = %e, "cannot record the KEK's wrap count; it is raised again at the next start");
@@ -130,5 +155,27 @@ mod tests {
         assert_eq!(rolled.wraps(2), 0);
         rolled.count(&store, 2, 3);
         assert_eq!(rolled.wraps(2), 3);
+    }
+
+    #[test]
+    fn counters_sharing_a_store_add_up_their_wraps() {
+        // Two nodes over one database: each stores its wraps on top of the other's.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let first = WrapCounter::open(&store, 1).unwrap();
+        let second = WrapCounter::open(&store, 1).unwrap();
+        for _ in 0..3 {
+            first.count(&store, 1, PERSIST_EVERY);
+            second.count(&store, 1, PERSIST_EVERY);
+        }
+        let stored = decode(&store.get(Cf::Meta, KEY).unwrap().unwrap())
+            .unwrap()
+            .1;
+        assert!(stored >= 6 * PERSIST_EVERY, "{stored}");
+        assert!(second.wraps(1) >= 6 * PERSIST_EVERY);
+        assert!(
+            first.wraps(1) >= 5 * PERSIST_EVERY,
+            "took up the other's wraps"
+        );
     }
 }
