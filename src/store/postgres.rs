@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -129,7 +128,6 @@ pub struct PgStore {
     runtime: Option<tokio::runtime::Runtime>,
     pool: Pool,
     target: String,
-    lease: Arc<AtomicBool>,
     node: std::sync::OnceLock<String>,
     // The connection holding the audit turn between `begin_audit_turn` and `end_audit_turn`.
     audit_turn: Arc<tokio::sync::Mutex<Option<deadpool_postgres::ClientWrapper>>>,
@@ -329,7 +327,6 @@ impl PgStore {
             runtime: Some(runtime),
             pool,
             target,
-            lease: Arc::new(AtomicBool::new(false)),
             node: std::sync::OnceLock::new(),
             audit_turn: Arc::default(),
         })
@@ -340,40 +337,28 @@ impl PgStore {
     /// (they would conflict and chain again). Held until [`PgStore::end_audit_turn`], or until the
     /// connection is lost.
     pub fn begin_audit_turn(&self) -> Result<(), StoreError> {
+        self.audit_turn_lock("SELECT pg_advisory_lock($1)", true)
+    }
+
+    /// Ends the turn [`PgStore::begin_audit_turn`] began.
+    pub fn end_audit_turn(&self) -> Result<(), StoreError> {
+        self.audit_turn_lock("SELECT pg_advisory_unlock($1)", false)
+    }
+
+    /// Runs `sql` (a lock or an unlock of the audit turn) on the turn's connection, making one
+    /// when `connect` and there is none; a failed one is dropped (a lost session holds no lock).
+    fn audit_turn_lock(&self, sql: &'static str, connect: bool) -> Result<(), StoreError> {
         let turn = Arc::clone(&self.audit_turn);
         self.run(move |pool, target| async move {
             let mut held = turn.lock().await;
-            if held.as_ref().is_none_or(|c| c.is_closed()) {
+            if connect && held.as_ref().is_none_or(|c| c.is_closed()) {
                 let client = pool.get().await.map_err(|e| pool_error(&target, &e))?;
                 *held = Some(deadpool_postgres::Object::take(client));
             }
             let Some(client) = held.as_ref() else {
                 return Ok(());
             };
-            if let Err(e) = client
-                .execute("SELECT pg_advisory_lock($1)", &[&AUDIT_TURN_LOCK])
-                .await
-            {
-                *held = None;
-                return Err(pg_error(&target, &e));
-            }
-            Ok(())
-        })
-    }
-
-    /// Ends the turn [`PgStore::begin_audit_turn`] began.
-    pub fn end_audit_turn(&self) -> Result<(), StoreError> {
-        let turn = Arc::clone(&self.audit_turn);
-        self.run(move |_, target| async move {
-            let mut held = turn.lock().await;
-            let Some(client) = held.as_ref() else {
-                return Ok(());
-            };
-            if let Err(e) = client
-                .execute("SELECT pg_advisory_unlock($1)", &[&AUDIT_TURN_LOCK])
-                .await
-            {
-                // A lost session holds no lock; the next turn takes a new connection.
+            if let Err(e) = client.execute(sql, &[&AUDIT_TURN_LOCK]).await {
                 *held = None;
                 return Err(pg_error(&target, &e));
             }
@@ -384,11 +369,6 @@ impl PgStore {
     /// The node this store writes for, in the change log ("" for offline tools).
     fn node(&self) -> String {
         self.node.get().cloned().unwrap_or_default()
-    }
-
-    /// Where the database is (hosts and database name), for messages.
-    pub fn target(&self) -> &str {
-        &self.target
     }
 
     /// Runs `op` on the client runtime and waits for it on this thread.
@@ -434,7 +414,6 @@ impl PgStore {
     /// changes are told apart from the others' by the id). Other nodes, under other ids, run
     /// beside it.
     pub fn take_node_lease(&self, node: &str) -> Result<(), StoreError> {
-        let lease = Arc::clone(&self.lease);
         let id = node.to_owned();
         self.run(|pool, target| async move {
             let client = match lease_on(&pool, &target, &id).await? {
@@ -449,8 +428,7 @@ impl PgStore {
                     });
                 }
             };
-            lease.store(true, Ordering::SeqCst);
-            tokio::spawn(hold_lease(pool, target, id, client, lease));
+            tokio::spawn(hold_lease(pool, target, id, client));
             Ok(())
         })?;
         let _ = self.node.set(node.to_owned());
@@ -643,21 +621,18 @@ async fn hold_lease(
     target: String,
     id: String,
     mut client: deadpool_postgres::ClientWrapper,
-    held: Arc<AtomicBool>,
 ) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         if client.simple_query("SELECT 1").await.is_ok() {
             continue;
         }
-        held.store(false, Ordering::SeqCst);
         tracing::warn!(node = id, "lost the connection holding the node's lease");
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
             match lease_on(&pool, &target, &id).await {
                 Ok(Some(again)) => {
                     client = again;
-                    held.store(true, Ordering::SeqCst);
                     tracing::info!(node = id, "took the node's lease again");
                     break;
                 }

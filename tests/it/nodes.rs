@@ -5,6 +5,7 @@
 use privault::api::pb::key_admin_client::KeyAdminClient;
 use privault::api::pb::{self, Outcome};
 
+use crate::policy_admin::{active_version, without};
 use crate::support::postgres::shared;
 use crate::support::*;
 
@@ -141,23 +142,11 @@ async fn a_consent_withdrawal_and_a_policy_apply_on_one_node_bind_the_others_nex
     );
 
     assert_eq!(recommender_reads(&b, "cust-1").await, Outcome::Value);
-    let mut files = shipped_files();
-    let shop = files.policies.get_mut("shop.cedar").unwrap();
-    let start = shop.find("@id(\"recommender-personalization\")").unwrap();
-    let end = start + shop[start..].find("};").unwrap() + 2;
-    shop.replace_range(start..end, "");
+    let active = active_version(&a).await;
     let mut admin = a.admin(ALICE).await;
-    let active = admin
-        .get_active_policies(pb::GetActivePoliciesRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .version
-        .unwrap()
-        .version;
     admin
         .apply_policies(pb::ApplyPoliciesRequest {
-            files: Some(files),
+            files: Some(without("recommender-personalization")),
             base_version: active,
             comment: "no more recommendations".into(),
         })
@@ -168,15 +157,8 @@ async fn a_consent_withdrawal_and_a_policy_apply_on_one_node_bind_the_others_nex
         Outcome::Denied,
         "the applied set decides the other node's next read"
     );
+    let applied = active_version(&b).await;
     let mut admin_b = b.admin(ALICE).await;
-    let applied = admin_b
-        .get_active_policies(pb::GetActivePoliciesRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .version
-        .unwrap()
-        .version;
     assert!(
         applied > active,
         "the other node reports the applied set as active"

@@ -7,7 +7,7 @@ use tonic::Code;
 use crate::support::*;
 
 /// The shipped files without the policy `id` (written in shop.cedar).
-fn without(id: &str) -> pb::PolicyFiles {
+pub(crate) fn without(id: &str) -> pb::PolicyFiles {
     let mut files = shipped_files();
     let shop = files.policies.get_mut("shop.cedar").unwrap();
     let start = shop.find(&format!("@id(\"{id}\")")).unwrap();
@@ -26,7 +26,7 @@ fn without_checkout() -> pb::PolicyFiles {
     without("checkout-fulfillment")
 }
 
-async fn active_version(server: &TestServer) -> u64 {
+pub(crate) async fn active_version(server: &TestServer) -> u64 {
     let mut admin = server.admin(ALICE).await;
     admin
         .get_active_policies(pb::GetActivePoliciesRequest {})

@@ -69,22 +69,27 @@ fn free_port() -> u16 {
 }
 
 impl Cluster {
-    /// A fresh cluster on a free port, owned by `postgres` under root.
-    pub fn start(settings: &[&str]) -> Cluster {
+    /// A cluster yet to be made: its directory (the server user's) and a free port.
+    fn unstarted(prefix: &str) -> Cluster {
         let dir = tempfile::Builder::new()
-            .prefix("privault-pg-")
+            .prefix(prefix)
             .tempdir()
             .unwrap()
             .keep();
-        let cluster = Cluster {
+        if rustix::process::geteuid().is_root() {
+            let (uid, gid) = postgres_ids();
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).unwrap();
+        }
+        Cluster {
             port: free_port(),
             dir,
             bin: bin_dir(),
-        };
-        if rustix::process::geteuid().is_root() {
-            let (uid, gid) = postgres_ids();
-            std::os::unix::fs::chown(&cluster.dir, Some(uid), Some(gid)).unwrap();
         }
+    }
+
+    /// A fresh cluster on a free port, owned by `postgres` under root.
+    pub fn start(settings: &[&str]) -> Cluster {
+        let cluster = Cluster::unstarted("privault-pg-");
         let out = as_server_user(&mut Command::new(cluster.bin.join("initdb")))
             .args(["-D"])
             .arg(cluster.data())
@@ -154,20 +159,7 @@ impl Cluster {
     /// A streaming standby of `primary` (pg_basebackup -R), started on a port of its own with
     /// `settings`.
     pub fn standby_of(primary: &Cluster, settings: &[&str]) -> Cluster {
-        let dir = tempfile::Builder::new()
-            .prefix("privault-pg-standby-")
-            .tempdir()
-            .unwrap()
-            .keep();
-        let cluster = Cluster {
-            port: free_port(),
-            dir,
-            bin: bin_dir(),
-        };
-        if rustix::process::geteuid().is_root() {
-            let (uid, gid) = postgres_ids();
-            std::os::unix::fs::chown(&cluster.dir, Some(uid), Some(gid)).unwrap();
-        }
+        let cluster = Cluster::unstarted("privault-pg-standby-");
         let out = as_server_user(&mut Command::new(cluster.bin.join("pg_basebackup")))
             .args([
                 "-h",
